@@ -1,0 +1,123 @@
+"""Loading a target/draft pair from specs, and checking that they share a tokenizer.
+
+A spec is `toy:target` / `toy:draft` (the shipped toy pair), a local model folder,
+a Hugging Face id (needs network or a local cache), or a `.gguf` file (needs the
+`gguf` and `accelerate` packages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TOY_WEIGHTS = Path(__file__).parent / "toy" / "weights"
+
+
+class ModelPairError(ValueError):
+    """The target and draft cannot be used together (e.g. different tokenizers)."""
+
+
+@dataclass
+class ModelPair:
+    """A loaded target and draft with their shared tokenizer."""
+
+    target: Any
+    """The large model T (a transformers causal LM, eval mode)."""
+    draft: Any
+    """The small model D (a transformers causal LM, eval mode)."""
+    tokenizer: Any
+    """The tokenizer both models use."""
+    target_id: str
+    """The spec the target was loaded from."""
+    draft_id: str
+    """The spec the draft was loaded from."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.target.parameters()).device
+
+
+def resolve_spec(spec: str) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None) for a model spec."""
+    if spec.startswith("toy:"):
+        which = spec.split(":", 1)[1]
+        if which not in ("target", "draft"):
+            raise ModelPairError(f"unknown toy model {spec!r}: use toy:target or toy:draft")
+        return str(TOY_WEIGHTS / which), None
+    if spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.exists():
+            raise ModelPairError(f"{spec}: GGUF file not found")
+        return str(path.parent), path.name
+    return spec, None
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """float32 on CPU (exact and fast enough for small models), bfloat16 on GPUs."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of a model spec."""
+    from transformers import AutoTokenizer
+
+    location, gguf_file = resolve_spec(spec)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Any:
+    """A causal LM from a spec, on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    location, gguf_file = resolve_spec(spec)
+    kwargs: dict[str, Any] = {"dtype": dtype or default_dtype(device)}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except OSError as err:
+        raise ModelPairError(f"cannot load model {spec!r}: {err}") from None
+    return model.to(device).eval()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of the vocabulary and special tokens: equal iff tokenization agrees."""
+    payload = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+    }
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+def check_same_tokenizer(target_tokenizer: Any, draft_tokenizer: Any, target_id: str, draft_id: str) -> None:
+    """Raise ModelPairError when the two tokenizers differ."""
+    target_print = tokenizer_fingerprint(target_tokenizer)
+    draft_print = tokenizer_fingerprint(draft_tokenizer)
+    if target_print != draft_print:
+        raise ModelPairError(
+            f"target {target_id!r} and draft {draft_id!r} use different tokenizers "
+            f"(vocab sizes {len(target_tokenizer.get_vocab())} vs {len(draft_tokenizer.get_vocab())}, "
+            f"fingerprints {target_print} vs {draft_print}); speculative decoding needs one shared tokenizer"
+        )
+
+
+def load_pair(
+    target_spec: str, draft_spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> ModelPair:
+    """Load target and draft, refusing a pair whose tokenizers differ."""
+    target_tokenizer = load_tokenizer(target_spec)
+    draft_tokenizer = load_tokenizer(draft_spec)
+    check_same_tokenizer(target_tokenizer, draft_tokenizer, target_spec, draft_spec)
+    target = load_model(target_spec, device, dtype)
+    draft = load_model(draft_spec, device, dtype)
+    return ModelPair(target, draft, target_tokenizer, target_spec, draft_spec)

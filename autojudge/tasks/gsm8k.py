@@ -1,0 +1,119 @@
+"""GSM8K-format tasks: JSONL records with `question` and `answer` ending in `#### N`.
+
+`ToyTask` is the same format with the built-in toy world as its default source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autojudge.tasks.answers import extract_answer
+from autojudge.tasks.base import Problem, Task, chat_prompt
+from autojudge.tasks.jsonl import InputError, scan_jsonl
+
+
+def record_to_problem(record: dict[str, Any], where: str, index: int) -> Problem:
+    """Validate one input record; raise InputError naming `where` (file:line) on a bad one."""
+    has_question = isinstance(record.get("question"), str)
+    has_prompt = isinstance(record.get("prompt"), str)
+    if not (has_question or has_prompt):
+        raise InputError(f"{where}: missing field 'question' (or 'prompt') with a string value")
+    text = record["question"] if has_question else record["prompt"]
+    if not text.strip():
+        raise InputError(f"{where}: empty {'question' if has_question else 'prompt'}")
+    answer = record.get("answer")
+    if answer is not None and not isinstance(answer, str):
+        answer = str(answer)
+    return Problem(
+        id=str(record.get("id", index)),
+        question=record["question"] if has_question else None,
+        prompt=record["prompt"] if has_prompt and not has_question else None,
+        answer=answer,
+    )
+
+
+def load_problems(path: str | Path, limit: int | None = None, strict: bool = True) -> list[Problem]:
+    """Problems from a JSONL file; bad records raise (strict) or become error Problems."""
+    problems: list[Problem] = []
+    for index, (line_number, record, error) in enumerate(scan_jsonl(path)):
+        if limit is not None and len(problems) >= limit:
+            break
+        where = f"{path}:{line_number}"
+        try:
+            if error is not None:
+                raise InputError(error)
+            assert record is not None
+            problems.append(record_to_problem(record, where, index))
+        except InputError as err:
+            if strict:
+                raise
+            record_id = record.get("id", f"line-{line_number}") if record else f"line-{line_number}"
+            problems.append(Problem(id=str(record_id), error=str(err)))
+    return problems
+
+
+@dataclass
+class GSM8KTask(Task):
+    """Math word problems; the outcome of a response is its final number."""
+
+    instruction: str = ""
+    """Text appended to the question in the user message (e.g. "End with 'The final answer is N'.")."""
+    system: str | None = None
+    """Optional system message for the chat template."""
+    name: str = "gsm8k"
+
+    def load(self, source: str | None = None, limit: int | None = None, strict: bool = True) -> list[Problem]:
+        if source is None:
+            raise InputError("task gsm8k needs an input file (--input FILE.jsonl)")
+        if Path(source).exists():
+            return load_problems(source, limit, strict)
+        return self._load_hub(source, limit)
+
+    def _load_hub(self, name: str, limit: int | None) -> list[Problem]:
+        """A Hugging Face dataset name such as `openai/gsm8k` (needs network)."""
+        try:
+            import datasets
+
+            split = datasets.load_dataset(name, "main", split="test")
+        except Exception as err:  # no network, unknown name
+            raise InputError(f"{name}: not a local file, and loading it as a Hugging Face dataset failed: {err}") from None
+        rows = split.select(range(min(limit or len(split), len(split))))
+        return [Problem(id=f"{name}-{i}", question=row["question"], answer=row["answer"]) for i, row in enumerate(rows)]
+
+    def render_prompt(self, problem: Problem, tokenizer: Any) -> str:
+        if problem.prompt is not None:
+            return problem.prompt
+        if problem.question is None:
+            raise InputError(f"problem {problem.id}: has neither 'question' nor 'prompt'")
+        message = problem.question if not self.instruction else f"{problem.question}\n{self.instruction}"
+        return chat_prompt(tokenizer, message, self.system)
+
+    def answer(self, problem: Problem, response: str) -> str | None:
+        return extract_answer(response)
+
+    def is_correct(self, problem: Problem, response: str) -> bool:
+        if problem.answer is None:
+            return False
+        truth = extract_answer(problem.answer)
+        return truth is not None and extract_answer(response) == truth
+
+
+@dataclass
+class ToyTask(GSM8KTask):
+    """The built-in toy world: GSM8K format, generated from a seed unless a file is given."""
+
+    seed: int = 1
+    """Seed of the generated problems (models were trained on seed 0; eval uses 2)."""
+    num: int = 200
+    """How many problems to generate when no file and no limit is given."""
+    name: str = "toy"
+
+    def load(self, source: str | None = None, limit: int | None = None, strict: bool = True) -> list[Problem]:
+        if source is not None:
+            return load_problems(source, limit, strict)
+        from autojudge.toy.world import generate_problems
+
+        records = generate_problems(limit if limit is not None else self.num, self.seed)
+        return [Problem(id=r["id"], question=r["question"], answer=r["answer"]) for r in records]

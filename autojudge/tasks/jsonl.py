@@ -1,0 +1,70 @@
+"""Reading JSONL files with errors that name the file and the line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class InputError(ValueError):
+    """Bad user input: the message names the file, the line and what was wrong."""
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open("r", encoding="utf-8")
+
+
+def scan_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """Yield (line_number, record, error) for each non-blank line; a bad line has record None
+    and an error naming the file and line. Raises InputError only when the file is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    with _open_text(path) as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield line_number, None, f"{path}:{line_number}: not valid JSON ({err.msg})"
+                continue
+            if not isinstance(record, dict):
+                yield line_number, None, f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}"
+                continue
+            yield line_number, record, None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, record) for each non-blank line; raise InputError on a bad line."""
+    for line_number, record, error in scan_jsonl(path):
+        if error is not None:
+            raise InputError(error)
+        assert record is not None
+        yield line_number, record
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = (), one_of: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Read all records; each must have every key in `required` and at least one key of `one_of`."""
+    records = []
+    for line_number, record in iter_jsonl(path):
+        missing = [key for key in required if key not in record]
+        if missing:
+            raise InputError(f"{path}:{line_number}: missing field(s) {', '.join(repr(k) for k in missing)}")
+        if one_of and not any(key in record for key in one_of):
+            raise InputError(f"{path}:{line_number}: needs one of the fields {', '.join(repr(k) for k in one_of)}")
+        records.append(record)
+    return records
+
+
+def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """Write records one per line (UTF-8), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
