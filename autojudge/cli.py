@@ -1,0 +1,50 @@
+"""The `autojudge` command line: one subcommand per stage.
+
+Each subcommand lives in `autojudge/commands/<name>.py` and exposes
+`add_parser(subparsers)`, which registers its arguments and sets `func`. Command
+modules import heavy libraries (torch, ray) inside `func`, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from autojudge.tasks.jsonl import InputError
+
+COMMANDS = ["run", "toy", "mine", "train", "decode", "eval", "infer", "export"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autojudge",
+        description="AutoJudge lossy speculative decoding: mine labels, train a judge, decode faster.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"autojudge.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"autojudge.commands.{name}":
+                raise
+            continue  # a stage not built yet
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except InputError as err:
+        print(f"autojudge {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autojudge {args.command}: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
