@@ -14,8 +14,11 @@ from autojudge.tasks.base import Problem, Task, chat_prompt
 from autojudge.tasks.jsonl import InputError, scan_jsonl
 
 
-def record_to_problem(record: dict[str, Any], where: str, index: int) -> Problem:
-    """Validate one input record; raise InputError naming `where` (file:line) on a bad one."""
+def record_to_problem(record: dict[str, Any], where: str, default_id: str) -> Problem:
+    """Validate one input record; raise InputError naming `where` (file:line) on a bad one.
+
+    Records without an `id` get `default_id` (file stem and line index).
+    """
     has_question = isinstance(record.get("question"), str)
     has_prompt = isinstance(record.get("prompt"), str)
     if not (has_question or has_prompt):
@@ -27,7 +30,7 @@ def record_to_problem(record: dict[str, Any], where: str, index: int) -> Problem
     if answer is not None and not isinstance(answer, str):
         answer = str(answer)
     return Problem(
-        id=str(record.get("id", index)),
+        id=str(record.get("id", default_id)),
         question=record["question"] if has_question else None,
         prompt=record["prompt"] if has_prompt and not has_question else None,
         answer=answer,
@@ -45,7 +48,7 @@ def load_problems(path: str | Path, limit: int | None = None, strict: bool = Tru
             if error is not None:
                 raise InputError(error)
             assert record is not None
-            problems.append(record_to_problem(record, where, index))
+            problems.append(record_to_problem(record, where, f"{Path(path).stem}-{index}"))
         except InputError as err:
             if strict:
                 raise
@@ -67,7 +70,7 @@ class GSM8KTask(Task):
     def load(self, source: str | None = None, limit: int | None = None, strict: bool = True) -> list[Problem]:
         if source is None:
             raise InputError("task gsm8k needs an input file (--input FILE.jsonl)")
-        if Path(source).exists():
+        if Path(source).exists() or source.endswith((".jsonl", ".json", ".gz")):
             return load_problems(source, limit, strict)
         return self._load_hub(source, limit)
 
