@@ -1,0 +1,328 @@
+"""The judge artifact: a trained p(important | hidden states) classifier, saved without pickle.
+
+A judge folder holds
+- `judge.json`: format version, classifier kind, feature setup, the model pair it was
+  trained for (target/draft ids, hidden sizes, tokenizer fingerprint), the validation
+  threshold table, the default threshold and training metrics;
+- `weights.safetensors` (logistic regression: scaler mean/scale, coefficients,
+  intercept) or `model.txt` (LightGBM's own text model).
+
+At decode time the judge is called on the hidden states the verification pass already
+has: `judge(h_target [n, Ht], h_draft [n, Hd]) -> p [n]` (torch in, torch out); the
+acceptance rule accepts a mismatch when p < tau (DESIGN §1.4).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autojudge.models import ModelPairError, resolve_spec
+from autojudge.pipeline.dataset import FEATURE_SETUPS, build_features
+from autojudge.tasks.jsonl import InputError
+
+FORMAT_VERSION = 1
+JSON_NAME = "judge.json"
+WEIGHTS_NAME = "weights.safetensors"
+LIGHTGBM_NAME = "model.txt"
+KINDS = ("logreg", "lightgbm")
+
+
+class JudgeFormatError(InputError):
+    """A judge folder is missing, incomplete, or written by an incompatible version."""
+
+
+@dataclass
+class PairInfo:
+    """The model pair a judge was trained for (from the mining manifest)."""
+
+    target_id: str
+    """Spec of the target model (e.g. `toy:target`, a folder, a hub id)."""
+    draft_id: str
+    """Spec of the draft model."""
+    tokenizer_fingerprint: str
+    """`autojudge.models.tokenizer_fingerprint` of the shared tokenizer."""
+    target_hidden_size: int
+    """Width of the target's last hidden state (h_target)."""
+    draft_hidden_size: int
+    """Width of the draft's last hidden state (h_draft)."""
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> "PairInfo":
+        """The pair recorded in a mining folder's manifest.json."""
+        keys = ("target", "draft", "tokenizer_fingerprint", "target_hidden_size", "draft_hidden_size")
+        missing = [key for key in keys if manifest.get(key) is None]
+        if missing:
+            raise InputError(f"mining manifest lacks {', '.join(missing)}: cannot tell which model pair the judge is for")
+        return cls(
+            str(manifest["target"]), str(manifest["draft"]), str(manifest["tokenizer_fingerprint"]),
+            int(manifest["target_hidden_size"]), int(manifest["draft_hidden_size"]),
+        )
+
+
+def _same_model(trained: str, given: str) -> bool:
+    """Model specs name the same model: equal strings, or the same local folder."""
+    if trained == given:
+        return True
+    try:
+        trained_path, trained_file = resolve_spec(trained)
+        given_path, given_file = resolve_spec(given)
+    except ModelPairError:
+        return False
+    if trained_file != given_file or not (Path(trained_path).exists() and Path(given_path).exists()):
+        return False
+    return Path(trained_path).resolve() == Path(given_path).resolve()
+
+
+class Judge:
+    """A trained judge: features from hidden states -> probability that a mismatch is important."""
+
+    def __init__(
+        self,
+        kind: str,
+        feature_setup: str,
+        pair: PairInfo,
+        *,
+        scaler_mean: np.ndarray | None = None,
+        scaler_scale: np.ndarray | None = None,
+        coef: np.ndarray | None = None,
+        intercept: float = 0.0,
+        booster_text: str | None = None,
+        thresholds: list[dict[str, float]] | None = None,
+        default_threshold: float = 0.5,
+        threshold_source: str = "default",
+        metrics: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise JudgeFormatError(f"unknown judge kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if feature_setup not in FEATURE_SETUPS:
+            raise JudgeFormatError(f"unknown feature setup {feature_setup!r}; expected one of {', '.join(FEATURE_SETUPS)}")
+        self.kind = kind
+        self.feature_setup = feature_setup
+        self.pair = pair
+        self.scaler_mean = None if scaler_mean is None else np.asarray(scaler_mean, dtype=np.float32)
+        self.scaler_scale = None if scaler_scale is None else np.asarray(scaler_scale, dtype=np.float32)
+        self.coef = None if coef is None else np.asarray(coef, dtype=np.float32)
+        self.intercept = float(intercept)
+        self.booster_text = booster_text
+        self.thresholds = thresholds or []
+        self.default_threshold = float(default_threshold)
+        self.threshold_source = threshold_source
+        self.metrics = metrics or {}
+        self.settings = settings or {}
+        self._booster: Any = None
+        self._torch_params: dict[tuple[str, torch.device], torch.Tensor] = {}
+        if kind == "logreg" and (self.coef is None or self.scaler_mean is None or self.scaler_scale is None):
+            raise JudgeFormatError("a logreg judge needs scaler_mean, scaler_scale and coef")
+        if kind == "lightgbm" and not booster_text:
+            raise JudgeFormatError("a lightgbm judge needs its booster text model")
+
+    # ----------------------------------------------------------------- shapes
+    @property
+    def num_features(self) -> int:
+        """F: the width of the feature vector the classifier expects."""
+        if self.feature_setup == "DT":
+            return self.pair.target_hidden_size
+        return self.pair.draft_hidden_size + self.pair.target_hidden_size
+
+    def _check_widths(self, target_width: int, draft_width: int | None) -> None:
+        if target_width != self.pair.target_hidden_size:
+            raise ModelPairError(
+                f"judge expects target hidden states of width {self.pair.target_hidden_size} "
+                f"(trained for {self.pair.target_id!r}), got {target_width}"
+            )
+        if self.feature_setup == "DD-DT" and draft_width != self.pair.draft_hidden_size:
+            raise ModelPairError(
+                f"judge ({self.feature_setup}) expects draft hidden states of width {self.pair.draft_hidden_size} "
+                f"(trained for {self.pair.draft_id!r}), got {draft_width}"
+            )
+
+    # -------------------------------------------------------------- inference
+    def __call__(self, h_target: torch.Tensor, h_draft: torch.Tensor | None = None) -> torch.Tensor:
+        """p(important) [n] for hidden states h_target [n, Ht] and h_draft [n, Hd] (float32, input device)."""
+        self._check_widths(h_target.shape[-1], None if h_draft is None else h_draft.shape[-1])
+        if self.feature_setup == "DT":
+            features = h_target.float()  # [n, Ht]
+        else:
+            assert h_draft is not None
+            features = torch.cat([h_draft.float(), h_target.float()], dim=-1)  # [n, Hd + Ht]
+        if self.kind == "lightgbm":
+            probs = self.predict_features(features.detach().cpu().numpy())
+            return torch.from_numpy(probs).to(h_target.device)
+        mean, scale, coef = (self._param(name, features.device) for name in ("scaler_mean", "scaler_scale", "coef"))
+        logits = ((features - mean) / scale) @ coef + self.intercept  # [n]
+        return torch.sigmoid(logits)
+
+    def _param(self, name: str, device: torch.device) -> torch.Tensor:
+        key = (name, device)
+        if key not in self._torch_params:
+            self._torch_params[key] = torch.from_numpy(getattr(self, name)).to(device)
+        return self._torch_params[key]
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """p(important) [n] float32 for a feature matrix [n, F] built by `build_features`."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.num_features:
+            raise ModelPairError(f"judge expects features of shape [n, {self.num_features}], got {list(features.shape)}")
+        if self.kind == "lightgbm":
+            return np.asarray(self.booster.predict(features), dtype=np.float32)
+        assert self.coef is not None and self.scaler_mean is not None and self.scaler_scale is not None
+        logits = ((features - self.scaler_mean) / self.scaler_scale) @ self.coef + self.intercept
+        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+    def predict_hidden(self, h_target: np.ndarray, h_draft: np.ndarray) -> np.ndarray:
+        """p(important) [n] from numpy hidden states (same layout as decode time)."""
+        return self.predict_features(build_features(h_target, h_draft, self.feature_setup))
+
+    @property
+    def booster(self) -> Any:
+        """The LightGBM booster, rebuilt from its text model on first use."""
+        if self._booster is None:
+            import lightgbm
+
+            self._booster = lightgbm.Booster(model_str=self.booster_text)
+        return self._booster
+
+    # ------------------------------------------------------------ pair checks
+    def check_pair(
+        self, target_id: str, draft_id: str, tokenizer_fingerprint: str, target_hidden: int, draft_hidden: int
+    ) -> None:
+        """Raise ModelPairError naming every difference between this judge's pair and the given one."""
+        problems = []
+        if not _same_model(self.pair.target_id, target_id):
+            problems.append(f"target model {target_id!r} (judge trained for {self.pair.target_id!r})")
+        if not _same_model(self.pair.draft_id, draft_id):
+            problems.append(f"draft model {draft_id!r} (judge trained for {self.pair.draft_id!r})")
+        if tokenizer_fingerprint != self.pair.tokenizer_fingerprint:
+            problems.append(
+                f"tokenizer fingerprint {tokenizer_fingerprint} (judge trained for {self.pair.tokenizer_fingerprint})"
+            )
+        if int(target_hidden) != self.pair.target_hidden_size:
+            problems.append(f"target hidden size {target_hidden} (judge expects {self.pair.target_hidden_size})")
+        if int(draft_hidden) != self.pair.draft_hidden_size:
+            problems.append(f"draft hidden size {draft_hidden} (judge expects {self.pair.draft_hidden_size})")
+        if problems:
+            raise ModelPairError(
+                "this judge does not fit the model pair: " + "; ".join(problems)
+                + ". A judge only works with the pair it was mined and trained on: run `autojudge mine` and "
+                "`autojudge train` for this pair."
+            )
+
+    def check_model_pair(self, pair: Any) -> None:
+        """`check_pair` for a loaded `autojudge.models.ModelPair`."""
+        from autojudge.models import tokenizer_fingerprint
+
+        self.check_pair(
+            pair.target_id, pair.draft_id, tokenizer_fingerprint(pair.tokenizer),
+            hidden_size(pair.target), hidden_size(pair.draft),
+        )
+
+    # ------------------------------------------------------------ thresholds
+    def set_default_threshold(self, tau: float, source: str) -> None:
+        """Replace the default threshold (e.g. with the one evaluation recommends); `source` says why."""
+        if not 0.0 <= tau <= 1.0:
+            raise InputError(f"threshold must be in [0, 1], got {tau}")
+        self.default_threshold = float(tau)
+        self.threshold_source = source
+
+    # -------------------------------------------------------------- save/load
+    def to_json(self) -> dict[str, Any]:
+        """The judge.json payload (everything but the weights)."""
+        return {
+            "format": "autojudge-judge",
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "feature_setup": self.feature_setup,
+            "num_features": self.num_features,
+            "pair": asdict(self.pair),
+            "intercept": self.intercept,
+            "default_threshold": self.default_threshold,
+            "threshold_source": self.threshold_source,
+            "acceptance": "accept a mismatched draft token when p(important) < threshold",
+            "thresholds": self.thresholds,
+            "metrics": self.metrics,
+            "settings": self.settings,
+            "weights_file": WEIGHTS_NAME if self.kind == "logreg" else LIGHTGBM_NAME,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write judge.json plus weights.safetensors or model.txt into `folder`; return the folder."""
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.kind == "logreg":
+            assert self.coef is not None and self.scaler_mean is not None and self.scaler_scale is not None
+            save_file(
+                {"scaler_mean": self.scaler_mean, "scaler_scale": self.scaler_scale, "coef": self.coef},
+                str(folder / WEIGHTS_NAME),
+                metadata={"format": "autojudge-judge", "feature_setup": self.feature_setup},
+            )
+        else:
+            assert self.booster_text is not None
+            (folder / LIGHTGBM_NAME).write_text(self.booster_text)
+        temporary = folder / (JSON_NAME + ".tmp")
+        temporary.write_text(json.dumps(self.to_json(), indent=2))
+        temporary.replace(folder / JSON_NAME)  # judge.json last: a folder with it is complete
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Judge":
+        """Read a judge folder written by `save`."""
+        folder = Path(folder)
+        meta_path = folder / JSON_NAME
+        if not meta_path.exists():
+            raise JudgeFormatError(f"{folder}: not a judge folder (no {JSON_NAME}; create one with `autojudge train`)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise JudgeFormatError(f"{meta_path}: not valid JSON ({err.msg})") from None
+        if meta.get("format") != "autojudge-judge" or meta.get("format_version") != FORMAT_VERSION:
+            raise JudgeFormatError(
+                f"{meta_path}: unsupported judge format {meta.get('format')!r} version {meta.get('format_version')!r} "
+                f"(this autojudge reads version {FORMAT_VERSION})"
+            )
+        common = dict(
+            pair=PairInfo(**meta["pair"]),
+            thresholds=meta.get("thresholds", []),
+            default_threshold=meta["default_threshold"],
+            threshold_source=meta.get("threshold_source", "default"),
+            metrics=meta.get("metrics", {}),
+            settings=meta.get("settings", {}),
+        )
+        if meta["kind"] == "logreg":
+            from safetensors.numpy import load_file
+
+            weights_path = folder / WEIGHTS_NAME
+            if not weights_path.exists():
+                raise JudgeFormatError(f"{folder}: {WEIGHTS_NAME} is missing")
+            tensors = load_file(str(weights_path))
+            return cls(
+                "logreg", meta["feature_setup"], scaler_mean=tensors["scaler_mean"], scaler_scale=tensors["scaler_scale"],
+                coef=tensors["coef"], intercept=meta["intercept"], **common,
+            )
+        model_path = folder / LIGHTGBM_NAME
+        if not model_path.exists():
+            raise JudgeFormatError(f"{folder}: {LIGHTGBM_NAME} is missing")
+        return cls(meta["kind"], meta["feature_setup"], booster_text=model_path.read_text(), **common)
+
+    def __repr__(self) -> str:
+        auc = self.metrics.get("val_roc_auc")
+        return (
+            f"Judge(kind={self.kind!r}, feature_setup={self.feature_setup!r}, target={self.pair.target_id!r}, "
+            f"draft={self.pair.draft_id!r}, default_threshold={self.default_threshold:.3f}, val_roc_auc={auc})"
+        )
+
+
+def hidden_size(model: Any) -> int:
+    """Width of a transformers model's last hidden state."""
+    config = model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return int(config.hidden_size)
