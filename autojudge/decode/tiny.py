@@ -43,3 +43,17 @@ def tiny_model(arch: str = "llama", seed: int = 0, vocab_size: int = 96, hidden_
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)
     return model
+
+
+def noisy_copy(model: Any, scale: float = 0.05, seed: int = 0) -> Any:
+    """A copy of `model` with Gaussian noise (relative `scale`) on every weight: a draft that
+    mostly agrees with its target and sometimes does not."""
+    import copy
+
+    generator = torch.Generator().manual_seed(seed)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in clone.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            parameter.add_(noise * scale * parameter.std().clamp_min(1e-3))
+    return clone.eval()
