@@ -1,0 +1,95 @@
+"""`autojudge eval`: accuracy vs tokens per target call for exact, topk and autojudge decoding."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate exact / topk / autojudge decoding on held-out problems",
+        description=(
+            "Decode held-out problems with exact speculative decoding, the top-K baseline and the judge over a "
+            "sweep of thresholds (same window); measure accuracy against the ground truth, tokens per target "
+            "call and wall time; write OUT/report.md, OUT/metrics.json and OUT/pareto.png."
+        ),
+    )
+    parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder (from `autojudge train`); without it only exact/topk")
+    parser.add_argument("--target", help="target model spec (default: the judge's target, else toy:target)")
+    parser.add_argument("--draft", help="draft model spec (default: the judge's draft, else toy:draft)")
+    parser.add_argument("--task", default="toy", help="task: toy (default) or gsm8k")
+    parser.add_argument("--input", metavar="FILE", help="problems JSONL (default for toy: generated from --seed)")
+    parser.add_argument("--seed", type=int, default=2, help="toy problem seed (2 = held-out evaluation seed)")
+    parser.add_argument("--limit", type=int, default=100, help="number of problems")
+    parser.add_argument("--window", type=int, default=8, help="draft tokens per cycle (k), same for every mode")
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="generation budget per problem")
+    parser.add_argument("--batch-size", type=int, default=16, help="problems decoded together")
+    parser.add_argument("--top-k", type=_floats, default=(2.0, 3.0, 5.0), help="K values of the topk baseline, e.g. 2,3,5")
+    parser.add_argument(
+        "--thresholds", type=_floats, default=None,
+        help="autojudge thresholds, e.g. 0.1,0.3,0.5 (default: taus reaching validation acceptance rates 0.2..1.0)",
+    )
+    parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a recommended threshold may lose")
+    parser.add_argument(
+        "--set-default", action="store_true",
+        help="write the recommended threshold into the judge as its default (use on validation problems, not test)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for report.md, metrics.json, pareto.png")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from autojudge.models import load_pair
+    from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes, recommend_threshold, write_eval_outputs
+    from autojudge.pipeline.judge import Judge
+    from autojudge.tasks import get_task
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    judge = Judge.load(args.judge) if args.judge else None
+    target = args.target or (judge.pair.target_id if judge else "toy:target")
+    draft = args.draft or (judge.pair.draft_id if judge else "toy:draft")
+    pair = load_pair(target, draft, device=args.device)
+    if judge is not None:
+        judge.check_model_pair(pair)
+    task = get_task(args.task, seed=args.seed) if args.task == "toy" else get_task(args.task)
+    problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
+    config = EvalConfig(
+        window=args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,
+        max_accuracy_drop=args.max_drop / 100.0, device=args.device,
+    )
+    results = evaluate_modes(pair, task, problems, judge, config)
+    chosen = recommend_threshold(results, config.max_accuracy_drop) if judge else None
+    source = args.input or f"{args.task} seed {args.seed}"
+    context = {
+        "problems": f"{len(problems)} from {source}",
+        "target / draft": f"`{target}` / `{draft}`",
+        "judge": f"`{args.judge}`" if args.judge else "none",
+        "window": config.window,
+        "max new tokens": config.max_new_tokens,
+        "device": args.device,
+    }
+    paths = write_eval_outputs(results, args.out, "AutoJudge evaluation", context, config.max_accuracy_drop, chosen)
+    if args.set_default and judge is not None and chosen is not None:
+        judge.set_default_threshold(
+            float(chosen.param), f"autojudge eval on {source}: max tokens/target call within {args.max_drop:g} point"
+        )
+        judge.save(args.judge)
+        print(f"default threshold of {args.judge} set to {chosen.param:g}")
+    print(paths["report"].read_text())
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
