@@ -84,20 +84,20 @@ class TopKRule(AcceptanceRule):
 class JudgeRule(AcceptanceRule):
     """Accept exact matches, and mismatches whose judged probability of being important is below `threshold`."""
 
-    needs_draft_hidden = True
-
     def __init__(self, judge: Judge, threshold: float):
         self.judge = judge
         self.threshold = float(threshold)
+        # a judge on target features only ("DT") does not need the extra draft step
+        self.needs_draft_hidden = getattr(judge, "feature_setup", "DD-DT") != "DT"
 
     def __call__(self, draft_tokens, target_logits, h_target=None, h_draft=None):
-        if h_target is None or h_draft is None:
-            raise ValueError("JudgeRule needs both h_target and h_draft")
+        if h_target is None or (h_draft is None and self.needs_draft_hidden):
+            raise ValueError("JudgeRule needs h_target (and h_draft unless the judge's feature_setup is 'DT')")
         accept = exact_matches(draft_tokens, target_logits)  # [batch, k]
         mismatch = ~accept  # [batch, k]
         if mismatch.any():
             h_t = h_target[mismatch]  # [n, Ht]
-            h_d = h_draft[mismatch]  # [n, Hd]
+            h_d = h_draft[mismatch] if h_draft is not None else None  # [n, Hd]
             prob = torch.as_tensor(self.judge(h_t, h_d)).reshape(-1).to(accept.device)  # [n]
             if prob.shape[0] != h_t.shape[0]:
                 raise ValueError(f"judge returned {prob.shape[0]} probabilities for {h_t.shape[0]} rows")

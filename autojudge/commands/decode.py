@@ -1,0 +1,120 @@
+"""`autojudge decode`: speculative decoding of a JSONL file of prompts (exact, top-k or judge acceptance)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "decode",
+        help="speculative decoding of prompts (exact | topk | autojudge acceptance)",
+        description=(
+            "Decode every record of --input with the target, the draft proposing --window tokens per "
+            "target call. Records with 'question' are formatted by --task (chat template), records with "
+            "'prompt' are used as raw text. Writes one JSON line per record to --output: id, text, "
+            "prompt_token_ids, token_ids (generated), stop_reason and stats (target_calls, draft_calls, "
+            "new_tokens, wall_s, accepted_lengths, tokens_per_target_call)."
+        ),
+    )
+    parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
+    parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
+    parser.add_argument(
+        "--mode", choices=["exact", "topk", "autojudge"], default="exact",
+        help="acceptance rule: exact (lossless), topk (draft token in target's top-K), autojudge (trained judge)",
+    )
+    parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder from `autojudge train` (mode autojudge)")
+    parser.add_argument(
+        "--threshold", type=float, metavar="TAU",
+        help="judge threshold: accept a mismatch when p(important) < TAU (default: the judge's default)",
+    )
+    parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
+    parser.add_argument("--window", type=int, default=4, metavar="K", help="draft tokens per target call (default 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
+    parser.add_argument("--task", default="gsm8k", help="task that formats 'question' records (default gsm8k)")
+    parser.add_argument("--input", required=True, metavar="FILE", help="prompts JSONL (id + question or prompt)")
+    parser.add_argument("--output", required=True, metavar="FILE", help="output JSONL")
+    parser.add_argument("--limit", type=int, help="decode only the first N records")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=run)
+
+
+def load_rule(args: argparse.Namespace, pair: Any) -> Any:
+    """The acceptance rule of --mode; loads and checks the judge for mode autojudge."""
+    from autojudge.decode import build_rule
+    from autojudge.tasks import InputError
+
+    if args.mode != "autojudge":
+        if args.judge:
+            print(f"autojudge decode: note: --judge is ignored in mode {args.mode}", file=sys.stderr)
+        return build_rule(args.mode, top_k=args.top_k)
+    if not args.judge:
+        raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
+    from autojudge.pipeline.judge import Judge  # lazy: only this mode needs it
+
+    judge = Judge.load(args.judge)
+    judge.check_model_pair(pair)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
+    return build_rule("autojudge", judge=judge, threshold=args.threshold)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from autojudge.decode import SpeculativeEngine, aggregate
+    from autojudge.models import ModelPairError, load_pair
+    from autojudge.tasks import InputError, get_task, write_jsonl
+
+    if args.window < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+        raise InputError("--window, --max-new-tokens and --batch-size must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = get_task(args.task)
+    problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
+    try:
+        pair = load_pair(args.target, args.draft, device=args.device)
+        rule = load_rule(args, pair)
+    except ModelPairError as err:
+        raise InputError(str(err)) from None
+    tokenizer = pair.tokenizer
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    engine = SpeculativeEngine(
+        pair.target, pair.draft, rule, window=args.window, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id or 0
+    )
+    prompts = [tokenizer(task.render_prompt(p, tokenizer), add_special_tokens=False).input_ids for p in problems]
+    records, metrics, total_wall = [], [], 0.0
+    for start in range(0, len(problems), args.batch_size):
+        batch = slice(start, start + args.batch_size)
+        results = engine.generate(prompts[batch], args.max_new_tokens, stop_strings=args.stop, tokenizer=tokenizer)
+        total_wall += max((r.metrics.wall_s for r in results), default=0.0)
+        for problem, prompt_ids, result in zip(problems[batch], prompts[batch], results):
+            m = result.metrics
+            metrics.append(m)
+            records.append({
+                "id": problem.id,
+                "text": tokenizer.decode(result.token_ids, skip_special_tokens=True),
+                "prompt_token_ids": list(prompt_ids),
+                "token_ids": result.token_ids,
+                "stop_reason": result.stop_reason,
+                "stats": {
+                    "target_calls": m.target_calls, "draft_calls": m.draft_calls, "new_tokens": m.new_tokens,
+                    "wall_s": round(m.wall_s, 4), "accepted_lengths": m.accepted_lengths,
+                    "tokens_per_target_call": round(m.tokens_per_target_call, 4),
+                },
+            })
+        print(f"decoded {len(records)}/{len(problems)}", file=sys.stderr)
+    write_jsonl(args.output, records)
+    total = aggregate(metrics, wall_s=total_wall)
+    print(
+        f"mode {args.mode} window {args.window}: {len(records)} prompts, {total.new_tokens} tokens, "
+        f"{total.target_calls} target calls ({total.tokens_per_target_call:.2f} tokens/call), "
+        f"accepted-length histogram {total.accepted_lengths}, {total.wall_s:.1f} s ({total.tokens_per_s:.1f} tokens/s); "
+        f"wrote {args.output}"
+    )
+    return 0

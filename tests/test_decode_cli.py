@@ -1,0 +1,96 @@
+"""`autojudge decode` end to end on a tiny random pair saved with the toy tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autojudge.cli import main
+from autojudge.decode.tiny import noisy_copy, tiny_model
+from autojudge.models import TOY_WEIGHTS, load_tokenizer, tokenizer_fingerprint
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def pair_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    tokenizer = load_tokenizer(str(TOY_WEIGHTS / "target"))
+    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
+    draft = noisy_copy(target, scale=0.3, seed=1)
+    for name, model in (("target", target), ("draft", draft)):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root / "target", root / "draft", target, tokenizer
+
+
+def write_prompts(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_decode_exact_matches_generate_and_writes_records(pair_dirs, tmp_path, capsys):
+    target_dir, draft_dir, target, tokenizer = pair_dirs
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, [{"id": "q1", "question": "Tom has 3 apples. How many?"}, {"id": "p1", "prompt": "Answer: 12"}])
+    out = tmp_path / "out.jsonl"
+    argv = ["decode", "--target", str(target_dir), "--draft", str(draft_dir), "--mode", "exact", "--window", "3",
+            "--max-new-tokens", "12", "--input", str(prompts), "--output", str(out), "--batch-size", "2"]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["q1", "p1"]
+    assert records[1]["prompt_token_ids"] == tokenizer("Answer: 12", add_special_tokens=False).input_ids
+    for record in records:
+        with torch.no_grad():
+            reference = target.generate(
+                torch.tensor([record["prompt_token_ids"]]), do_sample=False, max_new_tokens=12,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=0,
+            )[0, len(record["prompt_token_ids"]):].tolist()
+        assert record["token_ids"] == reference[: len(record["token_ids"])] and len(record["token_ids"]) >= 1
+        assert set(record["stats"]) >= {"target_calls", "draft_calls", "new_tokens", "wall_s"}
+        assert record["stats"]["new_tokens"] == len(record["token_ids"])
+        assert isinstance(record["text"], str)
+    assert "tokens/call" in capsys.readouterr().out
+
+
+def test_decode_autojudge_with_a_random_logistic_judge(pair_dirs, tmp_path):
+    from autojudge.pipeline.judge import Judge, PairInfo
+
+    target_dir, draft_dir, target, tokenizer = pair_dirs
+    width = target.config.hidden_size
+    rng = np.random.default_rng(0)
+    judge = Judge(
+        "logreg", "DD-DT",
+        PairInfo(str(target_dir), str(draft_dir), tokenizer_fingerprint(tokenizer), width, width),
+        scaler_mean=np.zeros(2 * width), scaler_scale=np.ones(2 * width), coef=rng.normal(size=2 * width),
+        default_threshold=0.5,
+    )
+    judge.save(tmp_path / "judge")
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, [{"id": "a", "prompt": "Question: 2+2"}])
+    base = ["decode", "--target", str(target_dir), "--draft", str(draft_dir), "--max-new-tokens", "15",
+            "--input", str(prompts), "--window", "4"]
+    assert main(base + ["--mode", "autojudge", "--judge", str(tmp_path / "judge"), "--threshold", "1.0",
+                        "--output", str(tmp_path / "all.jsonl")]) == 0
+    lenient = json.loads((tmp_path / "all.jsonl").read_text())
+    # tau = 1 accepts every mismatch: each of the 3 cycles accepts all 4 draft tokens (+1 bonus = 15)
+    assert lenient["stats"]["accepted_lengths"] == [0, 0, 0, 0, 3] or lenient["stop_reason"] == "eos"
+    assert main(base + ["--mode", "autojudge", "--judge", str(tmp_path / "judge"), "--threshold", "0.0",
+                        "--output", str(tmp_path / "none.jsonl")]) == 0
+    assert main(base + ["--mode", "exact", "--output", str(tmp_path / "exact.jsonl")]) == 0
+    strict, exact = (json.loads((tmp_path / f).read_text()) for f in ("none.jsonl", "exact.jsonl"))
+    assert strict["token_ids"] == exact["token_ids"]  # tau = 0 rejects every mismatch: lossless
+
+
+def test_decode_bad_input_names_file_and_line(pair_dirs, tmp_path, capsys):
+    target_dir, draft_dir, _, _ = pair_dirs
+    prompts = tmp_path / "bad.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "ok"}\n{"id": 2, "text": "no prompt"}\n')
+    code = main(["decode", "--target", str(target_dir), "--draft", str(draft_dir), "--input", str(prompts),
+                 "--output", str(tmp_path / "o.jsonl")])
+    assert code == 2
+    assert f"{prompts}:2" in capsys.readouterr().err
+    assert main(["decode", "--target", str(target_dir), "--draft", str(draft_dir), "--mode", "autojudge",
+                 "--input", str(prompts).replace("bad", "none"), "--output", str(tmp_path / "o.jsonl")]) == 2
