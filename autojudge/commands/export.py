@@ -1,0 +1,63 @@
+"""`autojudge export`: a mining folder as a Hugging Face dataset (Parquet + card), optionally pushed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export mined labels as a Hugging Face dataset (and push it to the Hub)",
+        description=(
+            "Build a Hugging Face `datasets` dataset from a mining folder: config `labels` (one row per "
+            "mismatch: token ids, ClassLabel `important`, hidden-state features) and config `responses` "
+            "(one row per prompt), split train/validation by prompt, typed Features, and a dataset card "
+            "(README.md with license, models, counts, label balance, mining settings). Written as Parquet in "
+            "the Hub layout, so `datasets.load_dataset(OUT)` loads it. --push uploads it with $HF_TOKEN; a "
+            "failed push leaves the local export intact."
+        ),
+    )
+    parser.add_argument("--data", required=True, metavar="DIR", help="mining output folder (from `autojudge mine`)")
+    parser.add_argument("--out", required=True, metavar="OUT", help="folder to write the dataset into")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of prompts in the validation split")
+    parser.add_argument("--license", default="mit", help="license id for the card (match your prompts' and models' terms)")
+    parser.add_argument("--name", default=None, help="human title of the dataset (card's pretty_name)")
+    parser.add_argument("--max-shard-rows", type=int, default=100_000, help="rows per Parquet file")
+    parser.add_argument("--save-to-disk", action="store_true", help="also write Dataset.save_to_disk copies")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--push", action="store_true", help="upload to the Hugging Face Hub (needs --repo-id, HF_TOKEN)")
+    parser.add_argument("--repo-id", default=None, metavar="ORG/NAME", help="Hub dataset repository for --push")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autojudge.pipeline.export import ExportConfig, ExportError, export_dataset, push_export
+    from autojudge.tasks.jsonl import InputError
+
+    if args.push and not args.repo_id:
+        raise InputError("--push needs --repo-id ORG/NAME")
+    config = ExportConfig(
+        data=Path(args.data), out=Path(args.out), val_fraction=args.val_fraction, license=args.license,
+        pretty_name=args.name, max_shard_rows=args.max_shard_rows, save_to_disk=args.save_to_disk,
+        overwrite=args.overwrite,
+    )
+    result = export_dataset(config)
+    counts = result.counts
+    print(
+        f"exported {counts['labels']['total']} labels ({counts['important']} important) from "
+        f"{counts['prompts']} prompts to {result.out}/ "
+        + ", ".join(f"{name}: {splits}" for name, splits in counts["splits"].items())
+    )
+    if args.push:
+        try:
+            url = push_export(result.out, args.repo_id, private=args.private)
+        except ExportError as err:
+            print(f"autojudge export: error: {err}", file=sys.stderr)
+            return 1
+        print(f"pushed to {url}")
+    return 0
