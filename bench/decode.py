@@ -1,0 +1,215 @@
+"""Decode benchmark: target-only greedy vs HF assisted generation vs this engine (exact, top-k).
+
+All methods run on the same held-out toy prompts (world seed 2), greedy, at the same
+window k (HF assisted: `num_assistant_tokens=k`, constant schedule, no confidence
+early-exit). HF assisted generation only supports batch size 1, so the side-by-side
+comparison is per prompt, batch 1; the engine is also timed batched. Target calls are
+counted with a forward hook on `target.base_model` (one per forward pass, any method).
+
+    PYTHONPATH=. python bench/decode.py          # toy pair (autojudge/toy/weights); or pip install -e .
+    PYTHONPATH=. python bench/decode.py --tiny   # random tiny Llama pair, no weights needed
+    PYTHONPATH=. python bench/decode.py --target toy:target --draft toy:draft --window 4 --num-prompts 16 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark."""
+
+    target: str = "toy:target"  # target model spec
+    draft: str = "toy:draft"  # draft model spec
+    tiny: bool = False  # use a random tiny Llama pair (draft = noisy copy) instead of the specs
+    num_prompts: int = 16  # held-out toy prompts (world seed 2)
+    window: int = 4  # draft tokens per target call, all methods
+    top_k: int = 4  # K of the engine's topk mode
+    max_new_tokens: int = 128  # budget per prompt
+    batch_size: int = 8  # engine batch size for the batched line
+    threads: int = 1  # torch CPU threads
+    seed: int = 2  # toy world seed of the prompts (2 = held-out evaluation stream)
+
+
+@dataclass
+class MethodResult:
+    """One method's totals over all prompts."""
+
+    method: str
+    new_tokens: int
+    target_calls: int
+    draft_calls: int
+    wall_s: float
+    outputs: list[list[int]]
+
+    @property
+    def tokens_per_target_call(self) -> float:
+        return self.new_tokens / max(self.target_calls, 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_s if self.wall_s else 0.0
+
+
+@contextmanager
+def count_forwards(model: Any) -> Iterator[list[int]]:
+    """Count forward passes of `model.base_model` while the block runs (counter[0])."""
+    counter = [0]
+    handle = model.base_model.register_forward_pre_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
+    try:
+        yield counter
+    finally:
+        handle.remove()
+
+
+def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[int]]:
+    """(target, draft, prompt token ids, eos ids)."""
+    if config.tiny:
+        from autojudge.decode.tiny import noisy_copy, tiny_model
+
+        target = tiny_model("llama", seed=0, vocab_size=128, hidden_size=64, layers=4)
+        draft = noisy_copy(tiny_model("llama", seed=0, vocab_size=128, hidden_size=64, layers=4), 0.3, seed=1)
+        generator = torch.Generator().manual_seed(config.seed)
+        prompts = [[1] + torch.randint(3, 128, (int(n),), generator=generator).tolist()
+                   for n in torch.randint(8, 40, (config.num_prompts,), generator=generator)]
+        return target, draft, prompts, [2]
+    from autojudge.models import load_pair
+    from autojudge.tasks import get_task
+    from autojudge.tasks.base import Problem
+    from autojudge.toy.world import generate_problems
+
+    pair = load_pair(config.target, config.draft, device="cpu", dtype=torch.float32)
+    task = get_task("toy")
+    records = generate_problems(config.num_prompts, seed=config.seed)
+    problems = [Problem(id=r["id"], question=r["question"], answer=r["answer"]) for r in records]
+    prompts = [pair.tokenizer(task.render_prompt(p, pair.tokenizer), add_special_tokens=False).input_ids for p in problems]
+    return pair.target, pair.draft, prompts, [pair.tokenizer.eos_token_id]
+
+
+def cut_at_eos(tokens: list[int], eos: list[int]) -> list[int]:
+    for index, token in enumerate(tokens):
+        if token in eos:
+            return tokens[: index + 1]
+    return tokens
+
+
+def run_hf(name: str, target: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], **generate_kwargs: Any) -> MethodResult:
+    """HF `generate` per prompt (batch 1): plain greedy, or assisted with `assistant_model=`."""
+    outputs, wall = [], 0.0
+    assistant = generate_kwargs.get("assistant_model")
+    with count_forwards(target) as calls, count_forwards(assistant or target) as assistant_calls:
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = target.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                    max_new_tokens=config.max_new_tokens, eos_token_id=eos, pad_token_id=0, **generate_kwargs,
+                )
+            wall += time.perf_counter() - start
+            outputs.append(cut_at_eos(out[0, len(prompt):].tolist(), eos))
+    draft_calls = assistant_calls[0] if assistant is not None else 0
+    return MethodResult(name, sum(map(len, outputs)), calls[0], draft_calls, wall, outputs)
+
+
+def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int) -> MethodResult:
+    """This engine, `batch_size` prompts per call."""
+    from autojudge.decode import SpeculativeEngine
+
+    engine = SpeculativeEngine(target, draft, rule, window=config.window, eos_token_ids=eos, pad_token_id=0)
+    outputs, wall, draft_calls = [], 0.0, 0
+    with count_forwards(target) as calls:
+        for start_index in range(0, len(prompts), batch_size):
+            batch = prompts[start_index : start_index + batch_size]
+            start = time.perf_counter()
+            results = engine.generate(batch, config.max_new_tokens)
+            wall += time.perf_counter() - start
+            outputs += [r.token_ids for r in results]
+            draft_calls += sum(r.metrics.draft_calls for r in results)
+    return MethodResult(name, sum(map(len, outputs)), calls[0], draft_calls, wall, outputs)
+
+
+def assisted_kwargs(draft: Any, window: int) -> dict[str, Any]:
+    """HF assisted generation at a fixed window: k tokens per round, no heuristic, no confidence exit."""
+    draft.generation_config.num_assistant_tokens = window
+    draft.generation_config.num_assistant_tokens_schedule = "constant"
+    draft.generation_config.assistant_confidence_threshold = 0.0
+    return {"assistant_model": draft}
+
+
+def benchmark(config: BenchConfig) -> list[MethodResult]:
+    from autojudge.decode import ExactRule, TopKRule
+
+    torch.set_num_threads(config.threads)
+    target, draft, prompts, eos = load_models(config)
+    warm = prompts[:1]
+    methods: list[tuple[str, Callable[[list[list[int]]], MethodResult]]] = [
+        ("target greedy (HF generate)", lambda p: run_hf("target greedy (HF generate)", target, p, config, eos)),
+        ("HF assisted generation", lambda p: run_hf("HF assisted generation", target, p, config, eos, **assisted_kwargs(draft, config.window))),
+        ("engine exact (batch 1)", lambda p: run_engine("engine exact (batch 1)", target, draft, ExactRule(), p, config, eos, 1)),
+        (f"engine topk K={config.top_k} (batch 1)", lambda p: run_engine(f"engine topk K={config.top_k} (batch 1)", target, draft, TopKRule(config.top_k), p, config, eos, 1)),
+        (f"engine exact (batch {config.batch_size})", lambda p: run_engine(f"engine exact (batch {config.batch_size})", target, draft, ExactRule(), p, config, eos, config.batch_size)),
+    ]
+    results = []
+    for _, method in methods:
+        method(warm)  # warm-up (allocator, first-call overheads)
+        results.append(method(prompts))
+    return results
+
+
+def report(results: list[MethodResult], config: BenchConfig) -> str:
+    greedy = results[0]
+    assisted = results[1]
+    lines = [
+        f"window k={config.window}, {config.num_prompts} prompts, max_new_tokens={config.max_new_tokens}, "
+        f"threads={config.threads}, pair={'tiny random llama' if config.tiny else config.target + ' / ' + config.draft}",
+        f"{'method':<28} {'tokens':>7} {'target calls':>12} {'tok/call':>8} {'draft calls':>11} {'wall s':>8} {'tok/s':>8} {'vs greedy':>9} {'vs assisted':>11} {'= greedy':>8}",
+    ]
+    for r in results:
+        same = sum(a == b for a, b in zip(r.outputs, greedy.outputs))
+        lines.append(
+            f"{r.method:<28} {r.new_tokens:>7} {r.target_calls:>12} {r.tokens_per_target_call:>8.2f} {r.draft_calls:>11} "
+            f"{r.wall_s:>8.2f} {r.tokens_per_s:>8.1f} {greedy.wall_s / r.wall_s:>8.2f}x {assisted.wall_s / r.wall_s:>10.2f}x "
+            f"{same:>4}/{len(r.outputs)}"
+        )
+    lines.append("(target calls = target forward passes; a batched pass counts once. tok/call = tokens / target calls.)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = BenchConfig()
+    parser.add_argument("--target", default=defaults.target)
+    parser.add_argument("--draft", default=defaults.draft)
+    parser.add_argument("--tiny", action="store_true", help="random tiny Llama pair instead of the specs")
+    parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts)
+    parser.add_argument("--window", type=int, default=defaults.window)
+    parser.add_argument("--top-k", type=int, default=defaults.top_k)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    config = BenchConfig(
+        target=args.target, draft=args.draft, tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
+        top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
+    )
+    results = benchmark(config)
+    print(report(results, config))
+    if args.json:
+        rows = [{k: v for k, v in asdict(r).items() if k != "outputs"} | {"tokens_per_target_call": r.tokens_per_target_call, "tokens_per_s": r.tokens_per_s} for r in results]
+        with open(args.json, "w") as handle:
+            json.dump({"config": asdict(config), "results": rows}, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
