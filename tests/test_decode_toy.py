@@ -1,0 +1,42 @@
+"""Exact mode on the shipped toy pair equals the target's greedy `generate` (skipped until the weights exist)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autojudge.models import TOY_WEIGHTS
+
+torch.set_num_threads(1)
+
+HAVE_WEIGHTS = all(
+    any((TOY_WEIGHTS / name / file).exists() for file in ("model.safetensors", "model.safetensors.index.json"))
+    for name in ("target", "draft")
+)
+
+
+@pytest.mark.skipif(not HAVE_WEIGHTS, reason="toy weights not trained yet (autojudge/toy/weights/*/model.safetensors)")
+def test_exact_equals_greedy_on_the_toy_pair():
+    from autojudge.decode import ExactRule, SpeculativeEngine
+    from autojudge.models import load_pair
+    from autojudge.tasks import get_task
+    from autojudge.tasks.base import Problem
+    from autojudge.toy.world import generate_problems
+
+    pair = load_pair("toy:target", "toy:draft")
+    task, tokenizer = get_task("toy"), pair.tokenizer
+    problems = [Problem(id=r["id"], question=r["question"]) for r in generate_problems(4, seed=2)]
+    prompts = [tokenizer(task.render_prompt(p, tokenizer), add_special_tokens=False).input_ids for p in problems]
+    eos, budget = tokenizer.eos_token_id, 96
+    reference = []
+    for prompt in prompts:
+        with torch.no_grad():
+            out = pair.target.generate(
+                torch.tensor([prompt]), do_sample=False, max_new_tokens=budget, eos_token_id=eos, pad_token_id=0
+            )[0, len(prompt):].tolist()
+        reference.append(out[: out.index(eos) + 1] if eos in out else out)
+    engine = SpeculativeEngine(pair.target, pair.draft, ExactRule(), window=4, eos_token_ids=[eos], pad_token_id=0)
+    batched = engine.generate(prompts, budget)
+    assert [r.token_ids for r in batched] == reference
+    assert [engine.generate([p], budget)[0].token_ids for p in prompts] == reference
+    assert sum(r.metrics.new_tokens for r in batched) > sum(r.metrics.target_calls for r in batched)
