@@ -75,8 +75,9 @@ def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[in
     if config.tiny:
         from autojudge.decode.tiny import noisy_copy, tiny_model
 
-        target = tiny_model("llama", seed=0, vocab_size=128, hidden_size=64, layers=4)
-        draft = noisy_copy(tiny_model("llama", seed=0, vocab_size=128, hidden_size=64, layers=4), 0.3, seed=1)
+        # toy-target-sized random model; the draft is a noisy copy (same cost, agrees often)
+        target = tiny_model("llama", seed=0, vocab_size=128, hidden_size=192, layers=4)
+        draft = noisy_copy(target, 0.1, seed=1)
         generator = torch.Generator().manual_seed(config.seed)
         prompts = [[1] + torch.randint(3, 128, (int(n),), generator=generator).tolist()
                    for n in torch.randint(8, 40, (config.num_prompts,), generator=generator)]
