@@ -64,6 +64,18 @@ def load_rule(args: argparse.Namespace, pair: Any) -> Any:
     return build_rule("autojudge", judge=judge, threshold=args.threshold)
 
 
+def eos_ids(tokenizer: Any, *models: Any) -> list[int]:
+    """EOS ids of the tokenizer and the models' generation configs (what `generate` stops on)."""
+    ids: list[int] = []
+    candidates: list[Any] = [tokenizer.eos_token_id]
+    candidates += [getattr(getattr(model, "generation_config", None), "eos_token_id", None) for model in models]
+    for item in candidates:
+        for token in item if isinstance(item, (list, tuple)) else [item]:
+            if token is not None and int(token) not in ids:
+                ids.append(int(token))
+    return ids
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -83,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     except ModelPairError as err:
         raise InputError(str(err)) from None
     tokenizer = pair.tokenizer
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos = eos_ids(tokenizer, pair.target, pair.draft)
     engine = SpeculativeEngine(
         pair.target, pair.draft, rule, window=args.window, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id or 0
     )

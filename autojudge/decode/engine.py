@@ -163,7 +163,7 @@ class SpeculativeEngine:
         rule: AcceptanceRule,
         window: int = 4,
         eos_token_ids: Sequence[int] | int | None = (),
-        pad_token_id: int = 0,
+        pad_token_id: int | None = 0,
     ):
         """window: draft tokens proposed per cycle (k); eos_token_ids: a row stops after emitting one;
         pad_token_id: filler id for padding slots (never attended to)."""
@@ -173,7 +173,7 @@ class SpeculativeEngine:
         if eos_token_ids is None:
             eos_token_ids = ()
         self.eos = {int(eos_token_ids)} if isinstance(eos_token_ids, int) else {int(t) for t in eos_token_ids}
-        self.pad_token_id = pad_token_id
+        self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
         self.vocab_size = target.get_output_embeddings().weight.shape[0]
 
     def generate(
