@@ -18,6 +18,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -82,11 +83,16 @@ def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[in
         prompts = [[1] + torch.randint(3, 128, (int(n),), generator=generator).tolist()
                    for n in torch.randint(8, 40, (config.num_prompts,), generator=generator)]
         return target, draft, prompts, [2]
-    from autojudge.models import load_pair
+    from autojudge.models import load_pair, resolve_spec
     from autojudge.tasks import get_task
     from autojudge.tasks.base import Problem
     from autojudge.toy.world import generate_problems
 
+    for spec in (config.target, config.draft):
+        folder = Path(resolve_spec(spec)[0])
+        if spec.startswith("toy:") and not (folder / "config.json").exists():
+            raise SystemExit(f"{spec}: no weights in {folder} yet (python -m autojudge.toy.train --out "
+                             f"autojudge/toy/weights); use --tiny for a random stand-in pair")
     pair = load_pair(config.target, config.draft, device="cpu", dtype=torch.float32)
     task = get_task("toy")
     records = generate_problems(config.num_prompts, seed=config.seed)
