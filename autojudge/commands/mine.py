@@ -1,0 +1,70 @@
+"""`autojudge mine`: mine AutoJudge labels (semi-greedy search) into Parquet shards."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from autojudge.ray_utils import add_ray_arguments
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "mine",
+        help="mine important/unimportant mismatch labels with features (resumable)",
+        description=(
+            "Run the semi-greedy label search (DESIGN.md 1.1) of a target/draft pair over a task's prompts "
+            "on Ray actors. Writes DIR/labels/*.parquet, DIR/responses/*.parquet and DIR/manifest.json; "
+            "running the same command again on DIR skips finished prompts."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--task", default="toy", choices=["toy", "gsm8k"], help="task whose evaluator decides importance")
+    parser.add_argument("--input", default=None, help="prompt JSONL (id + question or prompt); toy generates problems if absent")
+    parser.add_argument("--limit", type=int, default=None, help="mine at most N prompts (toy default without --input: 200)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of generated toy problems")
+    parser.add_argument("--target", required=True, help="target model spec (HF id, folder, .gguf, toy:target)")
+    parser.add_argument("--draft", required=True, help="draft model spec (HF id, folder, .gguf, toy:draft)")
+    parser.add_argument("--out", required=True, help="output folder (resumed if it exists)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray actors, one model replica each (0: no Ray, this process)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (0 on CPU machines)")
+    parser.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (and torch threads) per actor")
+    parser.add_argument("--batch-size", type=int, default=16, help="searches in flight per replica")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="response budget per prompt")
+    parser.add_argument("--method", default="fast", choices=["fast", "plain"], help="fast miner or the plain reference algorithm")
+    parser.add_argument("--chunk-size", type=int, default=0, help="prompts per actor task and per shard (0: 2 x batch size)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autojudge.pipeline.mine import MineConfig, mine
+
+    config = MineConfig(
+        task=args.task,
+        target=args.target,
+        draft=args.draft,
+        out=args.out,
+        input=args.input,
+        limit=args.limit,
+        seed=args.seed,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        method=args.method,
+        chunk_size=args.chunk_size,
+        address=args.address,
+        progress=not args.no_progress,
+    )
+    out = mine(config)
+    import json
+
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    print(
+        f"mined {counts['prompts']} prompts in {out}: {counts['labels']} labels, "
+        f"{counts['important']} important, {counts['errors']} errors"
+    )
+    return 0

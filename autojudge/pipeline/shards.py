@@ -1,0 +1,139 @@
+"""Parquet shards of a mining folder: atomic writes, reading back, and the resume set.
+
+Layout of a mining folder DIR (.notes/CONTRACTS.md):
+- `DIR/labels/<shard>.parquet`: one row per mismatch (`LABEL_SCHEMA`);
+- `DIR/responses/<shard>.parquet`: one row per prompt (`RESPONSE_SCHEMA`);
+- `DIR/manifest.json`: models, task, settings and counts.
+
+A shard is a group of finished prompts; its labels file and responses file share the
+name. Every file is written to a temporary name and renamed into place (atomic on
+POSIX), labels first, responses last: a prompt is finished iff it has a row in a
+responses shard. A labels shard without its responses sibling (a crash between the two
+renames) is an orphan, removed by `clean_orphans` before resuming, so a resumed run
+never duplicates nor loses a prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+LABEL_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("position", pa.int32()),
+        ("target_token", pa.int32()),
+        ("draft_token", pa.int32()),
+        ("important", pa.bool_()),
+        ("h_target", pa.list_(pa.float32())),
+        ("h_draft", pa.list_(pa.float32())),
+    ]
+)
+RESPONSE_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt_token_ids", pa.list_(pa.int32())),
+        ("initial_response_ids", pa.list_(pa.int32())),
+        ("final_response_ids", pa.list_(pa.int32())),
+        ("target_answer", pa.string()),
+        ("num_labels", pa.int32()),
+        ("error", pa.string()),
+    ]
+)
+LABELS, RESPONSES, MANIFEST = "labels", "responses", "manifest.json"
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file under a temporary name, fsync it, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
+    """The same for a JSON file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def new_shard_name(index: int) -> str:
+    """A name unique across runs: start time and process id of this run, then a counter."""
+    return f"shard-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{index:05d}"
+
+
+def write_shard(out_dir: str | Path, name: str, labels: list[dict[str, Any]], responses: list[dict[str, Any]]) -> None:
+    """Write one shard: labels first, responses (the commit mark) last."""
+    out_dir = Path(out_dir)
+    write_atomic(pa.Table.from_pylist(labels, schema=LABEL_SCHEMA), out_dir / LABELS / f"{name}.parquet")
+    write_atomic(pa.Table.from_pylist(responses, schema=RESPONSE_SCHEMA), out_dir / RESPONSES / f"{name}.parquet")
+
+
+def clean_orphans(out_dir: str | Path) -> list[Path]:
+    """Remove temporary files and labels shards whose responses shard is missing; return them."""
+    out_dir = Path(out_dir)
+    removed = []
+    for folder in (out_dir / LABELS, out_dir / RESPONSES):
+        for path in folder.glob(".*.tmp") if folder.exists() else []:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if (out_dir / LABELS).exists():
+        for path in (out_dir / LABELS).glob("*.parquet"):
+            if not (out_dir / RESPONSES / path.name).exists():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def shard_paths(out_dir: str | Path, kind: str) -> list[Path]:
+    """Committed shards of one kind (`labels` or `responses`), sorted by name."""
+    folder = Path(out_dir) / kind
+    if not folder.exists():
+        return []
+    paths = sorted(folder.glob("*.parquet"))
+    if kind == LABELS:  # only committed ones
+        paths = [p for p in paths if (Path(out_dir) / RESPONSES / p.name).exists()]
+    return paths
+
+
+def read_table(out_dir: str | Path, kind: str, columns: list[str] | None = None) -> pa.Table:
+    """All committed shards of one kind as one table (empty table with the schema if none)."""
+    schema = LABEL_SCHEMA if kind == LABELS else RESPONSE_SCHEMA
+    paths = shard_paths(out_dir, kind)
+    if not paths:
+        table = schema.empty_table()
+        return table.select(columns) if columns else table
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
+
+
+def read_labels(out_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Label rows of a mining folder."""
+    return read_table(out_dir, LABELS, columns)
+
+
+def read_responses(out_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Response rows (one per finished prompt) of a mining folder."""
+    return read_table(out_dir, RESPONSES, columns)
+
+
+def finished_prompt_ids(out_dir: str | Path) -> set[str]:
+    """Prompts that already have a committed responses row (with or without an error)."""
+    return set(read_responses(out_dir, ["prompt_id"]).column("prompt_id").to_pylist())
+
+
+def count_rows(out_dir: str | Path) -> dict[str, int]:
+    """Counts for the manifest: prompts, labels, important labels, prompts with an error."""
+    responses = read_responses(out_dir, ["prompt_id", "error"])
+    important = read_labels(out_dir, ["important"]).column("important").to_pylist()
+    errors = sum(1 for e in responses.column("error").to_pylist() if e is not None)
+    return {"prompts": responses.num_rows, "labels": len(important), "important": sum(important), "errors": errors}

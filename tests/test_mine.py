@@ -1,0 +1,203 @@
+"""The miner: the fast search gives the plain algorithm's labels; the job writes shards,
+handles bad input, and resumes after a kill without duplicates or losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autojudge.decode.tiny import noisy_copy, tiny_model
+from autojudge.pipeline import shards
+from autojudge.pipeline.mine import MineConfig, mine
+from autojudge.pipeline.search import plain_search
+from autojudge.pipeline.search_fast import BatchedSearcher, SearchJob, realign, LookaheadSettings
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_TOKENIZER = REPO / "autojudge" / "toy" / "weights" / "target"
+EOS = 2
+
+
+class ParityEvaluator:
+    """Test-only E: the outcome is the parity of the last token (both outcomes happen with random models)."""
+
+    def answer(self, response_ids: list[int]) -> int | None:
+        return response_ids[-1] % 2 if response_ids else None
+
+    def same(self, response_ids: list[int], reference: int | None) -> bool:
+        return self.answer(response_ids) == reference
+
+
+def tiny_pair(vocab_size: int = 96, noise: float = 0.1):
+    """A random target (EOS made likely enough to happen) and a noisy copy as draft."""
+    target = tiny_model("llama", seed=0, vocab_size=vocab_size, hidden_size=32)
+    with torch.no_grad():
+        target.lm_head.weight[EOS] += 0.5 * target.lm_head.weight.std()
+    return target, noisy_copy(target, scale=noise, seed=1)
+
+
+def label_keys(result) -> list[tuple[int, int, int, bool]]:
+    return [(l.position, l.target_token, l.draft_token, l.important) for l in result.labels]
+
+
+@pytest.mark.parametrize("noise,batch_size", [(0.1, 4), (0.2, 3)])
+def test_fast_search_equals_plain_algorithm(noise: float, batch_size: int) -> None:
+    torch.set_num_threads(1)
+    target, draft = tiny_pair(noise=noise)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 96) for _ in range(rng.randrange(3, 12))] for _ in range(10)]
+    budget = 32
+    plain = [plain_search(target, draft, p, ParityEvaluator(), budget, [EOS], 0) for p in prompts]
+    searcher = BatchedSearcher(target, draft, [EOS], 0, batch_size=batch_size)
+    fast = dict(searcher.run([SearchJob(i, p, ParityEvaluator(), budget) for i, p in enumerate(prompts)]))
+    assert sum(len(r.labels) for r in plain) > 20
+    assert {l.important for r in plain for l in r.labels} == {True, False}
+    assert any(EOS in r.initial_response for r in plain)  # the EOS paths are exercised
+    for index, expected in enumerate(plain):
+        got = fast[index]
+        assert label_keys(got) == label_keys(expected)
+        assert got.initial_response == expected.initial_response
+        assert got.final_response == expected.final_response
+        assert got.target_answer == expected.target_answer
+        for a, b in zip(got.labels, expected.labels):
+            torch.testing.assert_close(a.h_target, b.h_target, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(a.h_draft, b.h_draft, atol=1e-4, rtol=1e-4)
+
+
+def test_realign_prefers_longest_nearest_ngram() -> None:
+    settings = LookaheadSettings(max_ngram=3, window=8)
+    old = [10, 11, 12, 13, 14, 15, 12, 13]
+    assert realign([7, 12, 13], old, expected=3, settings=settings) == 3
+    assert realign([99, 14], old, expected=2, settings=settings) == 4
+    assert realign([98, 99], old, expected=5, settings=settings) == 5  # nothing matches: keep alignment
+
+
+# ---------------------------------------------------------------------------------------
+# The job: shards, bad input, resume
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random target/draft saved as HF folders with the toy tokenizer."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("pair")
+    tokenizer = AutoTokenizer.from_pretrained(TOY_TOKENIZER)
+    target, draft = tiny_pair(vocab_size=len(tokenizer), noise=0.1)
+    for name, model in (("target", target), ("draft", draft)):
+        model.save_pretrained(folder / name)
+        tokenizer.save_pretrained(folder / name)
+    return folder
+
+
+def config_for(pair_dir: Path, out: Path, **overrides) -> MineConfig:
+    settings = dict(task="toy", target=str(pair_dir / "target"), draft=str(pair_dir / "draft"), out=str(out),
+                    limit=6, workers=0, batch_size=4, max_new_tokens=24, progress=False)
+    settings.update(overrides)
+    return MineConfig(**settings)
+
+
+def check_exactly_once(out: Path, expected_ids: set[str]) -> None:
+    responses = shards.read_responses(out)
+    ids = responses.column("prompt_id").to_pylist()
+    assert sorted(ids) == sorted(expected_ids)  # every prompt, once
+    labels = shards.read_labels(out, ["prompt_id", "position"]).to_pylist()
+    keys = [(row["prompt_id"], row["position"]) for row in labels]
+    assert len(keys) == len(set(keys))
+    per_prompt = dict(zip(ids, responses.column("num_labels").to_pylist()))
+    for prompt_id, count in per_prompt.items():
+        assert sum(1 for k in keys if k[0] == prompt_id) == count
+
+
+def test_mine_writes_shards_manifest_and_bad_input_rows(pair_dir: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    prompts = tmp_path / "prompts.jsonl"
+    records = [
+        {"id": "ok-1", "question": "Tom has 3 apples. He buys 4 more apples. How many apples does he have?"},
+        {"id": "no-text", "answer": "#### 3"},
+        {"id": "empty", "question": "   "},
+        {"id": "long", "question": " ".join(["Tom buys 12 apples."] * 150)},
+        {"id": "ok-2", "prompt": "Sam has 5 cards."},
+    ]
+    prompts.write_text("\n".join(json.dumps(r) for r in records) + "\nnot json\n")
+    out = mine(config_for(pair_dir, tmp_path / "out", input=str(prompts), limit=None))
+    responses = {r["prompt_id"]: r for r in shards.read_responses(out).to_pylist()}
+    assert set(responses) == {"ok-1", "no-text", "empty", "long", "ok-2", "line-6"}
+    assert "missing field" in responses["no-text"]["error"]
+    assert "empty" in responses["empty"]["error"]
+    assert "too long" in responses["long"]["error"] and "context" in responses["long"]["error"]
+    assert "not valid JSON" in responses["line-6"]["error"]
+    for good in ("ok-1", "ok-2"):
+        row = responses[good]
+        assert row["error"] is None and row["initial_response_ids"] and row["prompt_token_ids"]
+    labels = shards.read_labels(out)
+    assert labels.num_rows == responses["ok-1"]["num_labels"] + responses["ok-2"]["num_labels"] > 0
+    assert len(labels.column("h_target").to_pylist()[0]) == 32
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"prompts": 6, "labels": labels.num_rows,
+                                  "important": sum(labels.column("important").to_pylist()), "errors": 4}
+    assert manifest["target_hidden_size"] == 32 and manifest["settings"]["max_new_tokens"] == 24
+    # same command again: nothing new, nothing lost
+    mine(config_for(pair_dir, tmp_path / "out", input=str(prompts), limit=None))
+    check_exactly_once(out, set(responses))
+
+
+def test_plain_method_matches_fast_through_the_job(pair_dir: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    fast = mine(config_for(pair_dir, tmp_path / "fast", limit=4))
+    plain = mine(config_for(pair_dir, tmp_path / "plain", limit=4, method="plain"))
+    columns = ["prompt_id", "position", "target_token", "draft_token", "important"]
+    rows = lambda out: sorted(tuple(r.values()) for r in shards.read_labels(out, columns).to_pylist())  # noqa: E731
+    assert rows(fast) == rows(plain) and rows(fast)
+
+
+def run_until_killed(command: list[str], out: Path, timeout: float = 50.0) -> None:
+    """Start the job, kill -9 it once at least one shard is committed (and before it ends)."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and process.poll() is None:
+            if len(list((out / "responses").glob("*.parquet"))) >= 1:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the job finished before it could be killed: make it longer"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def mine_command(pair_dir: Path, out: Path, workers: int, limit: int) -> list[str]:
+    return [sys.executable, "-m", "autojudge.cli", "mine", "--task", "toy", "--limit", str(limit),
+            "--target", str(pair_dir / "target"), "--draft", str(pair_dir / "draft"), "--out", str(out),
+            "--workers", str(workers), "--batch-size", "2", "--chunk-size", "2", "--max-new-tokens", "24",
+            "--no-progress"]
+
+
+def test_kill_and_resume_labels_every_prompt_once(pair_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = mine_command(pair_dir, out, workers=0, limit=16)
+    run_until_killed(command, out)
+    finished_before = shards.finished_prompt_ids(out)
+    assert 0 < len(finished_before) < 16
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=120)
+    check_exactly_once(out, {f"toy-1-{i}" for i in range(16)})
+    assert json.loads((out / "manifest.json").read_text())["counts"]["prompts"] == 16
+
+
+@pytest.mark.slow
+def test_kill_and_resume_with_ray_workers(pair_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = mine_command(pair_dir, out, workers=2, limit=24)
+    run_until_killed(command, out, timeout=120)
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=300)
+    check_exactly_once(out, {f"toy-1-{i}" for i in range(24)})
