@@ -32,18 +32,20 @@ MANIFEST = {
 
 def write_mining_folder(
     folder: Path, num_prompts: int = 80, important_rate: float = 0.25, signal: float = 1.5, seed: int = 0,
-    shards: int = 2,
+    shards: int = 2, manifest_overrides: dict | None = None,
 ) -> Path:
     """A mining folder in the CONTRACTS.md layout with features that carry the label."""
+    manifest = dict(MANIFEST, **(manifest_overrides or {}))
+    target_hidden, draft_hidden = manifest["target_hidden_size"], manifest["draft_hidden_size"]
     rng = np.random.default_rng(seed)
-    direction_t = rng.normal(size=TARGET_HIDDEN).astype(np.float32)
-    direction_d = rng.normal(size=DRAFT_HIDDEN).astype(np.float32)
+    direction_t = rng.normal(size=target_hidden).astype(np.float32)
+    direction_d = rng.normal(size=draft_hidden).astype(np.float32)
     rows: list[dict] = []
     for prompt in range(num_prompts):
         for position in sorted(rng.choice(60, size=int(rng.integers(2, 7)), replace=False)):
             important = bool(rng.random() < important_rate)
-            h_t = rng.normal(size=TARGET_HIDDEN).astype(np.float32) + signal * important * direction_t
-            h_d = rng.normal(size=DRAFT_HIDDEN).astype(np.float32) + signal * important * direction_d
+            h_t = rng.normal(size=target_hidden).astype(np.float32) + signal * important * direction_t
+            h_d = rng.normal(size=draft_hidden).astype(np.float32) + signal * important * direction_d
             rows.append({
                 "prompt_id": f"toy-1-{prompt}", "position": int(position), "target_token": int(rng.integers(100)),
                 "draft_token": int(rng.integers(100)), "important": important,
@@ -60,8 +62,8 @@ def write_mining_folder(
     for shard in range(shards):
         chunk = rows[shard * per_shard:(shard + 1) * per_shard]
         pq.write_table(pa.Table.from_pylist(chunk, schema=schema), folder / "labels" / f"part-{shard:05d}.parquet")
-    manifest = dict(MANIFEST, counts={"prompts": num_prompts, "labels": len(rows),
-                                      "important": sum(r["important"] for r in rows), "errors": 0})
+    manifest["counts"] = {"prompts": num_prompts, "labels": len(rows),
+                          "important": sum(r["important"] for r in rows), "errors": 0}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 

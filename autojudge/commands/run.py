@@ -25,6 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--judge-model", choices=["logreg", "lightgbm"], default="logreg", help="judge classifier")
     parser.add_argument("--features", choices=["DT", "DD-DT"], default="DD-DT", help="judge feature setup")
     parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points the chosen tau may lose (default 1)")
+    parser.add_argument(
+        "--mine-workers", type=int, default=1, help="Ray mining actors (default 1; 0 = mine in this process, no Ray)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, target=args.target, draft=args.draft, mine_problems=args.mine_problems,
         select_problems=args.select_problems, test_problems=args.test_problems, window=args.window,
         max_new_tokens=args.max_new_tokens, judge_model=args.judge_model, feature_setup=args.features,
-        max_accuracy_drop=args.max_drop / 100.0, threads=args.threads, device=args.device,
+        mine_workers=args.mine_workers, max_accuracy_drop=args.max_drop / 100.0, threads=args.threads, device=args.device,
     )
     summary = run_main(config)
     print(format_summary(summary))

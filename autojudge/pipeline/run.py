@@ -68,7 +68,7 @@ class RunConfig:
     mine_batch_size: int = 32
     """Searches in flight per mining worker."""
     mine_workers: int = 1
-    """Mining workers (Ray actors)."""
+    """Mining workers (Ray actors, `threads` CPUs each); 0 mines in this process without Ray."""
     eval_batch_size: int = 16
     """Problems decoded together in evaluation."""
     device: str = "cpu"
@@ -113,7 +113,8 @@ def mine_stage(config: RunConfig, out: Path) -> Path:
     mine_config = MineConfig(
         task="toy", target=config.target, draft=config.draft, limit=config.mine_problems, seed=config.mine_seed,
         out=str(out), max_new_tokens=config.max_new_tokens, batch_size=config.mine_batch_size,
-        workers=config.mine_workers, device=config.device,
+        workers=config.mine_workers, cpus_per_worker=config.threads,
+        gpus_per_worker=1.0 if config.device.startswith("cuda") else 0.0,
     )
     return Path(mine(mine_config))
 

@@ -1,0 +1,59 @@
+"""`autojudge run` wiring: train -> threshold selection -> held-out evaluation -> run folder.
+
+Mining is replaced by a synthetic mining folder (the miner has its own tests); decoding
+runs for real on tiny random models saved with the toy tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from autojudge.models import TOY_WEIGHTS, load_tokenizer, tokenizer_fingerprint
+from autojudge.pipeline import run as run_module
+from autojudge.pipeline.judge import Judge
+from test_judge import write_mining_folder
+
+
+def save_tiny(folder: Path, seed: int, hidden: int, layers: int, vocab: int) -> str:
+    from autojudge.decode.tiny import tiny_model
+
+    tiny_model(seed=seed, vocab_size=vocab, hidden_size=hidden, layers=layers).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(TOY_WEIGHTS / "target" / name, folder / name)
+    return str(folder)
+
+
+def test_run_main_writes_every_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    torch.set_num_threads(1)
+    tokenizer = load_tokenizer("toy:target")
+    target = save_tiny(tmp_path / "target", seed=1, hidden=16, layers=2, vocab=len(tokenizer))
+    draft = save_tiny(tmp_path / "draft", seed=2, hidden=8, layers=1, vocab=len(tokenizer))
+    manifest = {"target": target, "draft": draft, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+                "target_hidden_size": 16, "draft_hidden_size": 8}
+
+    def fake_mine(config: run_module.RunConfig, out: Path) -> Path:
+        return write_mining_folder(out, num_prompts=40, manifest_overrides=manifest)
+
+    monkeypatch.setattr(run_module, "mine_stage", fake_mine)
+    config = run_module.RunConfig(
+        out=str(tmp_path / "run"), target=target, draft=draft, mine_problems=40, select_problems=3,
+        test_problems=3, max_new_tokens=8, window=3, top_ks=(2,), threads=1,
+    )
+    summary = run_module.run_main(config, echo=lambda line: None)
+    run_dir = Path(summary["run_dir"])
+    for path in summary["artifacts"].values():
+        assert Path(path).exists(), path
+    assert {p.name for p in (run_dir / "eval").iterdir()} >= {"report.md", "metrics.json", "pareto.png"}
+    judge = Judge.load(run_dir / "judge")
+    assert judge.default_threshold == summary["default_threshold"]
+    assert judge.threshold_source.startswith("selection sweep")  # tiny problems: accuracy is 0 everywhere
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert metrics["chosen"]["param"] == round(judge.default_threshold, 4)
+    assert set(summary["stage_seconds"]) == {"mine", "train", "select threshold", "evaluate"}
+    text = run_module.format_summary(summary)
+    assert "validation ROC AUC" in text and str(run_dir / "eval" / "pareto.png") in text
