@@ -255,6 +255,10 @@ class Progress:
         self.labels = 0
         self.start = time.perf_counter()
 
+    def restart(self) -> None:
+        """Start the labels/s clock (after the models are loaded)."""
+        self.start = time.perf_counter()
+
     def update(self, prompts: int, labels: int) -> None:
         self.labels += labels
         rate = self.labels / max(time.perf_counter() - self.start, 1e-9)
@@ -308,6 +312,7 @@ def _mine_local(config: MineConfig, out: Path, chunks: list[list[Any]], progress
     pair = load_pair(config.target, config.draft, config.device())
     models = describe_pair(pair)
     write_manifest(config, out, models, status="running")
+    progress.restart()
     task = build_task(config)
     for index, chunk in enumerate(chunks):
         labels, responses = mine_problems(pair, task, chunk, config.max_new_tokens, config.batch_size, config.method)
@@ -327,7 +332,9 @@ def _mine_ray(config: MineConfig, out: Path, chunks: list[list[Any]], progress: 
     actor_class = MinerActor.options(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)
     actors = [actor_class.remote(config) for _ in range(config.workers)]
     models = ray.get(actors[0].describe.remote())
+    ray.get([actor.describe.remote() for actor in actors[1:]])
     write_manifest(config, out, models, status="running")
+    progress.restart()
     pending = list(enumerate(chunks))[::-1]
     in_flight: dict[Any, tuple[int, Any]] = {}  # ref -> (chunk index, actor)
     load = {i: 0 for i in range(len(actors))}
