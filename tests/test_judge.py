@@ -232,3 +232,4 @@ def test_train_command_writes_artifact(mined: Path, tmp_path: Path, capsys: pyte
     assert (out / "train_report.md").exists()
     assert Judge.load(out).feature_setup == "DT"
     assert main(["train", "--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+

@@ -57,3 +57,21 @@ def test_run_main_writes_every_artifact(tmp_path: Path, monkeypatch: pytest.Monk
     assert set(summary["stage_seconds"]) == {"mine", "train", "select threshold", "evaluate"}
     text = run_module.format_summary(summary)
     assert "validation ROC AUC" in text and str(run_dir / "eval" / "pareto.png") in text
+
+
+def test_eval_command_refuses_a_mismatched_pair(tmp_path: Path, capsys) -> None:
+    from autojudge.cli import main
+    from autojudge.pipeline.dataset import read_mined
+    from autojudge.pipeline.train import train_judge
+
+    judge = train_judge(read_mined(write_mining_folder(tmp_path / "mined", num_prompts=30)))
+    judge.save(tmp_path / "judge")  # trained for synthetic:target / synthetic:draft
+    vocab = len(load_tokenizer("toy:target"))
+    target = save_tiny(tmp_path / "target", seed=1, hidden=16, layers=1, vocab=vocab)
+    draft = save_tiny(tmp_path / "draft", seed=2, hidden=8, layers=1, vocab=vocab)
+    code = main(["eval", "--judge", str(tmp_path / "judge"), "--target", target, "--draft", draft,
+                 "--out", str(tmp_path / "eval"), "--limit", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not fit the model pair" in err and "synthetic:target" in err
+    assert not (tmp_path / "eval").exists()

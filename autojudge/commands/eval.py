@@ -49,6 +49,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from autojudge.models import ModelPairError
+
+    try:
+        return _run(args)
+    except ModelPairError as err:
+        print(f"autojudge eval: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from autojudge.models import load_pair

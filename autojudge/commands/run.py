@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from autojudge.models import ModelPairError
     from autojudge.pipeline.run import RunConfig, format_summary, run_main
 
     config = RunConfig(
@@ -44,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, judge_model=args.judge_model, feature_setup=args.features,
         mine_workers=args.mine_workers, max_accuracy_drop=args.max_drop / 100.0, threads=args.threads, device=args.device,
     )
-    summary = run_main(config)
+    try:
+        summary = run_main(config)
+    except ModelPairError as err:
+        print(f"autojudge run: error: {err}", file=sys.stderr)
+        return 2
     print(format_summary(summary))
     return 0
