@@ -68,7 +68,10 @@ def load_tokenizer(spec: str) -> Any:
 
     location, gguf_file = resolve_spec(spec)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelPairError(f"cannot load the tokenizer of {spec!r}: {err}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -84,7 +87,7 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
         kwargs["gguf_file"] = gguf_file
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # missing folder/weights, unrecognised config
         raise ModelPairError(f"cannot load model {spec!r}: {err}") from None
     return model.to(device).eval()
 

@@ -66,3 +66,12 @@ def test_missing_model_folder_is_clear(tmp_path: Path) -> None:
 
     with pytest.raises(ModelPairError, match="cannot load model"):
         load_model(str(tmp_path / "absent"))
+
+
+def test_folder_without_weights_is_clear(tmp_path: Path) -> None:
+    from autojudge.models import load_model
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text('{"model_type": "nope"}')
+    with pytest.raises(ModelPairError, match="cannot load model"):
+        load_model(str(tmp_path / "empty"))
