@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from autojudge.tasks.jsonl import InputError
+from autojudge.errors import InputError, ModelPairError
 
 COMMANDS = ["run", "toy", "mine", "train", "decode", "eval", "infer", "export"]
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except InputError as err:
+    except (InputError, ModelPairError) as err:
         print(f"autojudge {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,11 +15,9 @@ from typing import Any
 
 import torch
 
+from autojudge.errors import ModelPairError
+
 TOY_WEIGHTS = Path(__file__).parent / "toy" / "weights"
-
-
-class ModelPairError(ValueError):
-    """The target and draft cannot be used together (e.g. different tokenizers)."""
 
 
 @dataclass

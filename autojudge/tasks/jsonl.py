@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-
-class InputError(ValueError):
-    """Bad user input: the message names the file, the line and what was wrong."""
+from autojudge.errors import InputError
 
 
 def _open_text(path: Path):
