@@ -109,6 +109,24 @@ def prompt_lookup(sequence: list[int], settings: LookaheadSettings) -> list[int]
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class Regeneration:
+    """The outcome of `regenerate`."""
+
+    response: list[int]
+    """The greedy response `head + continuation`."""
+    target_valid: int
+    """Tokens of the target row valid for `prompt + response`."""
+    h_target: torch.Tensor | None
+    """Target hidden at the last head token (None for an empty head)."""
+    draft_output: RowOutput | None
+    """The draft call of the first round: `(prompt + head)[draft_keep:] + first guess`."""
+    draft_keep: int
+    """Where that draft call started (absolute position)."""
+    first_accepted: int
+    """Guess tokens accepted in the first round (the draft outputs are valid up to there)."""
+
+
 def regenerate(
     prompt: list[int],
     head: list[int],
@@ -117,22 +135,23 @@ def regenerate(
     budget: int,
     eos_ids: list[int],
     settings: LookaheadSettings,
-    draft_call: Call | None = None,
-) -> Generator[Step, StepOutput, tuple[list[int], int, torch.Tensor | None, RowOutput | None]]:
+    draft_keep: int | None = None,
+) -> Generator[Step, StepOutput, Regeneration]:
     """Greedy target continuation of `prompt + head` (to EOS or `budget` response tokens),
     verifying guesses from `old` (or prompt lookup when `old` is None).
 
     `target_valid` tokens of the target row must be valid for `prompt + head` and at most
-    `len(prompt) + len(head) - 1`. Returns (response, valid target length, target hidden
-    at the last head token (None for an empty head), output of `draft_call`)."""
+    `len(prompt) + len(head) - 1`. With `draft_keep`, the first round also runs the draft
+    over `(prompt + head)[draft_keep:] + guess` in the same tick: its hidden state at the
+    last head token is the draft feature, and its argmax over the accepted guess gives
+    the teacher-forced draft predictions of the new response for free."""
     prompt_len = len(prompt)
     response = list(head)
     feature_position = prompt_len + len(head) - 1
     aligned = len(head) - 1  # index in `old` aligned with response[-1]
     if old is not None and head and old[len(head) : len(head) + 1] == head[-1:]:
         aligned = len(head)  # the draft skipped a token: the old text continues one later
-    h_target: torch.Tensor | None = None
-    draft_output: RowOutput | None = None
+    outcome = Regeneration(response, target_valid, None, None, draft_keep or 0, 0)
     first = True
     while True:
         finished = bool(response) and (response[-1] in eos_ids or len(response) >= budget)
@@ -148,18 +167,20 @@ def regenerate(
             guess = old[aligned + 1 : aligned + 1 + settings.max_guess]
         guess = guess[: max(budget - len(response) - 1, 0)]
         keep = target_valid
-        tokens = (prompt + response)[keep:] + guess
-        output = yield Step(target=Call(keep, tokens), draft=draft_call if first else None)
+        sequence = prompt + response
+        draft_call = None
+        if first and draft_keep is not None:
+            draft_call = Call(draft_keep, sequence[draft_keep:] + guess)
+        output = yield Step(target=Call(keep, sequence[keep:] + guess), draft=draft_call)
         assert output.target is not None
+        if first and head:
+            outcome.h_target = output.target.hidden[feature_position - keep].float().cpu()
         if first:
-            if head:
-                h_target = output.target.hidden[feature_position - keep].float().cpu()
-            draft_output = output.draft
-            first = False
+            outcome.draft_output = output.draft
         if finished:
-            target_valid = keep + len(tokens)
+            target_valid = len(sequence)
             break
-        base = prompt_len + len(response) - 1 - keep  # index of response[-1] in `tokens`
+        base = prompt_len + len(response) - 1 - keep  # index of response[-1] in the fed tokens
         predictions = output.target.argmax
         accepted = 0
         ended = False
@@ -173,9 +194,13 @@ def regenerate(
                 break
         if not ended:
             response.append(predictions[base + accepted])
+        if first:
+            outcome.first_accepted = accepted
+        first = False
         target_valid = prompt_len + len(response) - 1
         aligned += accepted + 1
-    return response, min(target_valid, prompt_len + len(response)), h_target, draft_output
+    outcome.target_valid = min(target_valid, prompt_len + len(response))
+    return outcome
 
 
 def fast_search(
@@ -185,28 +210,41 @@ def fast_search(
     eos_ids: list[int],
     settings: LookaheadSettings | None = None,
 ) -> SearchCoroutine:
-    """§1.1 for one prompt as a coroutine over batched forwards (see `BatchedSearcher`)."""
+    """§1.1 for one prompt as a coroutine over batched forwards (see `BatchedSearcher`).
+
+    `draft_predictions[i]` caches d_i for the current response; it survives an important
+    label (the response is unchanged) and is extended from the regeneration's own draft
+    pass after an unimportant one, so a separate draft scan runs only where neither covers."""
     settings = settings or LookaheadSettings()
     prompt_len = len(prompt)
-    response, target_valid, _, _ = yield from regenerate(prompt, [], 0, None, budget, eos_ids, settings)
+    initial = yield from regenerate(prompt, [], 0, None, budget, eos_ids, settings)
+    response, target_valid = initial.response, initial.target_valid
     reference: Hashable = evaluator.answer(response)
     result = SearchResult(initial_response=list(response), final_response=response, target_answer=reference)
-    draft_valid = 0
+    draft_predictions: list[int] = []  # d_i for i < len(draft_predictions), valid for `response`
+    draft_valid = 0  # tokens of the draft row valid for `prompt + response`
     left = 0
     while left < len(response):
-        # teacher-forced draft argmax over the response from `left` on
-        keep = min(draft_valid, prompt_len + left - 1)
-        sequence = prompt + response
-        scan = (yield Step(draft=Call(keep, sequence[keep : prompt_len + len(response) - 1]))).draft
-        assert scan is not None
-        draft_valid = prompt_len + len(response) - 1
-        offset = prompt_len - 1 - keep  # scan.argmax[i + offset] = d_i
-        m = next((i for i in range(left, len(response)) if scan.argmax[i + offset] != response[i]), None)
-        if m is None:
+        # m = first i >= left with d_i != y_i; extend the draft predictions when they run out
+        m = left
+        while True:
+            while m < len(draft_predictions) and draft_predictions[m] == response[m]:
+                m += 1
+            if m < len(draft_predictions) or len(draft_predictions) >= len(response):
+                break
+            known = len(draft_predictions)
+            keep = min(draft_valid, prompt_len + known - 1)
+            sequence = prompt + response
+            scan = (yield Step(draft=Call(keep, sequence[keep : prompt_len + len(response) - 1]))).draft
+            assert scan is not None
+            offset = prompt_len - 1 - keep  # scan.argmax[i + offset] = d_i
+            draft_predictions = draft_predictions + [scan.argmax[i + offset] for i in range(known, len(response))]
+            draft_valid = prompt_len + len(response) - 1
+        if m >= len(response):
             break
-        draft_token = scan.argmax[m + offset]
+        draft_token = draft_predictions[m]
         head = response[:m] + [draft_token]
-        alternative, alternative_valid, h_target, draft_output = yield from regenerate(
+        regen = yield from regenerate(
             prompt,
             head,
             min(target_valid, prompt_len + m),
@@ -214,23 +252,28 @@ def fast_search(
             budget,
             eos_ids,
             settings,
-            draft_call=Call(prompt_len + m, [draft_token]),
+            draft_keep=min(draft_valid, prompt_len + m),
         )
-        assert draft_output is not None
+        assert regen.draft_output is not None
+        alternative = regen.response
         important = not evaluator.same(alternative, reference)
-        h_draft = draft_output.hidden[0].float().cpu()
-        result.labels.append(Label(m, response[m], draft_token, important, h_target, h_draft))
+        first_fed = prompt_len + m - regen.draft_keep  # index of d_m in the draft call
+        h_draft = regen.draft_output.hidden[first_fed].float().cpu()
+        result.labels.append(Label(m, response[m], draft_token, important, regen.h_target, h_draft))
         if important:
             target_valid, draft_valid = prompt_len + m, prompt_len + m
         else:
+            # d_{m+1+j} for j <= accepted guess tokens come from the regeneration's draft pass
+            verified = regen.draft_output.argmax[first_fed : first_fed + regen.first_accepted + 1]
+            draft_predictions = (draft_predictions[:m] + [draft_token] + verified)[: len(alternative)]
             response = alternative
-            target_valid, draft_valid = alternative_valid, prompt_len + m + 1
+            target_valid = regen.target_valid
+            draft_valid = prompt_len + m + 1 + regen.first_accepted
         left = m + 1
         if draft_token in eos_ids:
             break
     result.final_response = response
     return result
-
 
 # ---------------------------------------------------------------------------------------
 # Many searches in flight on one model pair
@@ -278,12 +321,16 @@ class BatchedSearcher:
         pad_token_id: int,
         batch_size: int = 16,
         settings: LookaheadSettings | None = None,
+        forward_overhead_tokens: int = 64,
     ) -> None:
+        """`forward_overhead_tokens`: the fixed cost of one forward call, in fed tokens; sets how
+        rows with chunks of different lengths are split into forwards (`group_by_length`)."""
         self.target, self.draft = target, draft
         self.eos_ids, self.pad_token_id = eos_ids, pad_token_id
         self.batch_size = batch_size
         self.settings = settings or LookaheadSettings()
         self.counters = SearchCounters()
+        self.forward_overhead_tokens = forward_overhead_tokens
 
     def run(self, jobs: list[SearchJob]) -> Iterator[tuple[Any, SearchResult | Exception]]:
         """Yield (key, result or the exception that search raised) as searches finish."""
@@ -332,25 +379,48 @@ class BatchedSearcher:
                 yield from advance(row, key, search, lambda s=search, o=output: s.send(o))
 
     def _forward(self, model: Any, cache: RowKVCache, calls: dict[int, Call | None], is_target: bool) -> dict[int, RowOutput]:
-        """One batched forward over every row that has a call."""
+        """Batched forwards over every row that has a call, rows grouped by chunk length."""
         import time
 
-        rows = sorted(row for row, call in calls.items() if call is not None)
+        rows = [row for row, call in calls.items() if call is not None]
         if not rows:
             return {}
         start = time.perf_counter()
-        for row in rows:
-            cache.truncate(row, calls[row].keep)  # type: ignore[union-attr]
-        chunks = [calls[row].tokens for row in rows]  # type: ignore[union-attr]
-        outputs = forward_rows(model, cache, rows, chunks, self.pad_token_id)
+        results: dict[int, RowOutput] = {}
+        for group in group_by_length(rows, [len(calls[row].tokens) for row in rows], self.forward_overhead_tokens):  # type: ignore[union-attr]
+            for row in group:
+                cache.truncate(row, calls[row].keep)  # type: ignore[union-attr]
+            chunks = [calls[row].tokens for row in group]  # type: ignore[union-attr]
+            results.update(zip(group, forward_rows(model, cache, group, chunks, self.pad_token_id)))
+            if is_target:
+                self.counters.target_forwards += 1
+                self.counters.target_tokens += sum(len(chunk) for chunk in chunks)
+            else:
+                self.counters.draft_forwards += 1
+                self.counters.draft_tokens += sum(len(chunk) for chunk in chunks)
         elapsed = time.perf_counter() - start
-        fed = sum(len(chunk) for chunk in chunks)
         if is_target:
-            self.counters.target_forwards += 1
-            self.counters.target_tokens += fed
             self.counters.target_seconds += elapsed
         else:
-            self.counters.draft_forwards += 1
-            self.counters.draft_tokens += fed
             self.counters.draft_seconds += elapsed
-        return dict(zip(rows, outputs))
+        return results
+
+
+def group_by_length(rows: list[int], lengths: list[int], overhead_tokens: int) -> list[list[int]]:
+    """Split rows into forward groups minimising sum(overhead + rows x longest chunk):
+    one long chunk (a verification) should not pad many one-token steps to its length."""
+    order = sorted(range(len(rows)), key=lambda i: lengths[i])
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of grouping the j shortest
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[order[end - 1]]
+        for begin in range(end):
+            cost = best[begin] + overhead_tokens + (end - begin) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, begin
+    groups = []
+    end = len(order)
+    while end > 0:
+        groups.append(sorted(rows[i] for i in order[cut[end] : end]))
+        end = cut[end]
+    return groups[::-1]
