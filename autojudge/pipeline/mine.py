@@ -200,6 +200,86 @@ def mine_problems(
     return label_rows, response_rows
 
 
+class StreamingMiner:
+    """Continuous batching across calls: one background thread runs a `BatchedSearcher`
+    over a queue, so the batch stays full while the driver keeps chunks in flight.
+    `mine(problems)` is thread-safe (a threaded Ray actor calls it concurrently) and
+    blocks until its problems are done."""
+
+    def __init__(self, pair: Any, task: Any, max_new_tokens: int, batch_size: int) -> None:
+        import queue
+        import threading
+
+        from autojudge.pipeline.search import eos_token_ids
+        from autojudge.pipeline.search_fast import BatchedSearcher
+
+        self.pair, self.task, self.max_new_tokens = pair, task, max_new_tokens
+        tokenizer = pair.tokenizer
+        eos_ids = eos_token_ids(tokenizer, pair.target)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        self.searcher = BatchedSearcher(pair.target, pair.draft, eos_ids, pad_id, batch_size)
+        self.context = min(model_context(pair.target), model_context(pair.draft))
+        self.jobs: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="miner-search-loop")
+        self.thread.start()
+
+    def _next_job(self, block: bool) -> Any:
+        import queue
+
+        try:
+            return self.jobs.get(block=block)
+        except queue.Empty:
+            return None
+
+    def _loop(self) -> None:
+        for key, result in self.searcher.run_stream(self._next_job, self.context):
+            collector, index = key
+            collector.done(index, result)
+
+    def mine(self, problems: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(label rows, response rows) for `problems`, searched alongside other calls' problems."""
+        from autojudge.pipeline.search import TaskEvaluator
+        from autojudge.pipeline.search_fast import SearchJob
+
+        tokenizer = self.pair.tokenizer
+        prepared = [prepare_prompt(p, self.task, tokenizer, self.max_new_tokens, self.context) for p in problems]
+        runnable = [i for i, item in enumerate(prepared) if item.error is None]
+        collector = _Collector(len(runnable))
+        for index in runnable:
+            item = prepared[index]
+            evaluator = TaskEvaluator(self.task, item.problem, tokenizer)
+            self.jobs.put(SearchJob((collector, index), item.prompt_ids, evaluator, item.budget))
+        collector.wait()
+        label_rows: list[dict[str, Any]] = []
+        response_rows: list[dict[str, Any]] = []
+        for index, item in enumerate(prepared):
+            labels, response = result_rows(item, collector.results.get(index))
+            label_rows.extend(labels)
+            response_rows.append(response)
+        return label_rows, response_rows
+
+
+class _Collector:
+    """Results of one `StreamingMiner.mine` call, filled by the search thread."""
+
+    def __init__(self, expected: int) -> None:
+        import threading
+
+        self.expected = expected
+        self.results: dict[int, Any] = {}
+        self.finished = threading.Event()
+        if expected == 0:
+            self.finished.set()
+
+    def done(self, index: int, result: Any) -> None:
+        self.results[index] = result
+        if len(self.results) == self.expected:
+            self.finished.set()
+
+    def wait(self) -> None:
+        self.finished.wait()
+
+
 # ---------------------------------------------------------------------------------------
 # The driver
 # ---------------------------------------------------------------------------------------

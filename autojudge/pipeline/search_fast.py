@@ -72,6 +72,8 @@ class StepOutput:
 
 
 SearchCoroutine = Generator[Step, StepOutput, SearchResult]
+END_OF_JOBS: Any = object()
+"""Returned by a job source of `BatchedSearcher.run_stream` when no more jobs will come."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,19 +336,28 @@ class BatchedSearcher:
 
     def run(self, jobs: list[SearchJob]) -> Iterator[tuple[Any, SearchResult | Exception]]:
         """Yield (key, result or the exception that search raised) as searches finish."""
-        import time
-
         if not jobs:
             return
-        capacity = max(len(job.prompt) + job.budget for job in jobs) + 1
-        rows = min(self.batch_size, len(jobs))
+        pending = iter(jobs)
+        capacity = max(len(job.prompt) + job.budget for job in jobs)
+        yield from self.run_stream(lambda block: next(pending, END_OF_JOBS), capacity, min(self.batch_size, len(jobs)))
+
+    def run_stream(
+        self, next_job: Callable[[bool], SearchJob | None], capacity: int, rows: int | None = None
+    ) -> Iterator[tuple[Any, SearchResult | Exception]]:
+        """Continuous batching: `next_job(block)` returns a job, None when none is ready yet
+        (it is asked with block=True only when no search is in flight), or END_OF_JOBS.
+        `capacity` bounds prompt + response tokens of every job."""
+        import time
+
+        rows = rows or self.batch_size
         target_cache = RowKVCache(self.target, rows, capacity)
         draft_cache = RowKVCache(self.draft, rows, capacity)
-        pending = iter(jobs)
         active: dict[int, tuple[Any, SearchCoroutine, Step]] = {}
         free = list(range(rows - 1, -1, -1))
         clock = time.perf_counter
         counters = self.counters
+        ended = False
 
         def advance(row: int, key: Any, search: SearchCoroutine, send: Callable[[], Step]) -> Iterator[tuple[Any, Any]]:
             start = clock()
@@ -362,14 +373,25 @@ class BatchedSearcher:
                 counters.search_seconds += clock() - start
 
         while True:
-            while free and (job := next(pending, None)) is not None:
+            while free and not ended:
+                job = next_job(not active)
+                if job is None:
+                    break
+                if job is END_OF_JOBS:
+                    ended = True
+                    break
+                if len(job.prompt) + job.budget > capacity:
+                    yield job.key, ValueError(f"prompt + budget exceed the searcher's capacity {capacity}")
+                    continue
                 row = free.pop()
                 target_cache.reset(row)
                 draft_cache.reset(row)
                 search = fast_search(job.prompt, job.evaluator, job.budget, self.eos_ids, self.settings)
                 yield from advance(row, job.key, search, lambda s=search: next(s))
             if not active:
-                return
+                if ended:
+                    return
+                continue
             counters.ticks += 1
             target_out = self._forward(self.target, target_cache, {r: s.target for r, (_, _, s) in active.items()}, True)
             draft_out = self._forward(self.draft, draft_cache, {r: s.draft for r, (_, _, s) in active.items()}, False)
