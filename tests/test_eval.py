@@ -34,6 +34,8 @@ def test_recommend_is_fastest_within_the_drop() -> None:
     assert recommend_threshold(RESULTS, 0.0).param == 0.1
     assert recommend_threshold(RESULTS, 0.06).param == 0.5
     assert recommend_threshold([RESULTS[0], RESULTS[-1]], 0.01) is None
+    lucky = [*RESULTS, setting("autojudge", 0.9, 0.95, 8.0)]  # recovers by chance past the breakdown at 0.5
+    assert recommend_threshold(lucky, 0.01).param == 0.3
 
 
 def test_sweep_from_validation_table() -> None:

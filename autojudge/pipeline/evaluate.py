@@ -214,12 +214,20 @@ def evaluate_modes(
 
 
 def recommend_threshold(results: Sequence[SettingResult], max_accuracy_drop: float) -> SettingResult | None:
-    """The autojudge setting with the most tokens per target call whose accuracy is within
-    `max_accuracy_drop` of exact (None when no threshold qualifies)."""
+    """The autojudge setting with the most tokens per target call among the thresholds that,
+    from the smallest up, all stay within `max_accuracy_drop` of exact accuracy.
+
+    Walking up from small tau and stopping at the first failure keeps a lucky high-tau
+    point past a breakdown (small sets are noisy) from being recommended. None when even
+    the smallest threshold loses too much.
+    """
     exact = next(r for r in results if r.mode == "exact")
-    qualifying = [
-        r for r in results if r.mode == "autojudge" and r.accuracy >= exact.accuracy - max_accuracy_drop - 1e-12
-    ]
+    floor = exact.accuracy - max_accuracy_drop - 1e-12
+    qualifying: list[SettingResult] = []
+    for result in sorted((r for r in results if r.mode == "autojudge"), key=lambda r: r.param or 0.0):
+        if result.accuracy < floor:
+            break
+        qualifying.append(result)
     return max(qualifying, key=lambda r: (r.tokens_per_target_call, -(r.param or 0.0))) if qualifying else None
 
 
@@ -234,7 +242,7 @@ def plot_pareto(results: Sequence[SettingResult], path: str | Path, title: str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.0, 5.0), dpi=120)
     exact = next(r for r in results if r.mode == "exact")
     styles = {"exact": ("black", "s"), "topk": ("tab:orange", "^"), "autojudge": ("tab:blue", "o")}
     for mode in ("topk", "autojudge"):
@@ -244,10 +252,11 @@ def plot_pareto(results: Sequence[SettingResult], path: str | Path, title: str, 
         color, marker = styles[mode]
         ax.plot([r.tokens_per_target_call for r in points], [100 * r.accuracy for r in points],
                 marker=marker, color=color, label=mode)
-        for r in points:
+        for index, r in enumerate(points):
             text = f"K={int(r.param)}" if mode == "topk" else f"τ={r.param:.2g}"  # type: ignore[arg-type]
+            above = (index % 2 == 0) != (mode == "topk")  # alternate so neighbouring labels do not collide
             ax.annotate(text, (r.tokens_per_target_call, 100 * r.accuracy), textcoords="offset points",
-                        xytext=(4, -11 if mode == "topk" else 5), fontsize=7, color=color)
+                        xytext=(3, 6 if above else -12), fontsize=7, color=color)
     ax.scatter([exact.tokens_per_target_call], [100 * exact.accuracy], color="black", marker="s", s=50,
                zorder=5, label="exact (speculative, lossless)")
     ax.axhline(100 * (exact.accuracy - max_accuracy_drop), color="grey", linestyle="--", linewidth=1,
@@ -259,7 +268,7 @@ def plot_pareto(results: Sequence[SettingResult], path: str | Path, title: str, 
     ax.set_ylabel("accuracy vs ground truth (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
