@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process runs")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also run the fast miner on these Ray actor counts")
     parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--fast-only", action="store_true", help="skip the plain algorithm (tuning runs)")
     args = parser.parse_args()
 
     import torch
@@ -92,6 +93,12 @@ def main() -> None:
     problems = task.load(limit=args.limit)
 
     fast = run_in_process(pair, task, problems, args, "fast")
+    if args.fast_only:
+        c = fast["counters"]
+        print(f"fast: {len(fast['labels'])} labels in {fast['seconds']:.2f}s = {fast['labels_per_s']:.2f} labels/s; "
+              f"target {c['target_seconds']:.2f}s/{c['target_forwards']} fwd/{c['target_tokens']} tok, "
+              f"draft {c['draft_seconds']:.2f}s/{c['draft_forwards']} fwd/{c['draft_tokens']} tok, {c['ticks']} ticks")
+        return
     plain = run_in_process(pair, task, problems, args, "plain")
     plain_keys, fast_keys = label_keys(plain["labels"]), label_keys(fast["labels"])
     matched = sum((plain_keys & fast_keys).values())

@@ -75,9 +75,9 @@ def test_fast_search_equals_plain_algorithm(noise: float, batch_size: int) -> No
 def test_realign_prefers_longest_nearest_ngram() -> None:
     settings = LookaheadSettings(max_ngram=3, window=8)
     old = [10, 11, 12, 13, 14, 15, 12, 13]
-    assert realign([7, 12, 13], old, expected=3, settings=settings) == 3
-    assert realign([99, 14], old, expected=2, settings=settings) == 4
-    assert realign([98, 99], old, expected=5, settings=settings) == 5  # nothing matches: keep alignment
+    assert realign([7, 12, 13], old, expected=3, settings=settings) == (3, 2)
+    assert realign([99, 14], old, expected=2, settings=settings) == (4, 1)
+    assert realign([98, 99], old, expected=5, settings=settings) == (5, 0)  # nothing matches: keep alignment
 
 
 # ---------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ class RowKVCache:
         """Valid cached tokens per row."""
         # state of the forward pass in progress (set by `forward_rows`)
         self._rows: torch.Tensor | None = None  # [b]
-        self._all_rows = False
+        self._row_range: slice | None = None  # set when the batch is a contiguous range of rows
         self._write_slots: torch.Tensor | None = None  # [b, C]
         self._kv_len = 0
 
@@ -69,8 +69,8 @@ class RowKVCache:
         # advanced indices on dims 0 and 2 -> indexed view is [b, C, kv_heads, head_dim]
         keys[rows, :, self._write_slots] = key_states.transpose(1, 2)
         values[rows, :, self._write_slots] = value_states.transpose(1, 2)
-        if self._all_rows:
-            return keys[:, :, : self._kv_len], values[:, :, : self._kv_len]
+        if self._row_range is not None:  # a view, no copy
+            return keys[self._row_range, :, : self._kv_len], values[self._row_range, :, : self._kv_len]
         return keys[self._rows, :, : self._kv_len], values[self._rows, :, : self._kv_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -91,12 +91,21 @@ def forward_rows(
     model: Any, cache: RowKVCache, rows: list[int], chunks: list[list[int]], pad_token_id: int = 0
 ) -> list[RowOutput]:
     """Feed `chunks[i]` to cache row `rows[i]` (appended after its valid length), all in one
-    forward pass; return per row the greedy next tokens and last hidden states."""
+    forward pass; return per row the greedy next tokens and last hidden states.
+
+    When the rows span a range at most twice their number, the whole range runs (idle rows
+    feed only padding) so attention reads the cache as a view instead of gathering rows."""
+    requested = dict(zip(rows, chunks))
+    low, high = min(rows), max(rows) + 1
+    use_range = high - low <= 2 * len(rows)
+    if use_range:
+        rows = list(range(low, high))
+        chunks = [requested.get(row, []) for row in rows]
     device = cache.keys[0].device
     sizes = torch.tensor([len(chunk) for chunk in chunks], device=device)  # [b]
     starts = torch.tensor([cache.lengths[row] for row in rows], device=device)  # [b]
     width = int(sizes.max())
-    if int((starts + sizes).max()) > cache.trash_slot:
+    if int(torch.where(sizes > 0, starts + sizes, 0).max()) > cache.trash_slot:
         raise ValueError(f"sequence longer than the cache capacity {cache.trash_slot}")
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)  # [b, C]
     for i, chunk in enumerate(chunks):
@@ -104,7 +113,7 @@ def forward_rows(
     offsets = torch.arange(width, device=device)  # [C]
     positions = starts[:, None] + offsets[None, :]  # [b, C]
     real = offsets[None, :] < sizes[:, None]  # [b, C]
-    kv_len = int((starts + sizes).max())
+    kv_len = int(torch.where(sizes > 0, starts + sizes, 1).max())
     slots = torch.arange(kv_len, device=device)  # [S]
     allowed = slots[None, None, :] <= positions[:, :, None]  # [b, C, S]
     dtype = cache.keys[0].dtype
@@ -112,7 +121,7 @@ def forward_rows(
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
     cache._rows = torch.tensor(rows, device=device)
-    cache._all_rows = rows == list(range(len(cache.lengths)))
+    cache._row_range = slice(low, high) if use_range else None
     cache._write_slots = torch.where(real, positions, torch.full_like(positions, cache.trash_slot))
     cache._kv_len = kv_len
     try:
@@ -126,10 +135,14 @@ def forward_rows(
     finally:
         cache._rows = cache._write_slots = None
     hidden = out.last_hidden_state  # [b, C, H]
-    argmax = model.get_output_embeddings()(hidden).argmax(-1).tolist()  # [b, C]
-    results = []
+    real_hidden = hidden[real]  # [n_real, H], rows in order, each row's tokens in order
+    argmax = model.get_output_embeddings()(real_hidden).argmax(-1).tolist()  # [n_real]
+    results = {}
+    offset = 0
     for i, row in enumerate(rows):
         n = len(chunks[i])
-        cache.lengths[row] += n
-        results.append(RowOutput(argmax=argmax[i][:n], hidden=hidden[i, :n]))
-    return results
+        if row in requested:
+            cache.lengths[row] += n
+            results[row] = RowOutput(argmax=argmax[offset : offset + n], hidden=real_hidden[offset : offset + n])
+        offset += n
+    return [results[row] for row in requested]

@@ -39,12 +39,22 @@ class LookaheadSettings:
     """Longest suffix n-gram looked up in the old continuation to re-align after a correction."""
     window: int = 16
     """How far (tokens) from the expected alignment a re-alignment match may be."""
-    max_guess: int = 64
+    first_guess: int = 16
+    """Old-continuation tokens verified in the first round after a swap; the length doubles
+    after each fully accepted round (a re-converged continuation is verified in a few forwards)."""
+    max_guess: int = 128
     """Most old-continuation tokens verified in one target forward."""
+    min_guess: int = 4
+    """Guess length after a rejection is max(min_guess, 2 x tokens accepted in the last round):
+    a continuation that has not re-converged is verified in short pieces, not re-fed in full."""
     initial_guess: int = 8
     """Most prompt-lookup tokens verified per forward while decoding the first response."""
     initial_min_ngram: int = 2
     """Shortest n-gram used for prompt lookup in the first response (1 guesses too often)."""
+    corpus_max_ngram: int = 4
+    """Longest n-gram key of the corpus of earlier responses (`NgramCorpus`)."""
+    corpus_entries: int = 200_000
+    """The corpus is cleared when it holds more keys than this."""
 
 
 @dataclass
@@ -81,9 +91,10 @@ END_OF_JOBS: Any = object()
 # ---------------------------------------------------------------------------------------
 
 
-def realign(new: list[int], old: list[int], expected: int, settings: LookaheadSettings) -> int:
-    """Index e in `old` aligned with new[-1]: the nearest (to `expected`) occurrence of the
-    longest suffix n-gram of `new` within the window; `expected` when nothing matches."""
+def realign(new: list[int], old: list[int], expected: int, settings: LookaheadSettings) -> tuple[int, int]:
+    """(e, n): index e in `old` aligned with new[-1], the nearest (to `expected`) end of an
+    occurrence of the longest (n) suffix n-gram of `new` within the window; (expected, 0)
+    when nothing matches."""
     for n in range(min(settings.max_ngram, len(new)), 0, -1):
         suffix = new[-n:]
         best = None
@@ -92,18 +103,60 @@ def realign(new: list[int], old: list[int], expected: int, settings: LookaheadSe
             if old[end - n + 1 : end + 1] == suffix and (best is None or abs(end - expected) < abs(best - expected)):
                 best = end
         if best is not None:
-            return best
-    return expected
+            return best, n
+    return expected, 0
 
 
-def prompt_lookup(sequence: list[int], settings: LookaheadSettings) -> list[int]:
-    """Prompt-lookup guess: the tokens after the latest earlier occurrence of the suffix n-gram."""
+def prompt_lookup(sequence: list[int], settings: LookaheadSettings) -> tuple[list[int], int]:
+    """Prompt-lookup guess and its n: the tokens after the latest earlier occurrence of the
+    longest suffix n-gram of `sequence` (prompt + response so far)."""
     for n in range(min(settings.max_ngram, len(sequence) - 1), settings.initial_min_ngram - 1, -1):
         suffix = sequence[-n:]
         for end in range(len(sequence) - 2, n - 2, -1):
             if sequence[end - n + 1 : end + 1] == suffix:
-                return sequence[end + 1 : end + 1 + settings.initial_guess]
-    return []
+                return sequence[end + 1 : end + 1 + settings.initial_guess], n
+    return [], 0
+
+
+class NgramCorpus:
+    """Continuations seen in earlier responses of the same searcher, keyed by n-gram
+    (retrieval-based guessing): templated text ("marbles.\nThat leaves") is guessed from
+    other prompts' responses. Guesses are verified, so the corpus never changes a label."""
+
+    def __init__(self, settings: LookaheadSettings) -> None:
+        self.settings = settings
+        self.table: dict[tuple[int, ...], list[int]] = {}
+
+    def add(self, tokens: list[int]) -> None:
+        """Index every n-gram (n = 2..corpus_max_ngram) of `tokens` with what follows it."""
+        if len(self.table) > self.settings.corpus_entries:
+            self.table.clear()
+        length = self.settings.initial_guess
+        for n in range(2, self.settings.corpus_max_ngram + 1):
+            for end in range(n - 1, len(tokens) - 1):
+                self.table[tuple(tokens[end - n + 1 : end + 1])] = tokens[end + 1 : end + 1 + length]
+
+    def add_recent(self, sequence: list[int], recent: int) -> None:
+        """Index the n-grams whose continuation changed since the last `recent` tokens were appended."""
+        self.add(sequence[max(0, len(sequence) - recent - self.settings.initial_guess - self.settings.corpus_max_ngram) :])
+
+    def lookup(self, sequence: list[int]) -> tuple[list[int], int]:
+        """(guess, n) for the longest suffix n-gram of `sequence` in the corpus; ([], 0) if none."""
+        for n in range(min(self.settings.corpus_max_ngram, len(sequence)), 1, -1):
+            guess = self.table.get(tuple(sequence[-n:]))
+            if guess:
+                return guess, n
+        return [], 0
+
+
+def lookup_guess(sequence: list[int], corpus: NgramCorpus | None, settings: LookaheadSettings) -> list[int]:
+    """The better of prompt lookup and corpus lookup (longer n-gram match; prompt on ties)."""
+    guess, n = prompt_lookup(sequence, settings)
+    if corpus is not None:
+        corpus_guess, corpus_n = corpus.lookup(sequence)
+        if corpus_n > n:
+            return corpus_guess
+    return guess
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,6 +191,7 @@ def regenerate(
     eos_ids: list[int],
     settings: LookaheadSettings,
     draft_keep: int | None = None,
+    corpus: NgramCorpus | None = None,
 ) -> Generator[Step, StepOutput, Regeneration]:
     """Greedy target continuation of `prompt + head` (to EOS or `budget` response tokens),
     verifying guesses from `old` (or prompt lookup when `old` is None).
@@ -154,6 +208,7 @@ def regenerate(
     if old is not None and head and old[len(head) : len(head) + 1] == head[-1:]:
         aligned = len(head)  # the draft skipped a token: the old text continues one later
     outcome = Regeneration(response, target_valid, None, None, draft_keep or 0, 0)
+    guess_length = settings.first_guess
     first = True
     while True:
         finished = bool(response) and (response[-1] in eos_ids or len(response) >= budget)
@@ -162,11 +217,16 @@ def regenerate(
         if finished:
             guess: list[int] = []
         elif old is None:
-            guess = prompt_lookup(prompt + response, settings)
+            guess = lookup_guess(prompt + response, corpus, settings)
         else:
+            matched = settings.max_ngram
             if not first:
-                aligned = realign(response, old, aligned, settings)
-            guess = old[aligned + 1 : aligned + 1 + settings.max_guess]
+                aligned, matched = realign(response, old, aligned, settings)
+            guess = old[aligned + 1 : aligned + 1 + guess_length]
+            if matched < 2 and corpus is not None:  # the old text does not re-align: try the corpus
+                corpus_guess, corpus_n = corpus.lookup(prompt + response)
+                if corpus_n >= 2:
+                    guess = corpus_guess
         guess = guess[: max(budget - len(response) - 1, 0)]
         keep = target_valid
         sequence = prompt + response
@@ -199,6 +259,12 @@ def regenerate(
         if first:
             outcome.first_accepted = accepted
         first = False
+        if corpus is not None and old is None:  # share progress with the searches in flight
+            corpus.add_recent(prompt + response, accepted + 1)
+        if accepted < len(guess):  # rejected: verify shorter pieces until it re-converges
+            guess_length = max(settings.min_guess, 2 * accepted)
+        else:
+            guess_length = min(settings.max_guess, 2 * guess_length)
         target_valid = prompt_len + len(response) - 1
         aligned += accepted + 1
     outcome.target_valid = min(target_valid, prompt_len + len(response))
@@ -211,6 +277,7 @@ def fast_search(
     budget: int,
     eos_ids: list[int],
     settings: LookaheadSettings | None = None,
+    corpus: NgramCorpus | None = None,
 ) -> SearchCoroutine:
     """§1.1 for one prompt as a coroutine over batched forwards (see `BatchedSearcher`).
 
@@ -219,8 +286,10 @@ def fast_search(
     pass after an unimportant one, so a separate draft scan runs only where neither covers."""
     settings = settings or LookaheadSettings()
     prompt_len = len(prompt)
-    initial = yield from regenerate(prompt, [], 0, None, budget, eos_ids, settings)
+    initial = yield from regenerate(prompt, [], 0, None, budget, eos_ids, settings, corpus=corpus)
     response, target_valid = initial.response, initial.target_valid
+    if corpus is not None:
+        corpus.add(prompt[-settings.corpus_max_ngram :] + response)
     reference: Hashable = evaluator.answer(response)
     result = SearchResult(initial_response=list(response), final_response=response, target_answer=reference)
     draft_predictions: list[int] = []  # d_i for i < len(draft_predictions), valid for `response`
@@ -255,9 +324,12 @@ def fast_search(
             eos_ids,
             settings,
             draft_keep=min(draft_valid, prompt_len + m),
+            corpus=corpus,
         )
         assert regen.draft_output is not None
         alternative = regen.response
+        if corpus is not None:
+            corpus.add(alternative[max(0, m - settings.corpus_max_ngram) :])
         important = not evaluator.same(alternative, reference)
         first_fed = prompt_len + m - regen.draft_keep  # index of d_m in the draft call
         h_draft = regen.draft_output.hidden[first_fed].float().cpu()
@@ -333,6 +405,7 @@ class BatchedSearcher:
         self.settings = settings or LookaheadSettings()
         self.counters = SearchCounters()
         self.forward_overhead_tokens = forward_overhead_tokens
+        self.corpus = NgramCorpus(self.settings)
 
     def run(self, jobs: list[SearchJob]) -> Iterator[tuple[Any, SearchResult | Exception]]:
         """Yield (key, result or the exception that search raised) as searches finish."""
@@ -386,7 +459,7 @@ class BatchedSearcher:
                 row = free.pop()
                 target_cache.reset(row)
                 draft_cache.reset(row)
-                search = fast_search(job.prompt, job.evaluator, job.budget, self.eos_ids, self.settings)
+                search = fast_search(job.prompt, job.evaluator, job.budget, self.eos_ids, self.settings, self.corpus)
                 yield from advance(row, job.key, search, lambda s=search: next(s))
             if not active:
                 if ended:
