@@ -49,6 +49,9 @@ class LookaheadSettings:
     a continuation that has not re-converged is verified in short pieces, not re-fed in full."""
     initial_guess: int = 8
     """Most prompt-lookup tokens verified per forward while decoding the first response."""
+    draft_proposals: int = 6
+    """Tokens the draft proposes per round while decoding the first response (speculative
+    decoding, verified greedily: lossless); 0 uses prompt/corpus lookup instead."""
     initial_min_ngram: int = 2
     """Shortest n-gram used for prompt lookup in the first response (1 guesses too often)."""
     corpus_max_ngram: int = 4
@@ -71,6 +74,9 @@ class Step:
 
     target: Call | None = None
     draft: Call | None = None
+    propose: int = 0
+    """Draft proposals: after the draft call, extend greedily by this many tokens (one
+    batched draft forward each) and append them to the target call, all in this tick."""
 
 
 @dataclass
@@ -79,6 +85,8 @@ class StepOutput:
 
     target: RowOutput | None = None
     draft: RowOutput | None = None
+    proposals: list[int] | None = None
+    """The draft's greedy tokens when the step asked for proposals."""
 
 
 SearchCoroutine = Generator[Step, StepOutput, SearchResult]
@@ -271,6 +279,57 @@ def regenerate(
     return outcome
 
 
+def initial_response(
+    prompt: list[int], budget: int, eos_ids: list[int], settings: LookaheadSettings
+) -> Generator[Step, StepOutput, tuple[list[int], int, list[int], int]]:
+    """y = T.greedy(x) by speculative decoding with the draft (lossless: greedy verification).
+
+    The draft's proposals on the accepted prefix are exactly its teacher-forced argmax, so
+    this also yields d_i for the response. Returns (response, valid target length, draft
+    predictions for positions 0.., valid draft length)."""
+    prompt_len = len(prompt)
+    response: list[int] = []
+    predictions: list[int] = []  # d_i for i < len(predictions)
+    target_valid = draft_valid = 0
+    while not response or (response[-1] not in eos_ids and len(response) < budget):
+        sequence = prompt + response
+        count = min(settings.draft_proposals, budget - len(response) - 1)
+        output = yield Step(
+            target=Call(target_valid, sequence[target_valid:]),
+            draft=Call(draft_valid, sequence[draft_valid:]),
+            propose=count,
+        )
+        assert output.target is not None and output.draft is not None
+        proposals = output.proposals or []
+        # the draft call predicts positions draft_valid + j + 1 - P (real context)
+        fed_predictions = output.draft.argmax
+        first_position = draft_valid + 1 - prompt_len
+        for j, token in enumerate(fed_predictions):
+            position = first_position + j
+            if position == len(predictions):
+                predictions.append(token)
+        base = len(sequence) - 1 - target_valid  # index of the last known token in the target call
+        accepted = 0
+        ended = False
+        for token in proposals:
+            if output.target.argmax[base + accepted] != token:
+                break
+            response.append(token)
+            accepted += 1
+            if token in eos_ids:
+                ended = True
+                break
+        # proposals 2.. were predicted on accepted context: they are d_i as well
+        for i in range(1, min(accepted + 1, len(proposals))):
+            if len(prompt) + len(predictions) == len(sequence) + i:
+                predictions.append(proposals[i])
+        if not ended:
+            response.append(output.target.argmax[base + accepted])
+        target_valid = prompt_len + len(response) - 1
+        draft_valid = len(sequence) + min(accepted, max(len(proposals) - 1, 0))
+    return response, min(target_valid, prompt_len + len(response)), predictions[: len(response)], draft_valid
+
+
 def fast_search(
     prompt: list[int],
     evaluator: Evaluator,
@@ -286,14 +345,19 @@ def fast_search(
     pass after an unimportant one, so a separate draft scan runs only where neither covers."""
     settings = settings or LookaheadSettings()
     prompt_len = len(prompt)
-    initial = yield from regenerate(prompt, [], 0, None, budget, eos_ids, settings, corpus=corpus)
-    response, target_valid = initial.response, initial.target_valid
+    draft_predictions: list[int] = []  # d_i for i < len(draft_predictions), valid for `response`
+    draft_valid = 0  # tokens of the draft row valid for `prompt + response`
+    if settings.draft_proposals > 0:
+        response, target_valid, draft_predictions, draft_valid = yield from initial_response(
+            prompt, budget, eos_ids, settings
+        )
+    else:
+        initial = yield from regenerate(prompt, [], 0, None, budget, eos_ids, settings, corpus=corpus)
+        response, target_valid = initial.response, initial.target_valid
     if corpus is not None:
         corpus.add(prompt[-settings.corpus_max_ngram :] + response)
     reference: Hashable = evaluator.answer(response)
     result = SearchResult(initial_response=list(response), final_response=response, target_answer=reference)
-    draft_predictions: list[int] = []  # d_i for i < len(draft_predictions), valid for `response`
-    draft_valid = 0  # tokens of the draft row valid for `prompt + response`
     left = 0
     while left < len(response):
         # m = first i >= left with d_i != y_i; extend the draft predictions when they run out
@@ -395,7 +459,7 @@ class BatchedSearcher:
         pad_token_id: int,
         batch_size: int = 16,
         settings: LookaheadSettings | None = None,
-        forward_overhead_tokens: int = 64,
+        forward_overhead_tokens: int = 100000,
     ) -> None:
         """`forward_overhead_tokens`: the fixed cost of one forward call, in fed tokens; sets how
         rows with chunks of different lengths are split into forwards (`group_by_length`)."""
@@ -466,12 +530,32 @@ class BatchedSearcher:
                     return
                 continue
             counters.ticks += 1
-            target_out = self._forward(self.target, target_cache, {r: s.target for r, (_, _, s) in active.items()}, True)
-            draft_out = self._forward(self.draft, draft_cache, {r: s.draft for r, (_, _, s) in active.items()}, False)
+            steps = {row: step for row, (_, _, step) in active.items()}
+            draft_out, proposals = self._draft_phase(draft_cache, steps)
+            target_calls = {}
+            for row, step in steps.items():
+                if step.target is not None and row in proposals:
+                    target_calls[row] = Call(step.target.keep, step.target.tokens + proposals[row])
+                else:
+                    target_calls[row] = step.target
+            target_out = self._forward(self.target, target_cache, target_calls, True)
             for row in sorted(active):
                 key, search, _ = active.pop(row)
-                output = StepOutput(target_out.get(row), draft_out.get(row))
+                output = StepOutput(target_out.get(row), draft_out.get(row), proposals.get(row))
                 yield from advance(row, key, search, lambda s=search, o=output: s.send(o))
+
+    def _draft_phase(self, cache: RowKVCache, steps: dict[int, Step]) -> tuple[dict[int, RowOutput], dict[int, list[int]]]:
+        """The draft calls of a tick, then `propose` greedy draft steps for the rows that ask."""
+        outputs = self._forward(self.draft, cache, {row: step.draft for row, step in steps.items()}, False)
+        wanted = {row: step.propose for row, step in steps.items() if step.propose > 0 and row in outputs}
+        proposals = {row: [outputs[row].argmax[-1]] for row in wanted}
+        for index in range(1, max(wanted.values(), default=0)):
+            calls: dict[int, Call | None] = {
+                row: Call(cache.lengths[row], [proposals[row][-1]]) for row, count in wanted.items() if count > index
+            }
+            for row, output in self._forward(self.draft, cache, calls, False).items():
+                proposals[row].append(output.argmax[-1])
+        return outputs, proposals
 
     def _forward(self, model: Any, cache: RowKVCache, calls: dict[int, Call | None], is_target: bool) -> dict[int, RowOutput]:
         """Batched forwards over every row that has a call, rows grouped by chunk length."""
