@@ -58,8 +58,11 @@ def run_fetch(args: argparse.Namespace) -> int:
         if not args.no_draft:
             print(f"draft:  {resolve_real_spec('smollm2:draft')}")
     except RealModelUnavailable as err:
-        print(f"autojudge real fetch: skipped: {err}", file=sys.stderr)
-        return 0 if args.skip_offline else 1
+        if args.skip_offline:
+            print(f"autojudge real fetch: skipped: {err}", file=sys.stderr)
+            return 0
+        print(f"autojudge real fetch: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
