@@ -39,12 +39,12 @@ class LookaheadSettings:
     """Longest suffix n-gram looked up in the old continuation to re-align after a correction."""
     window: int = 16
     """How far (tokens) from the expected alignment a re-alignment match may be."""
-    first_guess: int = 16
+    first_guess: int = 8
     """Old-continuation tokens verified in the first round after a swap; the length doubles
     after each fully accepted round (a re-converged continuation is verified in a few forwards)."""
     max_guess: int = 128
     """Most old-continuation tokens verified in one target forward."""
-    min_guess: int = 4
+    min_guess: int = 2
     """Guess length after a rejection is max(min_guess, 2 x tokens accepted in the last round):
     a continuation that has not re-converged is verified in short pieces, not re-fed in full."""
     initial_guess: int = 8
@@ -52,6 +52,9 @@ class LookaheadSettings:
     draft_proposals: int = 6
     """Tokens the draft proposes per round while decoding the first response (speculative
     decoding, verified greedily: lossless); 0 uses prompt/corpus lookup instead."""
+    regen_proposals: int = 0
+    """Tokens the draft proposes per round of a regeneration whose old text does not re-align
+    (0: fall back to corpus lookup)."""
     initial_min_ngram: int = 2
     """Shortest n-gram used for prompt lookup in the first response (1 guesses too often)."""
     corpus_max_ngram: int = 4
@@ -217,11 +220,13 @@ def regenerate(
         aligned = len(head)  # the draft skipped a token: the old text continues one later
     outcome = Regeneration(response, target_valid, None, None, draft_keep or 0, 0)
     guess_length = settings.first_guess
+    draft_row_valid: int | None = None  # draft row tokens valid for prompt + response (after round 1)
     first = True
     while True:
         finished = bool(response) and (response[-1] in eos_ids or len(response) >= budget)
         if finished and not first:
             break
+        use_proposals = False
         if finished:
             guess: list[int] = []
         elif old is None:
@@ -231,18 +236,25 @@ def regenerate(
             if not first:
                 aligned, matched = realign(response, old, aligned, settings)
             guess = old[aligned + 1 : aligned + 1 + guess_length]
-            if matched < 2 and corpus is not None:  # the old text does not re-align: try the corpus
+            if matched < 2 and settings.regen_proposals > 0 and draft_row_valid is not None:
+                use_proposals, guess = True, []  # the old text does not re-align: the draft proposes
+            elif matched < 2 and corpus is not None:
                 corpus_guess, corpus_n = corpus.lookup(prompt + response)
                 if corpus_n >= 2:
                     guess = corpus_guess
-        guess = guess[: max(budget - len(response) - 1, 0)]
+        room = max(budget - len(response) - 1, 0)
+        guess = guess[:room]
         keep = target_valid
         sequence = prompt + response
-        draft_call = None
+        draft_call, propose = None, 0
         if first and draft_keep is not None:
             draft_call = Call(draft_keep, sequence[draft_keep:] + guess)
-        output = yield Step(target=Call(keep, sequence[keep:] + guess), draft=draft_call)
+        elif use_proposals and draft_row_valid is not None:
+            draft_call, propose = Call(draft_row_valid, sequence[draft_row_valid:]), min(settings.regen_proposals, room)
+        output = yield Step(target=Call(keep, sequence[keep:] + guess), draft=draft_call, propose=propose)
         assert output.target is not None
+        if use_proposals:
+            guess = output.proposals or []
         if first and head:
             outcome.h_target = output.target.hidden[feature_position - keep].float().cpu()
         if first:
@@ -266,6 +278,10 @@ def regenerate(
             response.append(predictions[base + accepted])
         if first:
             outcome.first_accepted = accepted
+            if draft_keep is not None:
+                draft_row_valid = len(sequence) + accepted
+        elif use_proposals:
+            draft_row_valid = len(sequence) + min(accepted, max(len(guess) - 1, 0))
         first = False
         if corpus is not None and old is None:  # share progress with the searches in flight
             corpus.add_recent(prompt + response, accepted + 1)
