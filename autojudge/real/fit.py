@@ -36,6 +36,9 @@ class FitConfig:
     """GSM8K train prompts whose target responses are the training data."""
     max_new_tokens: int = 256
     """Length cap of those responses."""
+    reference_answers: int = 0
+    """Extra training sequences: GSM8K train reference solutions (after the response prompts, calculator
+    annotations removed) teacher-forced through the target - more data without generating it."""
     epochs: int = 3
     """Passes over the responses."""
     learning_rate: float = 1e-3
@@ -68,6 +71,23 @@ def target_soft_labels(target: Any, prompt: list[int], response: list[int], top_
     return ids, probs / probs.sum(-1, keepdim=True)
 
 
+def reference_sequences(tokenizer: Any, source: str, count: int, offset: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, reference-solution ids + EOS) for GSM8K problems `offset..offset+count`."""
+    import re
+
+    from autojudge.real.measure import gsm8k_prompt_ids
+    from autojudge.tasks import get_task
+
+    problems = get_task("gsm8k").load(source, limit=offset + count)[offset:]
+    prompts = gsm8k_prompt_ids(tokenizer, source, count, offset)
+    responses = []
+    for problem in problems:
+        text = re.sub(r"<<[^>]*>>", "", problem.answer or "")
+        text = re.sub(r"\n?#### *(.+)$", r"\nThe final answer is \1.", text.strip())
+        responses.append(tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
+    return prompts, responses
+
+
 def fit_draft(config: FitConfig, cache: Path | None = None, log: Any = print) -> Path:
     """Build `draft-L{N}`, fit it as above, save `draft-L{N}-fit` (with `fit.json`); returns the folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -87,6 +107,9 @@ def fit_draft(config: FitConfig, cache: Path | None = None, log: Any = print) ->
     source = config.data or str(default_gsm8k("train"))
     responses_file = model_root(cache) / "responses" / f"gsm8k-train-{config.prompts}-{config.max_new_tokens}.json"
     prompts, responses = cached_target_responses(target, tokenizer, source, config.prompts, config.max_new_tokens, responses_file)
+    if config.reference_answers:
+        extra_prompts, extra_responses = reference_sequences(tokenizer, source, config.reference_answers, offset=config.prompts)
+        prompts, responses = prompts + extra_prompts, responses + extra_responses
     examples = [(p, r, *target_soft_labels(target, p, r, config.top_k)) for p, r in zip(prompts, responses) if len(r) > 1]
     log(f"fit: {len(examples)} target responses, {sum(len(e[1]) for e in examples)} tokens ({time.time() - started:.0f}s)")
 
