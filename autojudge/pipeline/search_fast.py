@@ -475,7 +475,7 @@ class BatchedSearcher:
         pad_token_id: int,
         batch_size: int = 16,
         settings: LookaheadSettings | None = None,
-        forward_overhead_tokens: int = 100000,
+        forward_overhead_tokens: int = 64,
     ) -> None:
         """`forward_overhead_tokens`: the fixed cost of one forward call, in fed tokens; sets how
         rows with chunks of different lengths are split into forwards (`group_by_length`)."""
