@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=50, help="toy prompts (seed --seed)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=128, help="searches in flight (all prompts in one wave up to this)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process runs")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also run the fast miner on these Ray actor counts")
     parser.add_argument("--json", default=None, help="write the figures here")
