@@ -32,10 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--window", type=int, default=8, help="draft tokens per cycle (k), same for every mode")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="generation budget per problem")
     parser.add_argument("--batch-size", type=int, default=16, help="problems decoded together")
-    parser.add_argument("--top-k", type=_floats, default=(2.0, 3.0, 5.0), help="K values of the topk baseline, e.g. 2,3,5")
+    parser.add_argument("--top-k", type=_floats, default=(2.0, 3.0), help="K values of the topk baseline, e.g. 2,3")
     parser.add_argument(
         "--thresholds", type=_floats, default=None,
-        help="autojudge thresholds, e.g. 0.1,0.3,0.5 (default: taus reaching validation acceptance rates 0.2..1.0)",
+        help="autojudge thresholds, e.g. 0.1,0.3,0.5 (default: read off the judge's validation table: taus keeping "
+        "recall of important at 1.0..0.8, reaching acceptance 0.5, and 1.0)",
     )
     parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a recommended threshold may lose")
     parser.add_argument(

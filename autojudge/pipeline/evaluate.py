@@ -27,7 +27,8 @@ from autojudge.tasks.base import Problem, Task
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ACCEPTANCE_RATES: tuple[float, ...] = (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+DEFAULT_RECALL_LEVELS: tuple[float, ...] = (1.0, 0.99, 0.98, 0.95, 0.9, 0.8)
+DEFAULT_ACCEPTANCE_RATES: tuple[float, ...] = (0.5, 1.0)
 
 
 @dataclass
@@ -43,9 +44,11 @@ class EvalConfig:
     top_ks: tuple[int, ...] = (2, 3, 5)
     """K values of the `topk` baseline (accept a draft token in the target's top-K)."""
     thresholds: tuple[float, ...] | None = None
-    """Autojudge thresholds; None = taken from the judge's validation table at `acceptance_rates`."""
+    """Autojudge thresholds; None = read off the judge's validation table (`sweep_thresholds`)."""
+    recall_levels: tuple[float, ...] = DEFAULT_RECALL_LEVELS
+    """Validation recall levels of important mismatches whose (largest) thresholds join the sweep."""
     acceptance_rates: tuple[float, ...] = DEFAULT_ACCEPTANCE_RATES
-    """Validation acceptance rates of mismatches whose thresholds form the default sweep."""
+    """Validation acceptance rates of mismatches whose (smallest) thresholds join the sweep."""
     max_accuracy_drop: float = 0.01
     """Accuracy (fraction) a recommended threshold may lose against `exact`."""
     device: str = "cpu"
@@ -92,9 +95,18 @@ class SettingResult:
         return {key: value for key, value in asdict(self).items() if key != "answers"}
 
 
-def sweep_thresholds(thresholds_table: list[dict[str, float]], acceptance_rates: Sequence[float]) -> list[float]:
-    """Thresholds reaching each validation acceptance rate (smallest such tau), sorted and unique."""
+def sweep_thresholds(
+    thresholds_table: list[dict[str, float]], acceptance_rates: Sequence[float] = DEFAULT_ACCEPTANCE_RATES,
+    recall_levels: Sequence[float] = DEFAULT_RECALL_LEVELS,
+) -> list[float]:
+    """Thresholds of the sweep, read off the judge's validation table, sorted and unique:
+    the largest tau keeping each recall level of important mismatches (the safe end), and
+    the smallest tau reaching each acceptance rate of mismatches (out to where it breaks)."""
     chosen = set()
+    for level in recall_levels:
+        keeping = [row["tau"] for row in thresholds_table if row["recall_important"] >= level]
+        if keeping:
+            chosen.add(round(max(keeping), 4))
     for rate in acceptance_rates:
         if rate >= 1.0:
             chosen.add(1.0)  # p < 1 always: accept every mismatch (where the judge is no longer a judge)
@@ -195,7 +207,9 @@ def evaluate_modes(
 
     thresholds: list[float] = []
     if judge is not None:
-        thresholds = list(config.thresholds or sweep_thresholds(judge.thresholds, config.acceptance_rates))
+        thresholds = list(
+            config.thresholds or sweep_thresholds(judge.thresholds, config.acceptance_rates, config.recall_levels)
+        )
     settings: list[tuple[str, float | None]] = [("exact", None)]
     settings += [("topk", float(k)) for k in config.top_ks]
     settings += [("autojudge", tau) for tau in thresholds]

@@ -43,7 +43,7 @@ class RunConfig:
     """Target model spec."""
     draft: str = "toy:draft"
     """Draft model spec."""
-    mine_problems: int = 400
+    mine_problems: int = 300
     """Problems of seed 1 to mine labels from."""
     select_problems: int = 100
     """Problems of seed 1 after the mined ones, used to choose the threshold."""
@@ -57,7 +57,7 @@ class RunConfig:
     """Generation budget per problem (mining and decoding)."""
     window: int = 8
     """Draft tokens per cycle in evaluation, same for every mode."""
-    top_ks: tuple[int, ...] = (2, 3, 5)
+    top_ks: tuple[int, ...] = (2, 3)
     """K values of the topk baseline."""
     judge_model: str = "logreg"
     """Judge classifier: logreg or lightgbm."""
@@ -69,7 +69,7 @@ class RunConfig:
     """Searches in flight per mining worker."""
     mine_workers: int = 1
     """Mining workers (Ray actors, `threads` CPUs each); 0 mines in this process without Ray."""
-    eval_batch_size: int = 16
+    eval_batch_size: int = 50
     """Problems decoded together in evaluation."""
     device: str = "cpu"
     """Torch device."""
@@ -157,7 +157,9 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
         window=config.window, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
         top_ks=config.top_ks, max_accuracy_drop=config.max_accuracy_drop, device=config.device,
     )
-    eval_config.thresholds = tuple(sweep_thresholds(judge.thresholds, eval_config.acceptance_rates))
+    eval_config.thresholds = tuple(
+        sweep_thresholds(judge.thresholds, eval_config.acceptance_rates, eval_config.recall_levels)
+    )
     context = {
         "target / draft": f"`{config.target}` / `{config.draft}`",
         "judge": f"{judge.kind} {judge.feature_setup}, validation ROC AUC {judge.metrics['val_roc_auc']:.3f}",
