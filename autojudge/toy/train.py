@@ -1,9 +1,9 @@
 """Train the built-in target/draft pair on the toy world (CPU, seeded).
 
-Both models are `LlamaForCausalLM` sharing the toy tokenizer. The target is a few
-layers wide enough to do the arithmetic reliably; the draft is one narrow layer,
-so it copies wording and numbers well but miscomputes results and does not know
-which phrasing the context favours. Training sequences are exactly
+Both models are `LlamaForCausalLM` sharing the toy tokenizer. The target (4 layers,
+width 128) does the arithmetic reliably; the draft (2 layers, width 64, about 1/7 of
+the target's parameters) copies wording and numbers well but miscomputes most
+results. Training sequences are exactly
 `apply_chat_template(question) + answer + <|eos|>`, with the loss on the answer
 tokens only. Training data is the seed-0 stream of the world generator.
 
