@@ -232,7 +232,8 @@ class StreamingMiner:
             return None
 
     def _loop(self) -> None:
-        for key, result in self.searcher.run_stream(self._next_job, self.context):
+        # the caches grow to the longest prompt + budget seen, not to the model's context
+        for key, result in self.searcher.run_stream(self._next_job, 256):
             collector, index = key
             collector.done(index, result)
 

@@ -77,6 +77,20 @@ class RowKVCache:
         return self._kv_len
 
     # -- row management -------------------------------------------------------------------
+    def grow(self, capacity: int) -> None:
+        """Make room for sequences of `capacity` tokens (valid slots are copied over)."""
+        if capacity + 1 <= self.capacity:
+            return
+        old_slots = self.trash_slot
+        for buffers in (self.keys, self.values):
+            for layer, old in enumerate(buffers):
+                rows, heads, _, head_dim = old.shape
+                new = torch.zeros((rows, heads, capacity + 1, head_dim), dtype=old.dtype, device=old.device)
+                new[:, :, :old_slots] = old[:, :, :old_slots]
+                buffers[layer] = new
+        self.capacity = capacity + 1
+        self.trash_slot = capacity
+
     def truncate(self, row: int, length: int) -> None:
         """Roll a row back to its first `length` tokens."""
         self.lengths[row] = min(self.lengths[row], length)

@@ -500,7 +500,7 @@ class BatchedSearcher:
     ) -> Iterator[tuple[Any, SearchResult | Exception]]:
         """Continuous batching: `next_job(block)` returns a job, None when none is ready yet
         (it is asked with block=True only when no search is in flight), or END_OF_JOBS.
-        `capacity` bounds prompt + response tokens of every job."""
+        The caches start with room for `capacity` tokens per row and grow when a job needs more."""
         import time
 
         rows = rows or self.batch_size
@@ -534,8 +534,9 @@ class BatchedSearcher:
                     ended = True
                     break
                 if len(job.prompt) + job.budget > capacity:
-                    yield job.key, ValueError(f"prompt + budget exceed the searcher's capacity {capacity}")
-                    continue
+                    capacity = len(job.prompt) + job.budget
+                    target_cache.grow(capacity)
+                    draft_cache.grow(capacity)
                 row = free.pop()
                 target_cache.reset(row)
                 draft_cache.reset(row)
