@@ -24,6 +24,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = ROOT / "scripts" / "autojudge_entry.py"
 RAY_BIN = Path(sys.executable).parent / "ray"
+# Same auth mode on both sides, whatever ~/.ray/auth_token holds (Ray turns token auth on
+# for a new head when that file exists; a client then needs RAY_AUTH_MODE=token too).
+AUTH = {"RAY_AUTH_MODE": "disabled"}
 
 
 def with_repo_on_path() -> str:
@@ -51,12 +54,12 @@ def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen) -> Non
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
-    """A one-CPU head node started by `ray start --head --block`; yields its address."""
+    """A two-CPU head node started by `ray start --head --block`; yields its address."""
     temp_dir = tempfile.mkdtemp(prefix="ajray", dir="/tmp")  # short: Unix socket paths are limited
     port = free_port()
     command = [
         str(RAY_BIN), "start", "--head", "--block",
-        "--num-cpus", "1", "--num-gpus", "0",
+        "--num-cpus", "2", "--num-gpus", "0",
         "--port", str(port),
         "--node-ip-address", "127.0.0.1",
         "--temp-dir", temp_dir,
@@ -65,7 +68,7 @@ def ray_head() -> Iterator[str]:
         "--dashboard-agent-listen-port", str(free_port()),
         "--disable-usage-stats",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": with_repo_on_path()}
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": with_repo_on_path(), **AUTH}
     log = open(Path(temp_dir) / "ray_start.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -85,7 +88,7 @@ def ray_head() -> Iterator[str]:
 
 
 def run_entry(args: list[str], address: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": address, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": with_repo_on_path()}
+    env = {**os.environ, "RAY_ADDRESS": address, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": with_repo_on_path(), **AUTH}
     return subprocess.run(
         [sys.executable, str(ENTRY), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
@@ -99,13 +102,13 @@ def test_entry_help_lists_commands() -> None:
 
 
 def test_cluster_info_attaches_to_running_head(ray_head: str) -> None:
-    """RAY_ADDRESS set: the command joins the 1-CPU head instead of starting its own cluster."""
+    """RAY_ADDRESS set: the command joins the running head instead of starting its own cluster."""
     result = run_entry(["cluster-info"], ray_head)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads(result.stdout)
     assert info["gcs_address"].rsplit(":", 1)[1] == ray_head.rsplit(":", 1)[1]  # same GCS port
     assert info["num_nodes"] == 1
-    assert info["resources"]["CPU"] == 1.0  # the head's, not this machine's core count
+    assert info["resources"]["CPU"] == 2.0  # the head's --num-cpus
 
 
 def test_cluster_info_address_flag(ray_head: str) -> None:
@@ -118,14 +121,14 @@ def test_cluster_info_address_flag(ray_head: str) -> None:
 def test_infer_through_entry_on_running_head(ray_head: str, tmp_path: Path) -> None:
     """A real autojudge command (batch inference with Ray Data) runs on the attached cluster."""
     pytest.importorskip("autojudge.commands.infer")
-    from tests.infer_fixtures import tiny_pair_dir, write_corpus
+    from test_infer import tiny_pair_dir, write_corpus
 
     target, draft = tiny_pair_dir(tmp_path / "models")
     corpus = write_corpus(tmp_path / "corpus.jsonl", num=6)
     out = tmp_path / "out"
     result = run_entry(
         ["infer", "--input", str(corpus), "--output", str(out), "--target", str(target), "--draft", str(draft),
-         "--max-new-tokens", "4", "--num-replicas", "1", "--batch-size", "3"],
+         "--max-new-tokens", "4", "--num-replicas", "1", "--num-cpus-per-replica", "0.5", "--batch-size", "3"],
         ray_head,
         timeout=240,
     )  # fmt: skip

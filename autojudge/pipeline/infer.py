@@ -87,6 +87,8 @@ class InferConfig:
     """Ray cluster to attach to (default: $RAY_ADDRESS, else a local cluster)."""
     local_cpus: int | None = None
     """CPUs of the local cluster when one is started."""
+    io_cpus: float = 0.25
+    """CPUs each read/parse/write task asks for (light work; small so it never waits for the actors)."""
 
 
 @dataclass
@@ -355,17 +357,18 @@ def _corpus_files(path: str, input_format: str) -> tuple[Any, list[str], str]:
     return fs, files, input_format
 
 
-def read_corpus(path: str, input_format: str = "auto", rows_per_block: int = 16) -> Any:
+def read_corpus(path: str, input_format: str = "auto", rows_per_block: int = 16, io_cpus: float = 0.25) -> Any:
     """A Ray Dataset of normalized rows {id, source, question, prompt, error}."""
     import ray.data
 
     fs, files, input_format = _corpus_files(path, input_format)
     if input_format == "jsonl":
         # Read bytes, parse per line ourselves: one bad line must not fail the whole read.
-        ds = ray.data.read_binary_files(files, include_paths=True, filesystem=fs).flat_map(parse_jsonl_file)
+        ds = ray.data.read_binary_files(files, include_paths=True, filesystem=fs, num_cpus=io_cpus)
+        ds = ds.flat_map(parse_jsonl_file, num_cpus=io_cpus)
     else:
-        ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True)
-        ds = ds.map_batches(parse_parquet_batch, batch_format="pyarrow", batch_size=1024)
+        ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True, num_cpus=io_cpus)
+        ds = ds.map_batches(parse_parquet_batch, batch_format="pyarrow", batch_size=1024, num_cpus=io_cpus)
     return ds.repartition(target_num_rows_per_block=rows_per_block)
 
 
@@ -431,7 +434,7 @@ def _check_room_for_tasks(config: InferConfig) -> None:
 
     total = ray.cluster_resources().get("CPU", 0.0)
     reserved = config.num_replicas * config.num_cpus_per_replica
-    if total and total - reserved < 0.5:
+    if total and total - reserved < 1.0:  # the streaming repartition's tasks ask for one full CPU
         message = (
             f"{config.num_replicas} replicas x {config.num_cpus_per_replica} CPUs leave no CPU of the cluster's "
             f"{total:g} for reading and writing; use fewer --num-replicas or --num-cpus-per-replica 0.5"
@@ -463,7 +466,7 @@ def run_infer(config: InferConfig) -> dict[str, Any]:
     _check_room_for_tasks(config)
 
     start = time.perf_counter()
-    ds = read_corpus(config.input, config.input_format, config.batch_size)
+    ds = read_corpus(config.input, config.input_format, config.batch_size, config.io_cpus)
     ds = ds.map_batches(
         Decoder,
         fn_constructor_kwargs={"config": stage, "num_gpus": config.num_gpus_per_replica},
@@ -474,5 +477,5 @@ def run_infer(config: InferConfig) -> dict[str, Any]:
         num_cpus=config.num_cpus_per_replica,
     )
     fs, inner = _filesystem(config.output)
-    ds.write_parquet(inner, filesystem=fs)
+    ds.write_parquet(inner, filesystem=fs, ray_remote_args={"num_cpus": config.io_cpus})
     return summarize(config.output, time.perf_counter() - start, config)
