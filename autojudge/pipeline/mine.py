@@ -220,6 +220,9 @@ class StreamingMiner:
         self.searcher = BatchedSearcher(pair.target, pair.draft, eos_ids, pad_id, batch_size)
         self.context = min(model_context(pair.target), model_context(pair.draft))
         self.jobs: queue.Queue = queue.Queue()
+        self.open_calls: set[_Collector] = set()
+        self.lock = threading.Lock()
+        self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, daemon=True, name="miner-search-loop")
         self.thread.start()
 
@@ -232,10 +235,23 @@ class StreamingMiner:
             return None
 
     def _loop(self) -> None:
-        # the caches grow to the longest prompt + budget seen, not to the model's context
-        for key, result in self.searcher.run_stream(self._next_job, 256):
-            collector, index = key
-            collector.done(index, result)
+        try:
+            # the caches grow to the longest prompt + budget seen, not to the model's context
+            for key, result in self.searcher.run_stream(self._next_job, 256):
+                collector, index = key
+                collector.done(index, result)
+        except BaseException as err:  # noqa: BLE001 - a failed batched forward fails every open call
+            with self.lock:
+                self.failure = err
+                for collector in self.open_calls:
+                    collector.finished.set()
+
+    def close(self) -> None:
+        """Stop the search loop once the searches in flight are done."""
+        from autojudge.pipeline.search_fast import END_OF_JOBS
+
+        self.jobs.put(END_OF_JOBS)
+        self.thread.join()
 
     def mine(self, problems: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(label rows, response rows) for `problems`, searched alongside other calls' problems."""
@@ -246,11 +262,19 @@ class StreamingMiner:
         prepared = [prepare_prompt(p, self.task, tokenizer, self.max_new_tokens, self.context) for p in problems]
         runnable = [i for i, item in enumerate(prepared) if item.error is None]
         collector = _Collector(len(runnable))
+        with self.lock:
+            if self.failure is not None:
+                raise RuntimeError(f"the search loop failed: {self.failure!r}")
+            self.open_calls.add(collector)
         for index in runnable:
             item = prepared[index]
             evaluator = TaskEvaluator(self.task, item.problem, tokenizer)
             self.jobs.put(SearchJob((collector, index), item.prompt_ids, evaluator, item.budget))
         collector.wait()
+        with self.lock:
+            self.open_calls.discard(collector)
+            if len(collector.results) < collector.expected:
+                raise RuntimeError(f"the search loop failed: {self.failure!r}")
         label_rows: list[dict[str, Any]] = []
         response_rows: list[dict[str, Any]] = []
         for index, item in enumerate(prepared):
@@ -387,7 +411,10 @@ def describe_pair(pair: Any) -> dict[str, Any]:
 
 
 def _mine_local(config: MineConfig, out: Path, chunks: list[list[Any]], progress: Progress) -> dict[str, Any]:
-    """workers=0: mine in this process, one shard per chunk."""
+    """workers=0: mine in this process, one shard per chunk; with the fast method the chunks
+    in flight share one continuously batched search loop, as in an actor."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from autojudge.models import load_pair
 
     pair = load_pair(config.target, config.draft, config.device())
@@ -395,11 +422,38 @@ def _mine_local(config: MineConfig, out: Path, chunks: list[list[Any]], progress
     write_manifest(config, out, models, status="running")
     progress.restart()
     task = build_task(config)
-    for index, chunk in enumerate(chunks):
-        labels, responses = mine_problems(pair, task, chunk, config.max_new_tokens, config.batch_size, config.method)
-        shards.write_shard(out, shards.new_shard_name(index), labels, responses)
-        progress.update(len(responses), len(labels))
+    if config.method == "plain":
+        for index, chunk in enumerate(chunks):
+            labels, responses = mine_problems(pair, task, chunk, config.max_new_tokens, method="plain")
+            shards.write_shard(out, shards.new_shard_name(index), labels, responses)
+            progress.update(len(responses), len(labels))
+        return models
+    miner = StreamingMiner(pair, task, config.max_new_tokens, config.batch_size)
+    pending = list(enumerate(chunks))[::-1]
+    with ThreadPoolExecutor(max_workers=config.max_chunks_in_flight) as pool:
+        try:
+            _drain_local(miner, pool, pending, config, out, progress)
+        finally:
+            miner.close()
     return models
+
+
+def _drain_local(miner: StreamingMiner, pool: Any, pending: list[tuple[int, list[Any]]], config: MineConfig,
+                 out: Path, progress: Progress) -> None:
+    """Keep `max_chunks_in_flight` chunks in the in-process miner; write each as it finishes."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    in_flight: dict[Any, int] = {}
+    while pending or in_flight:
+        while pending and len(in_flight) < config.max_chunks_in_flight:
+            index, chunk = pending.pop()
+            in_flight[pool.submit(miner.mine, chunk)] = index
+        done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+        for future in done:
+            index = in_flight.pop(future)
+            labels, responses = future.result()
+            shards.write_shard(out, shards.new_shard_name(index), labels, responses)
+            progress.update(len(responses), len(labels))
 
 
 def _mine_ray(config: MineConfig, out: Path, chunks: list[list[Any]], progress: Progress) -> dict[str, Any]:
