@@ -1,9 +1,10 @@
 """Train the built-in target/draft pair on the toy world (CPU, seeded).
 
 Both models are `LlamaForCausalLM` sharing the toy tokenizer. The target (4 layers,
-width 128) does the arithmetic reliably; the draft (2 layers, width 64, about 1/7 of
-the target's parameters) copies wording and numbers well but miscomputes most
-results. Training sequences are exactly
+width 128) does the arithmetic reliably; the draft (one layer, width 96, about 1/6
+of the target's parameters) gets the sentence frame and most copied numbers right
+but miscomputes results and does not track which phrasing the operation favours,
+so the pair disagrees on harmless wording as well as on numbers. Training sequences are exactly
 `apply_chat_template(question) + answer + <|eos|>`, with the loss on the answer
 tokens only. Training data is the seed-0 stream of the world generator.
 
@@ -55,7 +56,7 @@ class ToyTrainConfig:
     )  # the strong model
     draft: ModelSpec = field(
         default_factory=lambda: ModelSpec(
-            hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192, steps=1000, learning_rate=3e-3
+            hidden_size=96, num_layers=1, num_heads=4, intermediate_size=256, steps=1000, learning_rate=3e-3
         )
     )  # the weak model (at most 1/4 of the target's parameters)
     num_problems: int = 64_000  # training problems drawn from the seed-0 stream
