@@ -52,7 +52,7 @@ def run_ray_workers(problems: list[Any], args: argparse.Namespace, workers: int)
     from autojudge.pipeline.mine import MineConfig, chunked
     from autojudge.ray_utils import init_ray
 
-    init_ray(None, num_cpus=max(2, workers))
+    init_ray("local", num_cpus=None)  # our own cluster, not a stray `ray start` one
     config = MineConfig(task="toy", target=args.target, draft=args.draft, workers=workers, cpus_per_worker=1,
                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed)
     actors = [MinerActor.options(num_cpus=1).remote(config) for _ in range(workers)]
