@@ -384,6 +384,7 @@ def mine(config: MineConfig) -> Path:
     if config.batch_size < 1 or config.workers < 0:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
     out = Path(config.out)
+    check_resumable(config, out)
     out.mkdir(parents=True, exist_ok=True)
     shards.clean_orphans(out)
     problems = load_problems(config)
@@ -398,6 +399,26 @@ def mine(config: MineConfig) -> Path:
     progress.close()
     write_manifest(config, out, models, status="complete")
     return out
+
+
+RESUME_KEYS = ("task", "target", "draft", "input", "seed", "max_new_tokens", "method")
+"""Settings that must match to resume a folder (the labels would mix otherwise)."""
+
+
+def check_resumable(config: MineConfig, out: Path) -> None:
+    """Refuse to resume a folder mined with other models, task, prompts or budget."""
+    import json
+
+    from autojudge.tasks import InputError
+
+    manifest_path = out / shards.MANIFEST
+    if not manifest_path.exists():
+        return
+    before = json.loads(manifest_path.read_text(encoding="utf-8")).get("settings", {})
+    now = asdict(config)
+    changed = [f"{key}: {before[key]!r} -> {now[key]!r}" for key in RESUME_KEYS if key in before and before[key] != now[key]]
+    if changed:
+        raise InputError(f"{out} was mined with other settings ({'; '.join(changed)}); use a new --out folder")
 
 
 def describe_pair(pair: Any) -> dict[str, Any]:
