@@ -190,13 +190,13 @@ def mine_command(pair_dir: Path, out: Path, workers: int, limit: int) -> list[st
 
 def test_kill_and_resume_labels_every_prompt_once(pair_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    command = mine_command(pair_dir, out, workers=0, limit=16)
+    command = mine_command(pair_dir, out, workers=0, limit=10)
     run_until_killed(command, out)
     finished_before = shards.finished_prompt_ids(out)
-    assert 0 < len(finished_before) < 16
+    assert 0 < len(finished_before) < 10
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=120)
-    check_exactly_once(out, {f"toy-1-{i}" for i in range(16)})
-    assert json.loads((out / "manifest.json").read_text())["counts"]["prompts"] == 16
+    check_exactly_once(out, {f"toy-1-{i}" for i in range(10)})
+    assert json.loads((out / "manifest.json").read_text())["counts"]["prompts"] == 10
 
 
 @pytest.mark.slow
