@@ -137,3 +137,41 @@ def test_infer_through_entry_on_running_head(ray_head: str, tmp_path: Path) -> N
 
     table = pq.read_table(out)
     assert table.num_rows == 6
+
+
+@pytest.mark.slow
+def test_ray_job_submit_working_dir(tmp_path: Path) -> None:
+    """`ray job submit --working-dir .` runs the entry script on a head with a dashboard."""
+    temp_dir = tempfile.mkdtemp(prefix="ajjob", dir="/tmp")
+    port, dashboard_port = free_port(), free_port()
+    command = [
+        str(RAY_BIN), "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
+        "--port", str(port), "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir,
+        "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+        "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": "", **AUTH}
+    env.pop("PYTHONPATH", None)  # the job must find autojudge through its working dir alone
+    log = open(Path(temp_dir) / "ray_start.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_for_port(dashboard_port, 120, process)
+        job_env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
+        result = subprocess.run(
+            [str(RAY_BIN), "job", "submit", "--working-dir", ".", "--",
+             "python", "scripts/autojudge_entry.py", "cluster-info"],
+            env=job_env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )  # fmt: skip
+        assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+        assert '"num_nodes": 1' in result.stdout and "succeeded" in result.stdout
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
