@@ -88,3 +88,7 @@ def test_evaluate_modes_end_to_end_with_tiny_models(tmp_path: Path) -> None:
     assert never.agreement_with_target == 1.0
     assert always.tokens_per_target_call >= exact.tokens_per_target_call
     assert all(r.num_problems == 3 and r.new_tokens > 0 for r in results)
+    # threshold selection stops at the first threshold that loses too much (here: any)
+    strict = EvalConfig(window=3, max_new_tokens=10, batch_size=3, top_ks=(), thresholds=(1.0, 0.0), max_accuracy_drop=-0.5)
+    stopped = evaluate_modes(pair, task, problems, judge, strict, show_progress=False, stop_after_drop=True)
+    assert [r.label for r in stopped] == ["exact", "autojudge tau=0"]

@@ -200,14 +200,19 @@ def _eos_ids(tokenizer: Any, *models: Any) -> list[int]:
 
 
 def evaluate_modes(
-    pair: Any, task: Task, problems: Sequence[Problem], judge: Any, config: EvalConfig, show_progress: bool = True
+    pair: Any, task: Task, problems: Sequence[Problem], judge: Any, config: EvalConfig, show_progress: bool = True,
+    stop_after_drop: bool = False,
 ) -> list[SettingResult]:
-    """exact, topk for each K, autojudge for each threshold, on the same problems and window."""
+    """exact, topk for each K, autojudge for each threshold (ascending), on the same problems and window.
+
+    stop_after_drop: skip the remaining (larger) thresholds once one loses more than
+    `config.max_accuracy_drop` against exact — all that threshold selection needs.
+    """
     from tqdm.auto import tqdm
 
     thresholds: list[float] = []
     if judge is not None:
-        thresholds = list(
+        thresholds = sorted(
             config.thresholds or sweep_thresholds(judge.thresholds, config.acceptance_rates, config.recall_levels)
         )
     settings: list[tuple[str, float | None]] = [("exact", None)]
@@ -215,14 +220,16 @@ def evaluate_modes(
     settings += [("autojudge", tau) for tau in thresholds]
     results: list[SettingResult] = []
     bar = tqdm(total=len(settings) * len(problems), desc="eval", unit="problem", disable=not show_progress)
-    reference = None
+    reference, exact_accuracy = None, 0.0
     for mode, param in settings:
         bar.set_postfix_str(mode if param is None else f"{mode} {param:g}")
         result = evaluate_setting(pair, task, problems, mode, param, config, judge, reference, bar.update)
         if mode == "exact":
-            reference = result.answers
+            reference, exact_accuracy = result.answers, result.accuracy
         results.append(result)
         log.info("%s: accuracy %.3f, %.2f tokens/target call", result.label, result.accuracy, result.tokens_per_target_call)
+        if stop_after_drop and mode == "autojudge" and result.accuracy < exact_accuracy - config.max_accuracy_drop - 1e-12:
+            break
     bar.close()
     return results
 

@@ -170,7 +170,8 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
     select_problems = toy_problems(config.mine_seed, config.mine_problems, config.select_problems)
 
     def select() -> Any:
-        results = evaluate_modes(pair, task, select_problems, judge, eval_config)
+        select_config = EvalConfig(**dict(asdict(eval_config), top_ks=()))  # exact vs autojudge only
+        results = evaluate_modes(pair, task, select_problems, judge, select_config, stop_after_drop=True)
         chosen = recommend_threshold(results, config.max_accuracy_drop)
         where = f"{len(select_problems)} problems of seed {config.mine_seed} after the {config.mine_problems} mined"
         write_eval_outputs(results, run_dir / "select", "Threshold selection", dict(context, problems=where),
