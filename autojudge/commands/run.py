@@ -19,9 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>)")
     parser.add_argument("--mine-problems", type=int, default=300, help="seed-1 problems to mine (default 300)")
     parser.add_argument("--select-problems", type=int, default=100, help="seed-1 problems to choose tau on (default 100)")
-    parser.add_argument("--test-problems", type=int, default=200, help="held-out seed-2 problems (default 200)")
+    parser.add_argument("--test-problems", type=int, default=150, help="held-out seed-2 problems (default 150)")
     parser.add_argument("--window", type=int, default=8, help="draft tokens per cycle in evaluation (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="generation budget per problem")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=112, help="generation budget per problem (toy answers need <= ~81)"
+    )
     parser.add_argument("--judge-model", choices=["logreg", "lightgbm"], default="logreg", help="judge classifier")
     parser.add_argument("--features", choices=["DT", "DD-DT"], default="DD-DT", help="judge feature setup")
     parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points the chosen tau may lose (default 1)")
