@@ -76,7 +76,7 @@ class ExportResult:
 
 
 def split_of(prompt_id: str, val_fraction: float) -> str:
-    """"validation" for a stable `val_fraction` share of prompt ids, else "train"."""
+    """The split of a prompt: `validation` for a stable `val_fraction` share of ids, else `train`."""
     bucket = int(hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()[:8], 16) / 0x1_0000_0000
     return "validation" if bucket < val_fraction else "train"
 

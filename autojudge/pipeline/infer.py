@@ -153,7 +153,7 @@ def parse_parquet_batch(batch: Any) -> Any:
     import pyarrow as pa
 
     rows = []
-    for index, record in enumerate(batch.to_pylist()):
+    for record in batch.to_pylist():
         path = record.pop("path", "corpus")
         source = f"{PurePosixPath(str(path)).name}"
         fallback = f"{source}:{_content_id(record)}"
