@@ -35,6 +35,8 @@ def add_parser(subparsers: Any) -> None:
     draft.add_argument("--fit", action="store_true", help="fit the draft's last layer + norm to the target")
     draft.add_argument("--train-layers", type=int, default=1, help="with --fit: how many last layers are trained")
     draft.add_argument("--prompts", type=int, default=48, help="with --fit: GSM8K train prompts of training data")
+    draft.add_argument("--reference-answers", type=int, default=300,
+                       help="with --fit: extra GSM8K train reference solutions, teacher-forced through the target")
     draft.add_argument("--epochs", type=int, default=3, help="with --fit: passes over the data")
     draft.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
     draft.set_defaults(func=run_draft)
@@ -78,7 +80,8 @@ def run_draft(args: argparse.Namespace) -> int:
         if args.force:
             shutil.rmtree(folder, ignore_errors=True)
         if not (folder / "fit.json").exists():
-            config = FitConfig(num_layers=args.layers, train_layers=args.train_layers, prompts=args.prompts, epochs=args.epochs)
+            config = FitConfig(num_layers=args.layers, train_layers=args.train_layers, prompts=args.prompts,
+                               reference_answers=args.reference_answers, epochs=args.epochs)
             folder = fit_draft(config)
     else:
         folder = build_draft(args.layers, force=args.force)

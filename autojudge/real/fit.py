@@ -36,7 +36,7 @@ class FitConfig:
     """GSM8K train prompts whose target responses are the training data."""
     max_new_tokens: int = 256
     """Length cap of those responses."""
-    reference_answers: int = 0
+    reference_answers: int = 300
     """Extra training sequences: GSM8K train reference solutions (after the response prompts, calculator
     annotations removed) teacher-forced through the target - more data without generating it."""
     epochs: int = 3
