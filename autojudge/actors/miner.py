@@ -6,7 +6,9 @@ flight feed one continuously batched search loop instead of draining the batch a
 chunk's end. Each `mine_chunk` call returns plain rows (one error row per bad prompt,
 never a failed call for one prompt). Torch threads are set to the CPUs the actor
 reserved (Ray also sets OMP_NUM_THREADS to that number), so W actors on W cores do not
-oversubscribe the machine.
+oversubscribe the machine. `mine_chunk` is a pure function of its prompts (the driver
+writes the shards), so a lost actor is restarted and its chunks retried (bounded, so a
+crash that repeats does not loop forever).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import ray
 
 
-@ray.remote(max_concurrency=8)
+@ray.remote(max_concurrency=8, max_restarts=3, max_task_retries=3)
 class MinerActor:
     """Holds a loaded pair and the task; mines chunks of problems."""
 
