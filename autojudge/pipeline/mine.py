@@ -15,7 +15,6 @@ shared by the actors, the in-process path and `bench/mine.py`.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -485,9 +484,7 @@ def _mine_ray(config: MineConfig, out: Path, chunks: list[list[Any]], progress: 
     from autojudge.actors.miner import MinerActor
     from autojudge.ray_utils import init_ray
 
-    # "local": with no address given, start our own cluster rather than attach to a stray
-    # `ray start` cluster that ray.init() would otherwise find on this machine
-    init_ray(config.address or os.environ.get("RAY_ADDRESS") or "local", num_cpus=None)
+    init_ray(config.address)
     actor_class = MinerActor.options(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)
     actors = [actor_class.remote(config) for _ in range(config.workers)]
     models = ray.get(actors[0].describe.remote())
