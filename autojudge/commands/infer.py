@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder (mode autojudge)")
     parser.add_argument("--threshold", type=float, metavar="TAU", help="judge threshold (default: the judge's)")
     parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
-    parser.add_argument("--window", type=int, default=4, metavar="K", help="draft tokens per target call (default 4)")
+    parser.add_argument("--window", type=int, default=8, metavar="K", help="draft tokens per target call (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
     parser.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts become error rows")
     parser.add_argument("--task", default="gsm8k", help="task that formats 'question' rows (default gsm8k)")

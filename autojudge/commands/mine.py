@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from autojudge.ray_utils import add_ray_arguments
+from autojudge.tasks import add_task_arguments
 
 
 def add_parser(subparsers: Any) -> None:
@@ -19,10 +20,9 @@ def add_parser(subparsers: Any) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--task", default="toy", choices=["toy", "gsm8k"], help="task whose evaluator decides importance")
+    add_task_arguments(parser)
     parser.add_argument("--input", default=None, help="prompt JSONL (id + question or prompt); toy generates problems if absent")
     parser.add_argument("--limit", type=int, default=None, help="mine at most N prompts (toy default without --input: 200)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of generated toy problems")
     parser.add_argument("--target", required=True, help="target model spec (HF id, folder, .gguf, toy:target)")
     parser.add_argument("--draft", required=True, help="draft model spec (HF id, folder, .gguf, toy:draft)")
     parser.add_argument("--out", required=True, help="output folder (resumed if it exists)")
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = MineConfig(
         task=args.task,
+        instruction=args.instruction,
         target=args.target,
         draft=args.draft,
         out=args.out,

@@ -28,7 +28,9 @@ class MineConfig:
     """Settings of one mining job."""
 
     task: str = "toy"
-    """Task name: `toy` or `gsm8k` (E of DESIGN §1.1 comes from it)."""
+    """Task name: `toy`, `gsm8k` or `humaneval` (E of DESIGN §1.1 comes from it)."""
+    instruction: str | None = None
+    """Text appended to every question (None: the task's default)."""
     target: str = "toy:target"
     """Target model spec (HF id, folder, .gguf, or toy:target)."""
     draft: str = "toy:draft"
@@ -325,9 +327,9 @@ def load_problems(config: MineConfig) -> list[Any]:
 
 
 def build_task(config: MineConfig) -> Any:
-    from autojudge.tasks import get_task
+    from autojudge.tasks import build_task as task_from_settings
 
-    return get_task(config.task, seed=config.seed) if config.task == "toy" else get_task(config.task)
+    return task_from_settings(config.task, seed=config.seed, instruction=config.instruction)
 
 
 def chunked(items: list[Any], size: int) -> list[list[Any]]:
@@ -400,7 +402,7 @@ def mine(config: MineConfig) -> Path:
     return out
 
 
-RESUME_KEYS = ("task", "target", "draft", "input", "seed", "max_new_tokens", "method")
+RESUME_KEYS = ("task", "instruction", "target", "draft", "input", "seed", "max_new_tokens", "method")
 """Settings that must match to resume a folder (the labels would mix otherwise)."""
 
 

@@ -22,4 +22,26 @@ def get_task(name: str, **settings: Any) -> Task:
     return TASKS[name](**settings)
 
 
-__all__ = ["Problem", "Task", "GSM8KTask", "ToyTask", "InputError", "get_task", "read_jsonl", "write_jsonl", "chat_prompt"]
+def build_task(name: str, seed: int | None = None, instruction: str | None = None) -> Task:
+    """A task from command-line settings: `seed` applies to the toy world, `instruction`
+    (text added to every question, e.g. "End with 'The final answer is N'.") to any task."""
+    settings: dict[str, Any] = {}
+    if name == "toy" and seed is not None:
+        settings["seed"] = seed
+    if instruction is not None:
+        settings["instruction"] = instruction
+    return get_task(name, **settings)
+
+
+def add_task_arguments(parser: Any, default: str = "toy", seed: int | None = 1) -> None:
+    """`--task`, `--instruction` and, unless `seed` is None, `--seed` (with that default)."""
+    parser.add_argument("--task", default=default, choices=["toy", "gsm8k", "humaneval"],
+                        help="task that formats questions and judges answers")
+    parser.add_argument("--instruction", default=None,
+                        help="text appended to every question in the user turn (default: none for toy/gsm8k, the task's own for humaneval)")
+    if seed is not None:
+        parser.add_argument("--seed", type=int, default=seed,
+                            help="seed of generated toy problems (1 = mining, 2 = held-out evaluation)")
+
+
+__all__ = ["build_task", "add_task_arguments", "Problem", "Task", "GSM8KTask", "ToyTask", "InputError", "get_task", "read_jsonl", "write_jsonl", "chat_prompt"]
