@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>)")
-    parser.add_argument("--mine-problems", type=int, default=300, help="seed-1 problems to mine (default 300)")
+    parser.add_argument("--mine-problems", type=int, default=600, help="seed-1 problems to mine (default 600)")
     parser.add_argument("--select-problems", type=int, default=100, help="seed-1 problems to choose tau on (default 100)")
     parser.add_argument("--test-problems", type=int, default=150, help="held-out seed-2 problems (default 150)")
     parser.add_argument("--window", type=int, default=8, help="draft tokens per cycle in evaluation (default 8)")

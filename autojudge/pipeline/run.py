@@ -43,7 +43,7 @@ class RunConfig:
     """Target model spec."""
     draft: str = "toy:draft"
     """Draft model spec."""
-    mine_problems: int = 300
+    mine_problems: int = 600
     """Problems of seed 1 to mine labels from."""
     select_problems: int = 100
     """Problems of seed 1 after the mined ones, used to choose the threshold."""
