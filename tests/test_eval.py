@@ -40,8 +40,9 @@ def test_recommend_is_fastest_within_the_drop() -> None:
 
 def test_sweep_from_validation_table() -> None:
     table = [{"tau": t / 10, "acceptance_rate": t / 10, "recall_important": 1 - t / 20} for t in range(1, 10)]
-    assert sweep_thresholds(table, (0.25, 0.5, 0.5, 1.0), ()) == [0.3, 0.5, 1.0]
-    assert sweep_thresholds(table, (), (0.99, 0.9, 0.5)) == [0.2, 0.9]  # largest tau keeping each recall
+    assert sweep_thresholds(table, (0.25, 0.5, 0.5, 1.0), (), ()) == [0.3, 0.5, 1.0]
+    assert sweep_thresholds(table, (), (0.99, 0.9, 0.5), ()) == [0.2, 0.9]  # largest tau keeping each recall
+    assert sweep_thresholds(table, (), (), (0.01, 0.05)) == [0.01, 0.05]
 
 
 def test_outputs_are_written(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RECALL_LEVELS: tuple[float, ...] = (1.0, 0.99, 0.98, 0.95, 0.9, 0.8)
 DEFAULT_ACCEPTANCE_RATES: tuple[float, ...] = (0.5, 1.0)
+DEFAULT_LOW_TAUS: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05)  # fills the safe end, where the table is coarse
 
 
 @dataclass
@@ -97,12 +98,13 @@ class SettingResult:
 
 def sweep_thresholds(
     thresholds_table: list[dict[str, float]], acceptance_rates: Sequence[float] = DEFAULT_ACCEPTANCE_RATES,
-    recall_levels: Sequence[float] = DEFAULT_RECALL_LEVELS,
+    recall_levels: Sequence[float] = DEFAULT_RECALL_LEVELS, low_taus: Sequence[float] = DEFAULT_LOW_TAUS,
 ) -> list[float]:
     """Thresholds of the sweep, read off the judge's validation table, sorted and unique:
     the largest tau keeping each recall level of important mismatches (the safe end), and
-    the smallest tau reaching each acceptance rate of mismatches (out to where it breaks)."""
-    chosen = set()
+    the smallest tau reaching each acceptance rate of mismatches (out to where it breaks),
+    plus fixed small taus `low_taus` (validation rarely resolves the safe end finely)."""
+    chosen = {round(float(tau), 4) for tau in low_taus}
     for level in recall_levels:
         keeping = [row["tau"] for row in thresholds_table if row["recall_important"] >= level]
         if keeping:
