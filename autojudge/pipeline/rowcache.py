@@ -58,20 +58,22 @@ class RowKVCache:
         self._rows: torch.Tensor | None = None  # [b]
         self._row_range: slice | None = None  # set when the batch is a contiguous range of rows
         self._write_slots: torch.Tensor | None = None  # [b, C]
+        self._write_index: torch.Tensor | None = None  # [b * kv_heads * C]: flat (row, head, slot) of each fed key
         self._kv_len = 0
 
     # -- the Hugging Face cache protocol -------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         """Write this chunk's keys/values [b, kv_heads, C, head_dim]; return the rows' caches."""
-        assert self._rows is not None and self._write_slots is not None
+        assert self._rows is not None and self._write_index is not None
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        rows = self._rows[:, None]  # [b, 1]
-        # advanced indices on dims 0 and 2 -> indexed view is [b, C, kv_heads, head_dim]
-        keys[rows, :, self._write_slots] = key_states.transpose(1, 2)
-        values[rows, :, self._write_slots] = value_states.transpose(1, 2)
+        head_dim = keys.shape[-1]
+        # one flat index_copy_ per buffer (much cheaper than a broadcast advanced-index put)
+        keys.view(-1, head_dim).index_copy_(0, self._write_index, key_states.reshape(-1, head_dim))
+        values.view(-1, head_dim).index_copy_(0, self._write_index, value_states.reshape(-1, head_dim))
         if self._row_range is not None:  # a view, no copy
             return keys[self._row_range, :, : self._kv_len], values[self._row_range, :, : self._kv_len]
-        return keys[self._rows, :, : self._kv_len], values[self._rows, :, : self._kv_len]
+        # index_select on the sliced view: a gather of only the valid slots (faster than keys[rows, :, :S])
+        return keys[:, :, : self._kv_len].index_select(0, self._rows), values[:, :, : self._kv_len].index_select(0, self._rows)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._kv_len
@@ -116,18 +118,20 @@ def forward_rows(
         rows = list(range(low, high))
         chunks = [requested.get(row, []) for row in rows]
     device = cache.keys[0].device
-    sizes = torch.tensor([len(chunk) for chunk in chunks], device=device)  # [b]
-    starts = torch.tensor([cache.lengths[row] for row in rows], device=device)  # [b]
-    width = int(sizes.max())
-    if int(torch.where(sizes > 0, starts + sizes, 0).max()) > cache.trash_slot:
+    lengths = [len(chunk) for chunk in chunks]
+    row_starts = [cache.lengths[row] for row in rows]
+    width = max(lengths)
+    ends = [start + size for start, size in zip(row_starts, lengths) if size > 0]
+    kv_len = max(ends, default=1)
+    if kv_len > cache.trash_slot:
         raise ValueError(f"sequence longer than the cache capacity {cache.trash_slot}")
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)  # [b, C]
-    for i, chunk in enumerate(chunks):
-        input_ids[i, : len(chunk)] = torch.tensor(chunk, dtype=torch.long)
+    sizes = torch.tensor(lengths, device=device)  # [b]
+    starts = torch.tensor(row_starts, device=device)  # [b]
+    padded = [chunk + [pad_token_id] * (width - len(chunk)) for chunk in chunks]
+    input_ids = torch.tensor(padded, dtype=torch.long, device=device)  # [b, C]
     offsets = torch.arange(width, device=device)  # [C]
     positions = starts[:, None] + offsets[None, :]  # [b, C]
     real = offsets[None, :] < sizes[:, None]  # [b, C]
-    kv_len = int(torch.where(sizes > 0, starts + sizes, 1).max())
     slots = torch.arange(kv_len, device=device)  # [S]
     allowed = slots[None, None, :] <= positions[:, :, None]  # [b, C, S]
     dtype = cache.keys[0].dtype
@@ -137,6 +141,11 @@ def forward_rows(
     cache._rows = torch.tensor(rows, device=device)
     cache._row_range = slice(low, high) if use_range else None
     cache._write_slots = torch.where(real, positions, torch.full_like(positions, cache.trash_slot))
+    kv_heads = cache.keys[0].shape[1]
+    heads = torch.arange(kv_heads, device=device)
+    cache._write_index = (
+        (cache._rows[:, None, None] * kv_heads + heads[None, :, None]) * cache.capacity + cache._write_slots[:, None, :]
+    ).reshape(-1)  # [b, kv_heads, C] flattened, the order of key_states.reshape(-1, head_dim)
     cache._kv_len = kv_len
     try:
         out = model.base_model(
@@ -147,7 +156,7 @@ def forward_rows(
             use_cache=True,
         )
     finally:
-        cache._rows = cache._write_slots = None
+        cache._rows = cache._write_slots = cache._write_index = None
     hidden = out.last_hidden_state  # [b, C, H]
     real_hidden = hidden[real]  # [n_real, H], rows in order, each row's tokens in order
     argmax = model.get_output_embeddings()(real_hidden).argmax(-1).tolist()  # [n_real]
