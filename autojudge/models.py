@@ -129,3 +129,17 @@ def load_pair(
     target = load_model(target_spec, device, dtype)
     draft = load_model(draft_spec, device, dtype)
     return ModelPair(target, draft, target_tokenizer, target_spec, draft_spec)
+
+
+def eos_token_ids(tokenizer: Any, *models: Any) -> list[int]:
+    """EOS ids of the tokenizer and the models' generation configs, deduplicated
+    (what `generate` stops on)."""
+    ids: list[int] = []
+    candidates: list[Any] = [tokenizer.eos_token_id]
+    for model in models:
+        candidates.append(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    for item in candidates:
+        for token in item if isinstance(item, (list, tuple)) else [item]:
+            if token is not None and int(token) not in ids:
+                ids.append(int(token))
+    return ids

@@ -66,23 +66,11 @@ def load_rule(args: argparse.Namespace, pair: Any) -> Any:
     return build_rule("autojudge", judge=judge, threshold=args.threshold)
 
 
-def eos_ids(tokenizer: Any, *models: Any) -> list[int]:
-    """EOS ids of the tokenizer and the models' generation configs (what `generate` stops on)."""
-    ids: list[int] = []
-    candidates: list[Any] = [tokenizer.eos_token_id]
-    candidates += [getattr(getattr(model, "generation_config", None), "eos_token_id", None) for model in models]
-    for item in candidates:
-        for token in item if isinstance(item, (list, tuple)) else [item]:
-            if token is not None and int(token) not in ids:
-                ids.append(int(token))
-    return ids
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from autojudge.decode import SpeculativeEngine, aggregate
-    from autojudge.models import ModelPairError, load_pair
+    from autojudge.models import ModelPairError, eos_token_ids, load_pair
     from autojudge.tasks import InputError, build_task, write_jsonl
 
     if args.window < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
@@ -97,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     except ModelPairError as err:
         raise InputError(str(err)) from None
     tokenizer = pair.tokenizer
-    eos = eos_ids(tokenizer, pair.target, pair.draft)
+    eos = eos_token_ids(tokenizer, pair.target, pair.draft)
     engine = SpeculativeEngine(
         pair.target, pair.draft, rule, window=args.window, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id or 0
     )

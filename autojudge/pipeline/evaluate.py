@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from autojudge.models import eos_token_ids
 from autojudge.tasks.base import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def evaluate_setting(
     tokenizer = pair.tokenizer
     engine = SpeculativeEngine(
         pair.target, pair.draft, rule, config.window,
-        eos_token_ids=_eos_ids(tokenizer, pair.target, pair.draft), pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids=eos_token_ids(tokenizer, pair.target, pair.draft), pad_token_id=tokenizer.pad_token_id,
     )
     texts, metrics, wall_s = decode_problems(engine, tokenizer, task, problems, config, progress)
     answers = [task.answer(problem, text) for problem, text in zip(problems, texts)]
@@ -187,18 +188,6 @@ def evaluate_setting(
         mean_accepted_length=_mean_accepted_length(metrics), wall_s=wall_s, tokens_per_s=new_tokens / max(wall_s, 1e-9),
         answers=[None if a is None else str(a) for a in answers],
     )
-
-
-def _eos_ids(tokenizer: Any, *models: Any) -> list[int]:
-    """EOS ids of the tokenizer and the models' generation configs (as the miner uses)."""
-    ids: list[int] = []
-    candidates: list[Any] = [tokenizer.eos_token_id]
-    candidates += [getattr(getattr(model, "generation_config", None), "eos_token_id", None) for model in models]
-    for item in candidates:
-        for token in item if isinstance(item, (list, tuple)) else [item]:
-            if token is not None and int(token) not in ids:
-                ids.append(int(token))
-    return ids
 
 
 def evaluate_modes(

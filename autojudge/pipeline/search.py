@@ -19,6 +19,8 @@ from typing import Any, Hashable, Protocol
 
 import torch
 
+from autojudge.models import eos_token_ids  # noqa: F401 - re-exported for the miner
+
 
 class Evaluator(Protocol):
     """E of §1.1 over token ids: the outcome of a response, and outcome equality."""
@@ -79,19 +81,6 @@ class SearchResult:
     """a* = E.answer(initial_response)."""
     labels: list[Label] = field(default_factory=list)
     """One per visited mismatch, in order of position."""
-
-
-def eos_token_ids(tokenizer: Any, *models: Any) -> list[int]:
-    """EOS ids of the tokenizer and the models' generation configs, deduplicated."""
-    ids: list[int] = []
-    candidates: list[Any] = [tokenizer.eos_token_id]
-    for model in models:
-        candidates.append(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-    for item in candidates:
-        for token in item if isinstance(item, (list, tuple)) else [item]:
-            if token is not None and int(token) not in ids:
-                ids.append(int(token))
-    return ids
 
 
 # ---------------------------------------------------------------------------------------
