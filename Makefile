@@ -25,7 +25,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --ignore=tests/test_multinode.py
+	$(BIN)/python -m pytest -q -m slow tests/test_multinode.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
