@@ -131,13 +131,7 @@ def convert_target(cache: Path | None = None, force: bool = False) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    return folder
+    return save_model_folder(model, tokenizer, folder)
 
 
 def truncate_model(model: Any, num_layers: int) -> Any:
