@@ -5,9 +5,8 @@ different nodes. Faults: a miner actor's process is SIGKILLed mid-job, or a whol
 is removed mid-job. Either way every prompt must end up in exactly one responses shard,
 with the same labels as an undisturbed run, and no orphan label shard.
 
-Fault tolerance needs the miner's actors to be restartable: the fixture `restartable`
-adds `max_restarts=-1, max_task_retries=-1` to `MinerActor.options(...)` (the change
-proposed for autojudge/pipeline/mine.py; drop the patch once it is there). `mine_chunk`
+Fault tolerance comes from the miner's actors themselves (`MinerActor` restarts and
+retries its tasks, autojudge/actors/miner.py); nothing is patched here. `mine_chunk`
 is a pure function of its chunk and only the driver writes shards, so a retried chunk
 is written once.
 
@@ -55,19 +54,6 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-@pytest.fixture
-def restartable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MinerActor.options(...) with restarts and task retries (the proposed miner change)."""
-    from autojudge.actors.miner import MinerActor
-
-    original = MinerActor.options
-
-    def options(**kwargs: Any) -> Any:
-        return original(max_restarts=-1, max_task_retries=-1, **kwargs)
-
-    monkeypatch.setattr(MinerActor, "options", options)
 
 
 def mine_config(pair: tuple[Path, Path], out: Path, address: str) -> Any:
@@ -152,7 +138,7 @@ def test_mining_spreads_over_nodes(pair: tuple[Path, Path], cluster: Any, tmp_pa
 
 
 def test_killed_actor_restarts_and_every_prompt_once(
-    pair: tuple[Path, Path], cluster: Any, restartable: None, tmp_path: Path
+    pair: tuple[Path, Path], cluster: Any, tmp_path: Path
 ) -> None:
     from autojudge.pipeline.mine import mine
 
@@ -171,7 +157,7 @@ def test_killed_actor_restarts_and_every_prompt_once(
 
 
 def test_removed_node_and_every_prompt_once(
-    pair: tuple[Path, Path], cluster: Any, restartable: None, tmp_path: Path
+    pair: tuple[Path, Path], cluster: Any, tmp_path: Path
 ) -> None:
     from autojudge.pipeline.mine import mine
 

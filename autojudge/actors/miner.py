@@ -18,7 +18,10 @@ from typing import Any
 import ray
 
 
-@ray.remote(max_concurrency=8, max_restarts=3, max_task_retries=3)
+# Restarts and task retries are unbounded: a chunk is a pure function of its prompts and
+# only the driver writes shards, so a retry never duplicates work. A bounded count fails
+# the job when a whole node goes away (the retries are spent while it is unreachable).
+@ray.remote(max_concurrency=8, max_restarts=-1, max_task_retries=-1)
 class MinerActor:
     """Holds a loaded pair and the task; mines chunks of problems."""
 
