@@ -48,6 +48,25 @@ def test_records_are_well_formed_and_arithmetic_is_consistent() -> None:
 def test_solutions_use_several_phrasings() -> None:
     openings = {line.split(" ")[0] for p in generate_problems(200, 0) for line in p["answer"].split("\n")[1:-1]}
     assert {"So", "Now", "That", "After"} <= openings
+    endings = {line.rsplit(" ", 1)[-1] for p in generate_problems(200, 0) for line in p["answer"].split("\n")[1:-1]}
+    assert {"total.", "left.", "now.", "all."} <= endings
+
+
+def test_styles_share_problems_and_differ_in_favourite_wording() -> None:
+    a, b = generate_problems(400, 0, style="a"), generate_problems(400, 0, style="b")
+    assert [p["question"] for p in a] == [p["question"] for p in b]
+    assert [p["answer"].split("\n")[-1] for p in a] == [p["answer"].split("\n")[-1] for p in b]
+    assert [LINE.findall(p["answer"]) for p in a] == [LINE.findall(p["answer"]) for p in b]
+
+    def favourite_opening(problems: list[dict], kind: str) -> str:
+        lines = [line for p in problems for line in p["answer"].split("\n")[1:-1] if f" {kind} " in line]
+        openings = [" ".join(line.split(" ")[:2]) for line in lines]
+        return max(set(openings), key=openings.count)
+
+    for kind in "+-*":
+        assert favourite_opening(a, kind) != favourite_opening(b, kind)
+    with pytest.raises(ValueError, match="unknown toy style"):
+        generate_problems(1, 0, style="c")
 
 
 @pytest.fixture(scope="module")

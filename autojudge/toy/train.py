@@ -1,10 +1,11 @@
 """Train the built-in target/draft pair on the toy world (CPU, seeded).
 
 Both models are `LlamaForCausalLM` sharing the toy tokenizer. The target (4 layers,
-width 128) does the arithmetic reliably; the draft (one layer, width 96, about 1/6
-of the target's parameters) gets the sentence frame and most copied numbers right
-but miscomputes results and does not track which phrasing the operation favours,
-so the pair disagrees on harmless wording as well as on numbers. Training sequences are exactly
+width 128) does the arithmetic reliably and is trained on style-"a" solutions; the
+draft (2 layers, width 96, about 1/4 of the target's parameters) is trained on the
+same problems written in style "b", which prefers other phrasings (see `world.py`).
+So the pair disagrees on harmless wording at most choice points, and on numbers where
+the smaller draft miscomputes. Training sequences are exactly
 `apply_chat_template(question) + answer + <|eos|>`, with the loss on the answer
 tokens only. Training data is the seed-0 stream of the world generator.
 
@@ -42,6 +43,7 @@ class ModelSpec:
     intermediate_size: int  # width of the SwiGLU MLP
     steps: int  # optimiser steps
     learning_rate: float  # peak AdamW learning rate
+    style: str = "a"  # solution style of the training corpus ("a" or "b", see world.py)
     max_positions: int = 256  # longest sequence the model supports
 
 
@@ -56,9 +58,10 @@ class ToyTrainConfig:
     )  # the strong model
     draft: ModelSpec = field(
         default_factory=lambda: ModelSpec(
-            hidden_size=96, num_layers=1, num_heads=4, intermediate_size=256, steps=1000, learning_rate=3e-3
+            hidden_size=96, num_layers=2, num_heads=4, intermediate_size=176, steps=900, learning_rate=3e-3,
+            style="b",
         )
-    )  # the weak model (at most 1/4 of the target's parameters)
+    )  # the small model (under 1/4 of the target's parameters), trained on the other style
     num_problems: int = 64_000  # training problems drawn from the seed-0 stream
     batch_size: int = 32  # sequences per optimiser step
     warmup_steps: int = 100  # linear warm-up before the cosine decay
@@ -184,10 +187,10 @@ def train_pair(out_dir: Path, config: ToyTrainConfig | None = None, which: tuple
     config = config or ToyTrainConfig()
     torch.set_num_threads(config.num_threads)
     tokenizer = build_tokenizer(config.tokenizer_vocab_size, config.tokenizer_corpus_problems)
-    examples = encode_problems(tokenizer, generate_problems(config.num_problems, seed=0))
     summary: dict = {"config": asdict(config)}
     for name in which:
         spec = getattr(config, name)
+        examples = encode_problems(tokenizer, generate_problems(config.num_problems, seed=0, style=spec.style))
         torch.manual_seed(config.seed)
         model = build_model(spec, tokenizer)
         start = time.time()

@@ -5,13 +5,18 @@ find, receive, give away, lose, sell, double, triple) and asks how many are left
 The worked solution states one operation per line as arithmetic (`12 + 5 = 17`) and
 ends with `#### N`, like GSM8K.
 
-The design point for AutoJudge: each reasoning line opens with one of several
-equivalent phrasings ("So he has", "Now he has", "That leaves", ...), drawn with
-unequal weights that depend on the kind of operation. A strong target learns the
-context-dependent favourite; a weak draft does not, so the pair disagrees on
-harmless wording (unimportant mismatches) as well as on numbers (important ones).
-Numbers stay below 100 and multiplication is by 2 or 3 only, so a tiny transformer
-can compute every step reliably.
+The design point for AutoJudge: each reasoning line has two harmless choice points,
+an opening ("So he has", "Now he has", "That leaves", ...) and an ending ("apples.",
+"apples in total.", "apples now.", ...), each drawn with unequal weights that depend
+on the kind of operation. The solutions come in two *styles* over the same problems:
+style "a" (the target's training corpus and the reference answers everywhere) and
+style "b" (the draft's training corpus), which prefers other phrasings of the same
+set. So the pair disagrees on harmless wording at most choice points (unimportant
+mismatches), as real target/draft pairs trained on different data do, and on numbers
+where the draft's arithmetic fails (important ones). Numbers stay below 100 and
+multiplication is by 2 or 3 only, so a tiny transformer can compute every step
+reliably. Both styles draw the same random numbers, so a seed gives the same
+questions and results in either style; only the wording differs.
 
 Seeds used project-wide: 0 = model training data, 1 = mining, 2 = held-out
 evaluation, 3 = quality bench.
@@ -59,24 +64,38 @@ SUB_SENTENCES = (
 )
 MUL_SENTENCES = {2: "{p} doubles the number of {i}.", 3: "{p} triples the number of {i}."}
 
-# Equivalent openings of a solution line, with unequal weights that depend on the
-# operation kind: {P} = pronoun, {p} = name.
+# Equivalent openings of a solution line, with unequal style-"a" weights that depend on
+# the operation kind: {P} = pronoun, {p} = name.
 LINE_OPENINGS: dict[str, tuple[tuple[str, float], ...]] = {
     "add": (("So {P} has", 0.45), ("Now {P} has", 0.35), ("After that, {p} has", 0.20)),
     "sub": (("That leaves", 0.50), ("So {P} has", 0.30), ("Now {P} has", 0.20)),
     "mul": (("Now {P} has", 0.55), ("So {P} has", 0.25), ("That makes", 0.20)),
+}
+# Equivalent endings of a solution line (style-"a" weights by kind): {i} = items.
+LINE_ENDINGS: dict[str, tuple[tuple[str, float], ...]] = {
+    "add": (("{i} in total.", 0.50), ("{i}.", 0.30), ("{i} now.", 0.20)),
+    "sub": (("{i} left.", 0.55), ("{i} now.", 0.25), ("{i}.", 0.20)),
+    "mul": (("{i}.", 0.45), ("{i} in all.", 0.35), ("{i} now.", 0.20)),
 }
 START_OPENINGS: tuple[tuple[str, float], ...] = (
     ("{p} starts with {n} {i}.", 0.6),
     ("{p} has {n} {i} at first.", 0.4),
 )
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*"}
+STYLES = ("a", "b")  # "a": target corpus and reference answers; "b": the draft's corpus
 
 
-def _weighted_choice(rng: random.Random, options: tuple[tuple[str, float], ...]) -> str:
-    """Draw one phrasing from (text, weight) pairs."""
+def _weighted_choice(rng: random.Random, options: tuple[tuple[str, float], ...], style: str = "a") -> str:
+    """Draw one phrasing from (text, weight) pairs.
+
+    Style "b" rotates the weights one place (option j gets the weight of option j-1),
+    so its favourite is style a's runner-up: every phrasing stays common in both styles,
+    but the greedy choices differ. One `rng` draw either way.
+    """
     texts = [text for text, _ in options]
     weights = [weight for _, weight in options]
+    if style == "b":
+        weights = weights[-1:] + weights[:-1]
     return rng.choices(texts, weights=weights, k=1)[0]
 
 
@@ -103,19 +122,22 @@ def _question(name: str, friend: str, items: str, start: int, steps: list[Step])
     return " ".join(sentences)
 
 
-def _solution(rng: random.Random, name: str, pronoun: str, items: str, start: int, steps: list[Step]) -> str:
-    """The worked solution: one arithmetic line per step, ending with `#### N`."""
-    lines = [_weighted_choice(rng, START_OPENINGS).format(p=name, n=start, i=items)]
+def _solution(
+    rng: random.Random, name: str, pronoun: str, items: str, start: int, steps: list[Step], style: str
+) -> str:
+    """The worked solution in `style`: one arithmetic line per step, ending with `#### N`."""
+    lines = [_weighted_choice(rng, START_OPENINGS, style).format(p=name, n=start, i=items)]
     for step in steps:
-        opening = _weighted_choice(rng, LINE_OPENINGS[step.kind]).format(P=pronoun, p=name)
+        opening = _weighted_choice(rng, LINE_OPENINGS[step.kind], style).format(P=pronoun, p=name)
+        ending = _weighted_choice(rng, LINE_ENDINGS[step.kind], style).format(i=items)
         symbol = SYMBOLS[step.kind]
-        lines.append(f"{opening} {step.before} {symbol} {step.operand} = {step.after} {items}.")
+        lines.append(f"{opening} {step.before} {symbol} {step.operand} = {step.after} {ending}")
     lines.append(f"#### {steps[-1].after}")
     return "\n".join(lines)
 
 
-def generate_problem(rng: random.Random, problem_id: str) -> dict:
-    """One problem record `{"id", "question", "answer"}` drawn from `rng`."""
+def generate_problem(rng: random.Random, problem_id: str, style: str = "a") -> dict:
+    """One problem record `{"id", "question", "answer"}` drawn from `rng`, solution in `style`."""
     (name, pronoun), (friend, _) = rng.sample(PEOPLE, 2)
     items = rng.choice(ITEMS)
     start = rng.randint(3, 60)
@@ -128,11 +150,14 @@ def generate_problem(rng: random.Random, problem_id: str) -> dict:
     return {
         "id": problem_id,
         "question": _question(name, friend, items, start, steps),
-        "answer": _solution(rng, name, pronoun, items, start, steps),
+        "answer": _solution(rng, name, pronoun, items, start, steps, style),
     }
 
 
-def generate_problems(num: int, seed: int) -> list[dict]:
-    """`num` seeded problems; the first k of a stream do not depend on `num`."""
+def generate_problems(num: int, seed: int, style: str = "a") -> list[dict]:
+    """`num` seeded problems with solutions in `style`; the first k of a stream do not
+    depend on `num`, and questions and final answers do not depend on `style`."""
+    if style not in STYLES:
+        raise ValueError(f"unknown toy style {style!r}; expected one of {STYLES}")
     rng = random.Random(seed)
-    return [generate_problem(rng, f"toy-{seed}-{index}") for index in range(num)]
+    return [generate_problem(rng, f"toy-{seed}-{index}", style) for index in range(num)]
