@@ -42,7 +42,7 @@ def test_run_main_writes_every_artifact(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(run_module, "mine_stage", fake_mine)
     config = run_module.RunConfig(
         out=str(tmp_path / "run"), target=target, draft=draft, mine_problems=40, select_problems=3,
-        test_problems=3, max_new_tokens=8, window=3, top_ks=(2,), threads=1,
+        test_problems=3, max_new_tokens=8, window=3, compare_windows=(2, 3), top_ks=(2,), threads=1,
     )
     summary = run_module.run_main(config, echo=lambda line: None)
     run_dir = Path(summary["run_dir"])
@@ -54,9 +54,13 @@ def test_run_main_writes_every_artifact(tmp_path: Path, monkeypatch: pytest.Monk
     assert judge.threshold_source.startswith("selection sweep")  # tiny problems: accuracy is 0 everywhere
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["chosen"]["param"] == round(judge.default_threshold, 4)
-    assert set(summary["stage_seconds"]) == {"mine", "train", "select threshold", "evaluate"}
+    assert set(summary["stage_seconds"]) == {"mine", "train", "select threshold", "evaluate", "other windows"}
+    assert [w["window"] for w in summary["other_windows"]] == [2]
+    assert summary["other_windows"][0]["exact_tokens_per_target_call"] > 0
     text = run_module.format_summary(summary)
     assert "validation ROC AUC" in text and str(run_dir / "eval" / "pareto.png") in text
+    assert "same problems, window 2:" in text
+    assert (run_dir / "report.md").read_text().count("window 2") == 1
 
 
 def test_eval_command_refuses_a_mismatched_pair(tmp_path: Path, capsys) -> None:

@@ -16,25 +16,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "judge, report.md, metrics.json and pareto.png. Defaults fit about 30 minutes on 2 CPU cores."
         ),
     )
+    from autojudge.pipeline.run import RunConfig
+
+    defaults = RunConfig()
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>)")
-    parser.add_argument("--mine-problems", type=int, default=600, help="seed-1 problems to mine (default 600)")
-    parser.add_argument("--select-problems", type=int, default=100, help="seed-1 problems to choose tau on (default 100)")
-    parser.add_argument("--test-problems", type=int, default=150, help="held-out seed-2 problems (default 150)")
-    parser.add_argument("--window", type=int, default=8, help="draft tokens per cycle in evaluation (default 8)")
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=112, help="generation budget per problem (toy answers need <= ~81)"
-    )
-    parser.add_argument("--judge-model", choices=["logreg", "lightgbm"], default="logreg", help="judge classifier")
-    parser.add_argument("--features", choices=["DT", "DD-DT"], default="DD-DT", help="judge feature setup")
-    parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points the chosen tau may lose (default 1)")
-    parser.add_argument(
-        "--mine-workers", type=int, default=1, help="Ray mining actors (default 1; 0 = mine in this process, no Ray)"
-    )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
-    parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
+    parser.add_argument("--mine-problems", type=int, default=defaults.mine_problems,
+                        help=f"seed-1 problems to mine (default {defaults.mine_problems})")
+    parser.add_argument("--select-problems", type=int, default=defaults.select_problems,
+                        help=f"seed-1 problems after the mined ones to choose tau on (default {defaults.select_problems})")
+    parser.add_argument("--test-problems", type=int, default=defaults.test_problems,
+                        help=f"held-out seed-2 problems (default {defaults.test_problems})")
+    parser.add_argument("--window", type=int, default=defaults.window,
+                        help=f"draft tokens per cycle in evaluation, every mode (default {defaults.window})")
+    parser.add_argument("--compare-windows", type=_int_list, default=defaults.compare_windows, metavar="K,K",
+                        help="other windows at which exact and the chosen tau also run on the test problems "
+                        f"(default {','.join(map(str, defaults.compare_windows))}; '' for none)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help=f"generation budget per problem (default {defaults.max_new_tokens}; toy answers need <= ~92)")
+    parser.add_argument("--judge-model", choices=["logreg", "lightgbm"], default=defaults.judge_model,
+                        help="judge classifier")
+    parser.add_argument("--features", choices=["DT", "DD-DT"], default=defaults.feature_setup, help="judge feature setup")
+    parser.add_argument("--max-drop", type=float, default=100 * defaults.max_accuracy_drop,
+                        help=f"accuracy points the chosen tau may lose (default {100 * defaults.max_accuracy_drop:g})")
+    parser.add_argument("--mine-workers", type=int, default=defaults.mine_workers,
+                        help=f"Ray mining actors (default {defaults.mine_workers}; 0 = mine in this process, no Ray)")
+    parser.add_argument("--threads", type=int, default=defaults.threads,
+                        help=f"torch CPU threads (default {defaults.threads})")
+    parser.add_argument("--device", default=defaults.device, help="torch device")
+    parser.add_argument("--target", default=defaults.target, help=f"target model spec (default {defaults.target})")
+    parser.add_argument("--draft", default=defaults.draft, help=f"draft model spec (default {defaults.draft})")
     parser.set_defaults(func=run)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """'8,16' -> (8, 16); '' -> ()."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     config = RunConfig(
         out=args.out, target=args.target, draft=args.draft, mine_problems=args.mine_problems,
         select_problems=args.select_problems, test_problems=args.test_problems, window=args.window,
+        compare_windows=args.compare_windows,
         max_new_tokens=args.max_new_tokens, judge_model=args.judge_model, feature_setup=args.features,
         mine_workers=args.mine_workers, max_accuracy_drop=args.max_drop / 100.0, threads=args.threads, device=args.device,
     )

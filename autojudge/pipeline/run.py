@@ -8,14 +8,17 @@ Problem sets never overlap:
 The judge's default threshold is the one the selection sweep recommends (most tokens
 per target call within `max_accuracy_drop` of exact); the test sweep then reports the
 whole curve and where the chosen threshold lands, so the headline number is not tuned
-on the problems it is measured on.
+on the problems it is measured on. Every mode runs at the same window; the test stage
+also runs exact and the chosen threshold at `compare_windows`, so the report shows how
+the gain depends on the window (a judge that accepts most mismatches needs a long
+window to turn acceptance into fewer target calls).
 
 Run folder layout:
     RUN/mined/      labels/*.parquet, responses/*.parquet, manifest.json
     RUN/judge/      judge.json, weights.safetensors, train_report.md
     RUN/select/     report.md, metrics.json, pareto.png (threshold selection)
     RUN/eval/       report.md, metrics.json, pareto.png (held-out test)
-    RUN/summary.json, RUN/report.md
+    RUN/summary.json, RUN/report.md (the headline lines and where everything went)
 """
 
 from __future__ import annotations
@@ -45,18 +48,20 @@ class RunConfig:
     """Draft model spec."""
     mine_problems: int = 600
     """Problems of seed 1 to mine labels from."""
-    select_problems: int = 100
-    """Problems of seed 1 after the mined ones, used to choose the threshold."""
-    test_problems: int = 150
+    select_problems: int = 500
+    """Problems of seed 1 after the mined ones, used to choose the threshold (1 point = 5 problems)."""
+    test_problems: int = 500
     """Held-out problems of seed 2 for the final curve."""
     mine_seed: int = 1
     """Toy seed of the mining and selection problems."""
     test_seed: int = 2
     """Toy seed of the test problems."""
     max_new_tokens: int = 112
-    """Generation budget per problem (mining and decoding); toy target answers take at most ~81 tokens."""
-    window: int = 8
-    """Draft tokens per cycle in evaluation, same for every mode."""
+    """Generation budget per problem (mining and decoding); toy target answers take at most ~92 tokens."""
+    window: int = 12
+    """Draft tokens per cycle in selection and evaluation, the same for every mode."""
+    compare_windows: tuple[int, ...] = (8, 16)
+    """Other windows at which the test stage also runs exact and the chosen threshold."""
     top_ks: tuple[int, ...] = (2, 3)
     """K values of the topk baseline."""
     judge_model: str = "logreg"
@@ -206,6 +211,14 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
 
     results, chosen, eval_paths = timer.run("evaluate", test)
     exact = next(r for r in results if r.mode == "exact")
+
+    def other_windows() -> list[dict[str, Any]]:
+        return [
+            window_comparison(pair, task, test_problems, judge, dict(asdict(eval_config), window=window))
+            for window in config.compare_windows if window != config.window
+        ]
+
+    by_window = timer.run("other windows", other_windows) if config.compare_windows else []
     summary = {
         "run_dir": str(run_dir),
         "config": asdict(config),
@@ -221,6 +234,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
             "speedup_tokens_per_target_call": chosen.tokens_per_target_call / exact.tokens_per_target_call,
             "accuracy_drop_points": 100 * (exact.accuracy - chosen.accuracy),
         },
+        "other_windows": by_window,
         "artifacts": {
             "mined": str(mined_dir),
             "judge": str(run_dir / "judge"),
@@ -229,10 +243,31 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
             "report": str(eval_paths["report"]),
             "metrics": str(eval_paths["metrics"]),
             "plot": str(eval_paths["plot"]),
+            "run_report": str(run_dir / "report.md"),
         },
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "report.md").write_text("# autojudge run\n\n```\n" + format_summary(summary).strip() + "\n```\n")
     return summary
+
+
+def window_comparison(pair: Any, task: Any, problems: list[Problem], judge: Any, eval_fields: dict[str, Any]) -> dict[str, Any]:
+    """Exact and autojudge at the judge's default threshold on `problems` at another window."""
+    from autojudge.pipeline.evaluate import EvalConfig, evaluate_setting
+
+    config = EvalConfig(**eval_fields)
+    exact = evaluate_setting(pair, task, problems, "exact", None, config)
+    tau = round(judge.default_threshold, 4)  # as in the test sweep
+    judged = evaluate_setting(pair, task, problems, "autojudge", tau, config, judge, exact.answers)
+    return {
+        "window": config.window,
+        "exact_accuracy": exact.accuracy,
+        "exact_tokens_per_target_call": exact.tokens_per_target_call,
+        "chosen_accuracy": judged.accuracy,
+        "chosen_tokens_per_target_call": judged.tokens_per_target_call,
+        "speedup_tokens_per_target_call": judged.tokens_per_target_call / exact.tokens_per_target_call,
+        "accuracy_drop_points": 100 * (exact.accuracy - judged.accuracy),
+    }
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -246,6 +281,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"tokens/target call at {100 * test['exact_accuracy']:.1f}% accuracy; autojudge tau={summary['default_threshold']:g} "
         f"{test['chosen_tokens_per_target_call']:.2f} tokens/target call ({test['speedup_tokens_per_target_call']:.2f}x) "
         f"at {100 * test['chosen_accuracy']:.1f}% ({-test['accuracy_drop_points']:+.1f} points)",
+    ]
+    lines += [
+        f"  same problems, window {w['window']}: exact {w['exact_tokens_per_target_call']:.2f}, autojudge "
+        f"{w['chosen_tokens_per_target_call']:.2f} tokens/target call ({w['speedup_tokens_per_target_call']:.2f}x) "
+        f"at {100 * w['chosen_accuracy']:.1f}% vs {100 * w['exact_accuracy']:.1f}% ({-w['accuracy_drop_points']:+.1f} points)"
+        for w in summary.get("other_windows", [])
+    ]
+    lines += [
         "stage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stage_seconds"].items())
         + f" (total {summary['total_seconds'] / 60:.1f} min)",
         "",
