@@ -34,11 +34,13 @@ def cluster_info(argv: list[str]) -> int:
 
     import ray
 
+    import autojudge
     from autojudge.ray_utils import init_ray
 
     init_ray(args.address)
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     info = {
+        "autojudge_package": str(autojudge.__path__[0]),  # which copy of the code the job runs
         "gcs_address": ray.get_runtime_context().gcs_address,
         "num_nodes": len(nodes),
         "resources": {key: value for key, value in ray.cluster_resources().items() if "node:" not in key},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -151,8 +152,10 @@ def test_ray_job_submit_working_dir(tmp_path: Path) -> None:
         "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
         "--disable-usage-stats",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": "", **AUTH}
-    env.pop("PYTHONPATH", None)  # the job must find autojudge through its working dir alone
+    # `python` in the entrypoint must be the interpreter Ray runs under (as on a cluster node),
+    # not whatever python3 comes first on this machine's PATH.
+    env = {**os.environ, "RAY_ADDRESS": "", "PATH": f"{RAY_BIN.parent}{os.pathsep}{os.environ.get('PATH', '')}", **AUTH}
+    env.pop("PYTHONPATH", None)  # the job must find autojudge through its working dir
     log = open(Path(temp_dir) / "ray_start.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -165,6 +168,8 @@ def test_ray_job_submit_working_dir(tmp_path: Path) -> None:
         )  # fmt: skip
         assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
         assert '"num_nodes": 1' in result.stdout and "succeeded" in result.stdout
+        package = re.search(r'"autojudge_package": "([^"]+)"', result.stdout)
+        assert package and "working_dir_files" in package[1], result.stdout[-2000:]  # the uploaded copy
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
