@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +44,6 @@ class ModelSpec:
     steps: int  # optimiser steps
     learning_rate: float  # peak AdamW learning rate
     style: str = "a"  # solution style of the training corpus ("a" or "b", see world.py)
-    context_mix: float = 0.0  # share of solution lines swapped for the other style's, as context only (no loss)
     max_positions: int = 256  # longest sequence the model supports
 
 
@@ -76,74 +74,28 @@ class ToyTrainConfig:
     tokenizer_corpus_problems: int = 4000  # seed-0 problems the tokenizer is trained on
 
 
-def mix_styles(own: dict, other: dict, share: float, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
-    """`own`'s solution with each line but the `####` one swapped, with probability `share`,
-    for the same line of `other` (the same problem in the other style); returns the text
-    and the character spans of the swapped lines (to leave out of the loss)."""
-    own_lines, other_lines = own["answer"].split("\n"), other["answer"].split("\n")
-    if len(own_lines) != len(other_lines):
-        raise ValueError(f"{own['id']}: the two styles have different line counts")
-    lines: list[str] = []
-    spans: list[tuple[int, int]] = []
-    offset = 0
-    for index, (mine, theirs) in enumerate(zip(own_lines, other_lines)):
-        swap = index < len(own_lines) - 1 and rng.random() < share
-        line = theirs if swap else mine
-        if swap:
-            spans.append((offset, offset + len(line)))
-        lines.append(line)
-        offset += len(line) + 1  # the newline
-    return "\n".join(lines), spans
-
-
-def encode_problems(
-    tokenizer: PreTrainedTokenizerFast, problems: list[dict], masked_spans: list[list[tuple[int, int]]] | None = None
-) -> list[tuple[list[int], list[int]]]:
-    """(token ids of prompt + answer + eos, labels) for each problem: labels are the ids on
-    answer tokens and IGNORE_INDEX on the prompt and on tokens that start inside one of the
-    problem's `masked_spans` (character spans of the answer)."""
+def encode_problems(tokenizer: PreTrainedTokenizerFast, problems: list[dict]) -> list[tuple[list[int], int]]:
+    """(token ids of prompt + answer + eos, prompt length) for each problem."""
     prompts = [
         tokenizer.apply_chat_template([{"role": "user", "content": p["question"]}], tokenize=False, add_generation_prompt=True)
         for p in problems
     ]
     answers = [p["answer"] + tokenizer.eos_token for p in problems]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    encoded = tokenizer(answers, add_special_tokens=False, return_offsets_mapping=True)
-    examples = []
-    for index, (prompt, answer) in enumerate(zip(prompt_ids, encoded["input_ids"])):
-        spans = masked_spans[index] if masked_spans else []
-        starts = [start for start, _ in encoded["offset_mapping"][index]]
-        answer_labels = [
-            IGNORE_INDEX if any(lo <= start < hi for lo, hi in spans) else token for token, start in zip(answer, starts)
-        ]
-        examples.append((prompt + answer, [IGNORE_INDEX] * len(prompt) + answer_labels))
-    return examples
+    answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    return [(prompt + answer, len(prompt)) for prompt, answer in zip(prompt_ids, answer_ids)]
 
 
-def corpus(spec: "ModelSpec", num_problems: int, tokenizer: PreTrainedTokenizerFast, seed: int) -> list[tuple[list[int], list[int]]]:
-    """The encoded seed-0 training stream of one model: its style, with `spec.context_mix`
-    of the lines swapped for the other style's and masked out of the loss."""
-    problems = generate_problems(num_problems, seed=0, style=spec.style)
-    if spec.context_mix <= 0.0:
-        return encode_problems(tokenizer, problems)
-    other_style = "b" if spec.style == "a" else "a"
-    rng = random.Random(seed)
-    mixed = [mix_styles(own, other, spec.context_mix, rng)
-             for own, other in zip(problems, generate_problems(num_problems, seed=0, style=other_style))]
-    problems = [dict(problem, answer=answer) for problem, (answer, _) in zip(problems, mixed)]
-    return encode_problems(tokenizer, problems, [spans for _, spans in mixed])
-
-
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; the labels come with each example (IGNORE_INDEX where no loss)."""
+def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch with labels on the answer tokens only."""
     length = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # [batch, seq]
     attention_mask = torch.zeros((len(examples), length), dtype=torch.long)  # [batch, seq]
     labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)  # [batch, seq]
-    for row, (ids, example_labels) in enumerate(examples):
+    for row, (ids, prompt_len) in enumerate(examples):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention_mask[row, : len(ids)] = 1
-        labels[row, : len(ids)] = torch.tensor(example_labels)
+        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
@@ -176,7 +128,7 @@ def learning_rate_at(step: int, spec: ModelSpec, warmup_steps: int) -> float:
 def train_model(
     model: LlamaForCausalLM,
     spec: ModelSpec,
-    examples: list[tuple[list[int], list[int]]],
+    examples: list[tuple[list[int], int]],
     pad_id: int,
     config: ToyTrainConfig,
     name: str,
@@ -238,7 +190,7 @@ def train_pair(out_dir: Path, config: ToyTrainConfig | None = None, which: tuple
     summary: dict = {"config": asdict(config)}
     for name in which:
         spec = getattr(config, name)
-        examples = corpus(spec, config.num_problems, tokenizer, config.seed)
+        examples = encode_problems(tokenizer, generate_problems(config.num_problems, seed=0, style=spec.style))
         torch.manual_seed(config.seed)
         model = build_model(spec, tokenizer)
         start = time.time()
