@@ -226,14 +226,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
         "total_seconds": sum(timer.times.values()),
         "judge": {key: judge.metrics[key] for key in ("val_roc_auc", "val_pr_auc", "val_important_rate", "num_train", "num_val")},
         "default_threshold": judge.default_threshold,
-        "test": {
-            "exact_accuracy": exact.accuracy,
-            "exact_tokens_per_target_call": exact.tokens_per_target_call,
-            "chosen_accuracy": chosen.accuracy,
-            "chosen_tokens_per_target_call": chosen.tokens_per_target_call,
-            "speedup_tokens_per_target_call": chosen.tokens_per_target_call / exact.tokens_per_target_call,
-            "accuracy_drop_points": 100 * (exact.accuracy - chosen.accuracy),
-        },
+        "test": compare_with_exact(exact, chosen),
         "other_windows": by_window,
         "artifacts": {
             "mined": str(mined_dir),
@@ -259,14 +252,18 @@ def window_comparison(pair: Any, task: Any, problems: list[Problem], judge: Any,
     exact = evaluate_setting(pair, task, problems, "exact", None, config)
     tau = round(judge.default_threshold, 4)  # as in the test sweep
     judged = evaluate_setting(pair, task, problems, "autojudge", tau, config, judge, exact.answers)
+    return {"window": config.window, **compare_with_exact(exact, judged)}
+
+
+def compare_with_exact(exact: Any, chosen: Any) -> dict[str, float]:
+    """Headline fields of an autojudge setting against exact decoding on the same problems."""
     return {
-        "window": config.window,
         "exact_accuracy": exact.accuracy,
         "exact_tokens_per_target_call": exact.tokens_per_target_call,
-        "chosen_accuracy": judged.accuracy,
-        "chosen_tokens_per_target_call": judged.tokens_per_target_call,
-        "speedup_tokens_per_target_call": judged.tokens_per_target_call / exact.tokens_per_target_call,
-        "accuracy_drop_points": 100 * (exact.accuracy - judged.accuracy),
+        "chosen_accuracy": chosen.accuracy,
+        "chosen_tokens_per_target_call": chosen.tokens_per_target_call,
+        "speedup_tokens_per_target_call": chosen.tokens_per_target_call / exact.tokens_per_target_call,
+        "accuracy_drop_points": 100 * (exact.accuracy - chosen.accuracy),
     }
 
 
