@@ -13,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "End to end on the built-in toy world with the shipped toy:target / toy:draft pair: mine labels and "
             "features (seed 1), train the judge, choose its threshold on unseen seed-1 problems, and evaluate "
             "exact / topk / autojudge on held-out seed-2 problems. Writes a run folder with the labels, the "
-            "judge, report.md, metrics.json and pareto.png. Defaults fit about 30 minutes on 2 CPU cores."
+            "judge, report.md, metrics.json and pareto.png. Defaults take a few minutes on 2 CPU cores."
         ),
     )
     from autojudge.pipeline.run import RunConfig
