@@ -84,6 +84,29 @@ def test_decode_autojudge_with_a_random_logistic_judge(pair_dirs, tmp_path):
     assert strict["token_ids"] == exact["token_ids"]  # tau = 0 rejects every mismatch: lossless
 
 
+def test_decode_takes_the_window_the_judge_was_chosen_at(pair_dirs, tmp_path, capsys):
+    from autojudge.pipeline.judge import Judge, PairInfo
+
+    target_dir, draft_dir, target, tokenizer = pair_dirs
+    width = target.config.hidden_size
+    judge = Judge(
+        "logreg", "DT", PairInfo(str(target_dir), str(draft_dir), tokenizer_fingerprint(tokenizer), width, width),
+        scaler_mean=np.zeros(width), scaler_scale=np.ones(width), coef=np.zeros(width), default_threshold=0.5,
+    )
+    judge.set_default_threshold(0.5, "test", window=5)
+    judge.save(tmp_path / "judge")
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, [{"id": "a", "prompt": "Question: 2+2"}])
+    base = ["decode", "--target", str(target_dir), "--draft", str(draft_dir), "--max-new-tokens", "6",
+            "--input", str(prompts), "--output", str(tmp_path / "o.jsonl")]
+    assert main(base + ["--mode", "autojudge", "--judge", str(tmp_path / "judge")]) == 0
+    assert "mode autojudge window 5:" in capsys.readouterr().out
+    assert main(base + ["--mode", "autojudge", "--judge", str(tmp_path / "judge"), "--window", "3"]) == 0
+    assert "mode autojudge window 3:" in capsys.readouterr().out  # an explicit --window wins
+    assert main(base + ["--mode", "exact"]) == 0
+    assert "mode exact window 8:" in capsys.readouterr().out  # no judge: the default
+
+
 def test_decode_bad_input_names_file_and_line(pair_dirs, tmp_path, capsys):
     target_dir, draft_dir, _, _ = pair_dirs
     prompts = tmp_path / "bad.jsonl"

@@ -3,6 +3,7 @@ tiny / one-class data fail clearly, save/load round trip without pickle, mismatc
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 from pathlib import Path
@@ -141,14 +142,21 @@ def test_threshold_table_definitions() -> None:
 
 
 def test_round_trip_same_probabilities(trained: Judge, tmp_path: Path) -> None:
-    trained.save(tmp_path)
+    from autojudge.pipeline.judge import DEFAULT_WINDOW, default_window
+
+    assert trained.default_window is None and default_window(trained) == DEFAULT_WINDOW == default_window(None)
+    judge = copy.deepcopy(trained)  # the fixture is shared by the module
+    judge.set_default_threshold(0.25, "a test sweep", window=12)
+    judge.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["judge.json", "weights.safetensors"]
     loaded = Judge.load(tmp_path)
+    assert (loaded.default_threshold, loaded.threshold_source, loaded.default_window) == (0.25, "a test sweep", 12)
+    assert default_window(loaded) == 12
     h_t, h_d = torch.randn(11, TARGET_HIDDEN), torch.randn(11, DRAFT_HIDDEN)
     torch.testing.assert_close(loaded(h_t, h_d), trained(h_t, h_d), rtol=0, atol=1e-6)
     numpy_probs = loaded.predict_hidden(h_t.numpy(), h_d.numpy())
     np.testing.assert_allclose(numpy_probs, trained(h_t, h_d).numpy(), atol=1e-5)
-    assert loaded.default_threshold == trained.default_threshold
+    assert trained.default_threshold != 0.25 and trained.default_window is None  # the copy changed, not the fixture
     assert loaded.thresholds == trained.thresholds
     assert loaded.pair == trained.pair
     assert loaded.metrics["val_roc_auc"] == trained.metrics["val_roc_auc"]

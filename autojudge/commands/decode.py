@@ -33,7 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="judge threshold: accept a mismatch when p(important) < TAU (default: the judge's default)",
     )
     parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
-    parser.add_argument("--window", type=int, default=8, metavar="K", help="draft tokens per target call (default 8)")
+    parser.add_argument("--window", type=int, default=None, metavar="K",
+                        help="draft tokens per target call (default: the judge's window in mode autojudge, else 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
     add_task_arguments(parser, default="gsm8k", seed=None)
     parser.add_argument("--input", required=True, metavar="FILE", help="prompts JSONL (id + question or prompt)")
@@ -46,15 +47,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def load_rule(args: argparse.Namespace, pair: Any) -> Any:
-    """The acceptance rule of --mode; loads and checks the judge for mode autojudge."""
+def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
+    """(acceptance rule of --mode, judge or None); loads and checks the judge for mode autojudge."""
     from autojudge.decode import build_rule
     from autojudge.tasks import InputError
 
     if args.mode != "autojudge":
         if args.judge:
             print(f"autojudge decode: note: --judge is ignored in mode {args.mode}", file=sys.stderr)
-        return build_rule(args.mode, top_k=args.top_k)
+        return build_rule(args.mode, top_k=args.top_k), None
     if not args.judge:
         raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
     from autojudge.pipeline.judge import Judge  # lazy: only this mode needs it
@@ -63,7 +64,7 @@ def load_rule(args: argparse.Namespace, pair: Any) -> Any:
     judge.check_model_pair(pair)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
-    return build_rule("autojudge", judge=judge, threshold=args.threshold)
+    return build_rule("autojudge", judge=judge, threshold=args.threshold), judge
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from autojudge.models import ModelPairError, eos_token_ids, load_pair
     from autojudge.tasks import InputError, build_task, write_jsonl
 
-    if args.window < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+    if (args.window is not None and args.window < 1) or args.max_new_tokens < 1 or args.batch_size < 1:
         raise InputError("--window, --max-new-tokens and --batch-size must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
     try:
         pair = load_pair(args.target, args.draft, device=args.device)
-        rule = load_rule(args, pair)
+        rule, judge = load_rule(args, pair)
     except ModelPairError as err:
         raise InputError(str(err)) from None
+    from autojudge.pipeline.judge import default_window
+
+    args.window = args.window or default_window(judge)
     tokenizer = pair.tokenizer
     eos = eos_token_ids(tokenizer, pair.target, pair.draft)
     engine = SpeculativeEngine(

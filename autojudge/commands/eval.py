@@ -30,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_task_arguments(parser, default="toy", seed=2)
     parser.add_argument("--input", metavar="FILE", help="problems JSONL (default for toy: generated from --seed)")
     parser.add_argument("--limit", type=int, default=100, help="number of problems")
-    parser.add_argument("--window", type=int, default=8, help="draft tokens per cycle (k), same for every mode")
+    parser.add_argument("--window", type=int, default=None,
+                        help="draft tokens per cycle (k), same for every mode (default: the judge's window, else 8)")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="generation budget per problem")
     parser.add_argument("--batch-size", type=int, default=16, help="problems decoded together")
     parser.add_argument("--top-k", type=_floats, default=(2.0, 3.0), help="K values of the topk baseline, e.g. 2,3")
@@ -67,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from autojudge.models import load_pair
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes, recommend_threshold, write_eval_outputs
-    from autojudge.pipeline.judge import Judge
+    from autojudge.pipeline.judge import Judge, default_window
     from autojudge.tasks import build_task
 
     if args.threads:
@@ -81,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     task = build_task(args.task, seed=args.seed, instruction=args.instruction)
     problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
     config = EvalConfig(
-        window=args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        window=args.window or default_window(judge), max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,
         max_accuracy_drop=args.max_drop / 100.0, device=args.device,
     )
@@ -99,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
     paths = write_eval_outputs(results, args.out, "AutoJudge evaluation", context, config.max_accuracy_drop, chosen)
     if args.set_default and judge is not None and chosen is not None:
         judge.set_default_threshold(
-            float(chosen.param), f"autojudge eval on {source}: max tokens/target call within {args.max_drop:g} point"
+            float(chosen.param), f"autojudge eval on {source}: max tokens/target call within {args.max_drop:g} point",
+            window=config.window,
         )
         judge.save(args.judge)
         print(f"default threshold of {args.judge} set to {chosen.param:g}")

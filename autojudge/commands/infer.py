@@ -30,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder (mode autojudge)")
     parser.add_argument("--threshold", type=float, metavar="TAU", help="judge threshold (default: the judge's)")
     parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
-    parser.add_argument("--window", type=int, default=8, metavar="K", help="draft tokens per target call (default 8)")
+    parser.add_argument("--window", type=int, default=None, metavar="K",
+                        help="draft tokens per target call (default: the judge's window in mode autojudge, else 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
     parser.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts become error rows")
     parser.add_argument("--task", default="gsm8k", help="task that formats 'question' rows (default gsm8k)")
@@ -48,6 +49,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autojudge.pipeline.infer import DecodeStageConfig, InferConfig, run_infer
+    from autojudge.pipeline.judge import Judge, default_window
+
+    if args.window is None:
+        args.window = default_window(Judge.load(args.judge) if args.mode == "autojudge" and args.judge else None)
 
     stage = DecodeStageConfig(
         target=args.target, draft=args.draft, mode=args.mode, judge=args.judge, threshold=args.threshold,

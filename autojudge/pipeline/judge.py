@@ -96,6 +96,7 @@ class Judge:
         thresholds: list[dict[str, float]] | None = None,
         default_threshold: float = 0.5,
         threshold_source: str = "default",
+        default_window: int | None = None,
         metrics: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> None:
@@ -114,6 +115,7 @@ class Judge:
         self.thresholds = thresholds or []
         self.default_threshold = float(default_threshold)
         self.threshold_source = threshold_source
+        self.default_window = default_window  # window the default threshold was chosen at (None: not chosen by decoding)
         self.metrics = metrics or {}
         self.settings = settings or {}
         self._booster: Any = None
@@ -224,12 +226,16 @@ class Judge:
         )
 
     # ------------------------------------------------------------ thresholds
-    def set_default_threshold(self, tau: float, source: str) -> None:
-        """Replace the default threshold (e.g. with the one evaluation recommends); `source` says why."""
+    def set_default_threshold(self, tau: float, source: str, window: int | None = None) -> None:
+        """Replace the default threshold (e.g. with the one evaluation recommends); `source` says why,
+        `window` is the decoding window it was chosen at (decode/infer/eval use it when not told one)."""
         if not 0.0 <= tau <= 1.0:
             raise InputError(f"threshold must be in [0, 1], got {tau}")
+        if window is not None and window < 1:
+            raise InputError(f"window must be >= 1, got {window}")
         self.default_threshold = float(tau)
         self.threshold_source = source
+        self.default_window = window
 
     # -------------------------------------------------------------- save/load
     def to_json(self) -> dict[str, Any]:
@@ -244,6 +250,7 @@ class Judge:
             "intercept": self.intercept,
             "default_threshold": self.default_threshold,
             "threshold_source": self.threshold_source,
+            "default_window": self.default_window,
             "acceptance": "accept a mismatched draft token when p(important) < threshold",
             "thresholds": self.thresholds,
             "metrics": self.metrics,
@@ -293,6 +300,7 @@ class Judge:
             thresholds=meta.get("thresholds", []),
             default_threshold=meta["default_threshold"],
             threshold_source=meta.get("threshold_source", "default"),
+            default_window=meta.get("default_window"),
             metrics=meta.get("metrics", {}),
             settings=meta.get("settings", {}),
         )
@@ -318,6 +326,15 @@ class Judge:
             f"Judge(kind={self.kind!r}, feature_setup={self.feature_setup!r}, target={self.pair.target_id!r}, "
             f"draft={self.pair.draft_id!r}, default_threshold={self.default_threshold:.3f}, val_roc_auc={auc})"
         )
+
+
+DEFAULT_WINDOW = 8  # draft tokens per cycle when neither the user nor the judge names one
+
+
+def default_window(judge: "Judge | None") -> int:
+    """The window to decode with when none is given: the one the judge's default threshold
+    was chosen at (`autojudge run`, `autojudge eval --set-default`), else DEFAULT_WINDOW."""
+    return judge.default_window if judge is not None and judge.default_window else DEFAULT_WINDOW
 
 
 def hidden_size(model: Any) -> int:

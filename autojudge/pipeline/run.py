@@ -188,6 +188,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
                 float(chosen.param),
                 f"selection sweep on {where}: most tokens/target call within "
                 f"{100 * config.max_accuracy_drop:g} point of exact",
+                window=config.window,
             )
         else:
             echo("no threshold kept accuracy within the allowed drop on the selection problems; "
