@@ -79,3 +79,11 @@ def test_eval_command_refuses_a_mismatched_pair(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "does not fit the model pair" in err and "synthetic:target" in err
     assert not (tmp_path / "eval").exists()
+
+
+def test_eval_command_refuses_a_bad_window(tmp_path: Path, capsys) -> None:
+    from autojudge.cli import main
+
+    assert main(["eval", "--window", "0", "--limit", "1", "--out", str(tmp_path / "eval")]) == 2
+    assert "--window must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()

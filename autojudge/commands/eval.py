@@ -69,8 +69,10 @@ def _run(args: argparse.Namespace) -> int:
     from autojudge.models import load_pair
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes, recommend_threshold, write_eval_outputs
     from autojudge.pipeline.judge import Judge, default_window
-    from autojudge.tasks import build_task
+    from autojudge.tasks import InputError, build_task
 
+    if args.window is not None and args.window < 1:
+        raise InputError(f"--window must be >= 1, got {args.window}")
     if args.threads:
         torch.set_num_threads(args.threads)
     judge = Judge.load(args.judge) if args.judge else None
@@ -82,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     task = build_task(args.task, seed=args.seed, instruction=args.instruction)
     problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
     config = EvalConfig(
-        window=args.window or default_window(judge), max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        window=default_window(judge) if args.window is None else args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,
         max_accuracy_drop=args.max_drop / 100.0, device=args.device,
     )
