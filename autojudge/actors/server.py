@@ -230,6 +230,7 @@ class DecodeReplica:
         self._streams: dict[int, _Stream] = {}  # core request id -> stream
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
+        self._client_aborts = 0  # requests dropped because their caller went away
 
     # ------------------------------------------------------------------ small calls
 
@@ -245,7 +246,7 @@ class DecodeReplica:
     def engine_state(self) -> dict[str, Any]:
         """Rows running and waiting now (for tests and /debug/engine)."""
         waiting = self.core.num_waiting + len(self._arrived)
-        return {"running": self.core.num_running, "waiting": waiting, "pid": os.getpid()}
+        return {"running": self.core.num_running, "waiting": waiting, "aborted": self._client_aborts, "pid": os.getpid()}
 
     # ------------------------------------------------------------------ generate
 
@@ -270,6 +271,7 @@ class DecodeReplica:
         finally:
             if not stream.done:  # the client went away (or the request was cancelled)
                 stream.done = True
+                self._client_aborts += 1
                 self._aborted.append(stream)
                 self.metrics.requests.inc(tags={"finish_reason": "abort"})
                 if self._wake is not None:
