@@ -209,7 +209,7 @@ def test_kill_and_resume_with_ray_workers(pair_dir: Path, tmp_path: Path) -> Non
 
 
 def test_row_cache_grows_and_keeps_rows() -> None:
-    from autojudge.pipeline.rowcache import RowKVCache, forward_rows
+    from autojudge.decode.cache import RowKVCache, forward_rows
 
     torch.set_num_threads(1)
     model = tiny_model("llama", seed=0)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Generator, Hashable, Iterable, Iterator
 
 import torch
 
-from autojudge.pipeline.rowcache import RowKVCache, RowOutput, forward_rows
+from autojudge.decode.cache import RowKVCache, RowOutput, forward_rows
 from autojudge.pipeline.search import Evaluator, Label, SearchResult
 
 

@@ -1,0 +1,233 @@
+"""The KV cache: one static slot per row, each row with its own length, and one batched forward over it.
+
+This is the project's one cache. The engine core (`core.py`) and the semi-greedy search
+(`search.py`) both keep many sequences in flight on one model replica; each sequence owns
+one row (a *slot*) of a `RowKVCache`, and rows advance, roll back, join and leave
+independently:
+
+- storage per layer is static: keys/values `[rows, kv_heads, capacity, head_dim]`; the slot
+  of a token is its position in its own sequence, so a row's valid cache is slots
+  `[0, length)`, rolling back is `length = n` and freeing a row is `length = 0` (no copy,
+  no compaction, nothing else in the batch moves);
+- `forward_rows` feeds a chunk of new tokens to a subset of rows at once. Chunks are
+  right-padded to the longest; a padded token writes its key/value to a trash slot (the
+  last one, never attended) and its outputs are dropped. A 4-D additive mask lets query j
+  of row r attend to slots `<= length_r + j` of its own row only, so a row's outputs do
+  not depend on the other rows in the batch.
+
+The object implements the `update(key, value, layer_idx)` protocol that Hugging Face
+attention layers call on their `cache` argument, so decoders that use it (Llama, Mistral,
+Qwen2, GPT-2, ...) work. Positions are passed explicitly (`position_ids`), so rotary and
+learned position embeddings see each row's own positions. Sliding-window and hybrid
+(linear-attention) layers are refused: a static full-attention layout is what makes
+per-row roll-back free.
+
+Outputs (`RowOutput`) are the last hidden state after the final norm (the LM head's input,
+the judge's features), the greedy next token at each fed position, and optionally the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+
+class CacheLayoutError(RuntimeError):
+    """The model cannot use a static full-attention per-row cache (sliding window, linear attention)."""
+
+
+@dataclass
+class RowOutput:
+    """What one row gets back from a batched forward, for its last `n` fed positions."""
+
+    argmax: list[int]
+    """Greedy next token after each returned position (len n)."""
+    hidden: torch.Tensor
+    """Last hidden state (after the final norm) at each returned position, `[n, hidden_size]`."""
+    logits: torch.Tensor | None = None
+    """LM-head logits at each returned position, `[n, vocab]`, when asked for."""
+
+
+def check_cache_layout(config: Any) -> None:
+    """Raise `CacheLayoutError` for configs whose layers are not all plain full attention."""
+    layer_types = getattr(config, "layer_types", None) or []
+    odd = sorted({str(kind) for kind in layer_types if kind != "full_attention"})
+    sliding = getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None)
+    if odd or sliding:
+        raise CacheLayoutError(
+            f"{getattr(config, 'model_type', 'this model')}: layers of type {odd or ['sliding_attention']} cannot use "
+            "a static per-row cache; only full-attention decoders are supported (disable sliding windows)"
+        )
+
+
+class RowKVCache:
+    """Static per-row KV cache for one model; see the module docstring."""
+
+    def __init__(self, model: Any, num_rows: int, capacity: int) -> None:
+        config = model.config
+        check_cache_layout(config)
+        param = next(model.parameters())
+        num_layers = config.num_hidden_layers
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.capacity = capacity + 1  # + the trash slot
+        self.trash_slot = capacity
+        shape = (num_rows, kv_heads, self.capacity, head_dim)
+        self.keys = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(num_layers)]
+        self.lengths = [0] * num_rows
+        """Valid cached tokens per row."""
+        # state of the forward pass in progress (set by `forward_rows`)
+        self._rows: torch.Tensor | None = None  # [b]
+        self._row_range: slice | None = None  # set when the batch is a contiguous range of rows
+        self._write_index: torch.Tensor | None = None  # [b * kv_heads * C]: flat (row, head, slot) of each fed key
+        self._kv_len = 0
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.lengths)
+
+    # -- the Hugging Face cache protocol -------------------------------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        """Write this chunk's keys/values `[b, kv_heads, C, head_dim]`; return the rows' caches."""
+        assert self._rows is not None and self._write_index is not None, "update() outside forward_rows()"
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        head_dim = keys.shape[-1]
+        # one flat index_copy_ per buffer (much cheaper than a broadcast advanced-index put)
+        keys.view(-1, head_dim).index_copy_(0, self._write_index, key_states.reshape(-1, head_dim))
+        values.view(-1, head_dim).index_copy_(0, self._write_index, value_states.reshape(-1, head_dim))
+        if self._row_range is not None:  # a view, no copy
+            return keys[self._row_range, :, : self._kv_len], values[self._row_range, :, : self._kv_len]
+        # index_select on the sliced view: a gather of only the valid slots (faster than keys[rows, :, :S])
+        return keys[:, :, : self._kv_len].index_select(0, self._rows), values[:, :, : self._kv_len].index_select(0, self._rows)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self._kv_len
+
+    # -- row management -------------------------------------------------------------------
+    def grow(self, capacity: int, num_rows: int | None = None) -> None:
+        """Make room for sequences of `capacity` tokens and for `num_rows` rows (what is cached is kept)."""
+        num_rows = self.num_rows if num_rows is None else max(num_rows, self.num_rows)
+        if capacity + 1 <= self.capacity and num_rows == self.num_rows:
+            return
+        capacity = max(capacity, self.trash_slot)
+        old_rows, old_slots = self.num_rows, self.trash_slot
+        for buffers in (self.keys, self.values):
+            for layer, old in enumerate(buffers):
+                _, heads, _, head_dim = old.shape
+                new = torch.zeros((num_rows, heads, capacity + 1, head_dim), dtype=old.dtype, device=old.device)
+                new[:old_rows, :, :old_slots] = old[:, :, :old_slots]
+                buffers[layer] = new
+        self.lengths += [0] * (num_rows - old_rows)
+        self.capacity = capacity + 1
+        self.trash_slot = capacity
+
+    def truncate(self, row: int, length: int) -> None:
+        """Roll a row back to its first `length` tokens (a longer `length` changes nothing)."""
+        self.lengths[row] = min(self.lengths[row], length)
+
+    def reset(self, row: int) -> None:
+        """Free a row for a new sequence."""
+        self.lengths[row] = 0
+
+
+@torch.inference_mode()
+def forward_rows(
+    model: Any,
+    cache: RowKVCache,
+    rows: Sequence[int],
+    chunks: Sequence[Sequence[int]],
+    pad_token_id: int = 0,
+    last: Sequence[int] | None = None,
+    with_logits: bool = False,
+    vocab_size: int | None = None,
+) -> list[RowOutput]:
+    """Feed `chunks[i]` to cache row `rows[i]` (appended after its valid length), all in one
+    forward pass; return per row the outputs at its last `last[i]` fed positions (all of them
+    when `last` is None): greedy next tokens, hidden states and, with `with_logits`, logits.
+`vocab_size` drops padded vocabulary columns (a draft's) before the argmax.
+
+    When the rows span a range at most twice their number, the whole range runs (idle rows
+    feed only padding) so attention reads the cache as a view instead of gathering rows."""
+    requested = {row: (list(chunk), len(chunk) if last is None else min(last[i], len(chunk))) for i, (row, chunk) in enumerate(zip(rows, chunks))}
+    if not requested:
+        return []
+    low, high = min(requested), max(requested) + 1
+    use_range = high - low <= 2 * len(requested)
+    batch_rows = list(range(low, high)) if use_range else list(requested)
+    batch_chunks = [requested[row][0] if row in requested else [] for row in batch_rows]
+    device = cache.keys[0].device
+    lengths = [len(chunk) for chunk in batch_chunks]
+    row_starts = [cache.lengths[row] for row in batch_rows]
+    width = max(max(lengths), 1)
+    kv_len = max((start + size for start, size in zip(row_starts, lengths) if size > 0), default=1)
+    if kv_len > cache.trash_slot:
+        raise ValueError(f"sequence of {kv_len} tokens is longer than the cache capacity {cache.trash_slot}")
+    sizes = torch.tensor(lengths, device=device)  # [b]
+    starts = torch.tensor(row_starts, device=device)  # [b]
+    padded = [chunk + [pad_token_id] * (width - len(chunk)) for chunk in batch_chunks]
+    input_ids = torch.tensor(padded, dtype=torch.long, device=device)  # [b, C]
+    offsets = torch.arange(width, device=device)  # [C]
+    positions = starts[:, None] + offsets[None, :]  # [b, C]
+    real = offsets[None, :] < sizes[:, None]  # [b, C]
+    slots = torch.arange(kv_len, device=device)  # [S]
+    allowed = slots[None, None, :] <= positions[:, :, None]  # [b, C, S]
+    dtype = cache.keys[0].dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+    cache._rows = torch.tensor(batch_rows, device=device)
+    cache._row_range = slice(low, high) if use_range else None
+    write_slots = torch.where(real, positions, torch.full_like(positions, cache.trash_slot))  # [b, C]
+    kv_heads = cache.keys[0].shape[1]
+    heads = torch.arange(kv_heads, device=device)
+    cache._write_index = (
+        (cache._rows[:, None, None] * kv_heads + heads[None, :, None]) * cache.capacity + write_slots[:, None, :]
+    ).reshape(-1)  # [b, kv_heads, C] flattened, the order of key_states.reshape(-1, head_dim)
+    cache._kv_len = kv_len
+    try:
+        hidden = model.base_model(
+            input_ids=input_ids,
+            attention_mask=mask[:, None],  # [b, 1, C, S]
+            position_ids=torch.where(real, positions, starts[:, None]),
+            cache=cache,
+            use_cache=True,
+        ).last_hidden_state  # [b, C, H]
+    finally:
+        cache._rows = cache._write_index = None
+    # the positions whose outputs are returned: the last n of each requested row's chunk
+    returned = torch.zeros_like(real)  # [b, C]
+    for index, row in enumerate(batch_rows):
+        if row in requested:
+            size, n = lengths[index], requested[row][1]
+            returned[index, size - n : size] = True
+    picked = hidden[returned]  # [n_returned, H], rows in order, each row's positions in order
+    logits = model.get_output_embeddings()(picked)  # [n_returned, V]
+    if vocab_size is not None:
+        logits = truncate_logits(logits, vocab_size)
+    argmax = logits.argmax(-1).tolist()
+    results: dict[int, RowOutput] = {}
+    offset = 0
+    for index, row in enumerate(batch_rows):
+        if row not in requested:
+            continue
+        cache.lengths[row] += lengths[index]
+        n = requested[row][1]
+        results[row] = RowOutput(
+            argmax=argmax[offset : offset + n],
+            hidden=picked[offset : offset + n],
+            logits=logits[offset : offset + n] if with_logits else None,
+        )
+        offset += n
+    return [results[row] for row in rows]
+
+
+def truncate_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Drop padded vocabulary columns beyond `vocab_size` (models may pad their embedding matrix)."""
+    return logits[..., :vocab_size] if logits.shape[-1] > vocab_size else logits
+
+
+__all__ = ["CacheLayoutError", "RowKVCache", "RowOutput", "check_cache_layout", "forward_rows", "truncate_logits"]
