@@ -199,6 +199,22 @@ def speculative_stats(metrics: Any, info: dict[str, Any], draft_tokens: int) -> 
     }
 
 
+def coalesce(chunks: list[GenerateChunk], queue: asyncio.Queue) -> GenerateChunk:
+    """One chunk from `chunks` plus whatever else is queued already (a slow reader gets
+    fewer, larger chunks instead of falling behind one message per cycle)."""
+    while not queue.empty() and chunks[-1].finish_reason is None and chunks[-1].error is None:
+        chunks.append(queue.get_nowait())
+    if len(chunks) == 1:
+        return chunks[0]
+    last = chunks[-1]
+    if last.error is not None:
+        return last
+    return GenerateChunk(
+        token_ids=[t for c in chunks for t in c.token_ids], text="".join(c.text for c in chunks),
+        finish_reason=last.finish_reason, speculative=last.speculative,
+    )  # fmt: skip
+
+
 class DecodeReplica:
     """One loaded pair and one engine core, serving `generate` streams."""
 
@@ -241,6 +257,7 @@ class DecodeReplica:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._client_aborts = 0  # requests dropped because their caller went away
+        self._steps, self._step_s = 0, 0.0  # engine cycles run and seconds spent in them
 
     # ------------------------------------------------------------------ small calls
 
@@ -256,7 +273,10 @@ class DecodeReplica:
     def engine_state(self) -> dict[str, Any]:
         """Rows running and waiting now (for tests and /debug/engine)."""
         waiting = self.core.num_waiting + len(self._arrived)
-        return {"running": self.core.num_running, "waiting": waiting, "aborted": self._client_aborts, "pid": os.getpid()}
+        return {
+            "running": self.core.num_running, "waiting": waiting, "aborted": self._client_aborts, "pid": os.getpid(),
+            "steps": self._steps, "step_s": round(self._step_s, 3),
+        }  # fmt: skip
 
     # ------------------------------------------------------------------ generate
 
@@ -274,7 +294,7 @@ class DecodeReplica:
         yield GenerateChunk(prompt_tokens=len(stream.prompt_ids), prompt_token_ids=stream.prompt_ids)
         try:
             while True:
-                chunk = await stream.queue.get()
+                chunk = coalesce([await stream.queue.get()], stream.queue)
                 yield chunk
                 if chunk.finish_reason is not None or chunk.error is not None:
                     return
@@ -361,6 +381,7 @@ class DecodeReplica:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            started = time.perf_counter()
             try:
                 output = await loop.run_in_executor(self._executor, self.core.step)
             except Exception as err:  # a bug in the engine: fail the active requests, keep serving
@@ -368,10 +389,14 @@ class DecodeReplica:
                 self._fail_all(f"decode failed: {type(err).__name__}: {err}")
                 continue
             now = time.perf_counter()
+            self._steps, self._step_s = self._steps + 1, self._step_s + now - started
+            emitted = 0
             for update in output.updates:
                 stream = self._streams.get(update.request_id)
                 if stream is not None:
                     self._deliver(stream, update, now)
+                    emitted += len(update.new_token_ids)
+            self.metrics.count("emitted", emitted)
 
     def _apply_arrivals_and_aborts(self) -> None:
         for stream in self._aborted:
@@ -407,7 +432,6 @@ class DecodeReplica:
             else:
                 self.metrics.itl.observe((now - stream.last_emit) / n)
             stream.last_emit = now
-            self.metrics.count("emitted", n)
         chunk = GenerateChunk(token_ids=list(update.new_token_ids), text=text)
         if finished:
             stream.done = True
