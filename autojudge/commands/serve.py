@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         while True:
             time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
     finally:
         stop_server(config.app_name)
     return 0
