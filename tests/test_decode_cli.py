@@ -56,7 +56,7 @@ def test_decode_exact_matches_generate_and_writes_records(pair_dirs, tmp_path, c
 
 
 def test_decode_autojudge_with_a_random_logistic_judge(pair_dirs, tmp_path):
-    from autojudge.pipeline.judge import Judge, PairInfo
+    from autojudge.judge import Judge, PairInfo
 
     target_dir, draft_dir, target, tokenizer = pair_dirs
     width = target.config.hidden_size
@@ -85,7 +85,7 @@ def test_decode_autojudge_with_a_random_logistic_judge(pair_dirs, tmp_path):
 
 
 def test_decode_takes_the_window_the_judge_was_chosen_at(pair_dirs, tmp_path, capsys):
-    from autojudge.pipeline.judge import Judge, PairInfo
+    from autojudge.judge import Judge, PairInfo
 
     target_dir, draft_dir, target, tokenizer = pair_dirs
     width = target.config.hidden_size

@@ -78,7 +78,8 @@ def test_parse_jsonl_marks_bad_lines(tmp_path: Path) -> None:
 
 def test_decode_rows_without_cluster(pair: tuple[Path, Path], tmp_path: Path) -> None:
     """The stage function on dict rows: per-row errors, the rest decoded, same order, exact == greedy."""
-    from autojudge.pipeline.infer import DecodeStageConfig, decode_rows, load_decode_state, parse_jsonl_file
+    from autojudge.actors.decoder import DecodeStageConfig, decode_rows, load_decode_state
+    from autojudge.pipeline.infer import parse_jsonl_file
 
     target, draft = pair
     config = DecodeStageConfig(target=str(target), draft=str(draft), max_new_tokens=6, max_prompt_tokens=300)
@@ -99,7 +100,7 @@ def test_decode_rows_without_cluster(pair: tuple[Path, Path], tmp_path: Path) ->
     import torch
 
     first = next(r for r in rows if r["error"] is None)
-    from autojudge.pipeline.infer import _prompt_ids
+    from autojudge.actors.decoder import _prompt_ids
 
     ids = torch.tensor([_prompt_ids(state, first)])
     greedy = state.pair.target.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=2, pad_token_id=0)
@@ -108,7 +109,7 @@ def test_decode_rows_without_cluster(pair: tuple[Path, Path], tmp_path: Path) ->
 
 def test_decode_failure_is_isolated(pair: tuple[Path, Path]) -> None:
     """A row that makes the engine raise gets an error; its batch-mates are still decoded."""
-    from autojudge.pipeline.infer import DecodeStageConfig, decode_rows, load_decode_state
+    from autojudge.actors.decoder import DecodeStageConfig, decode_rows, load_decode_state
 
     target, draft = pair
     state = load_decode_state(DecodeStageConfig(target=str(target), draft=str(draft), max_new_tokens=4))

@@ -16,7 +16,7 @@ import torch
 
 from autojudge.models import ModelPairError
 from autojudge.pipeline.dataset import DataError, read_mined, split_by_prompt
-from autojudge.pipeline.judge import Judge, JudgeFormatError
+from autojudge.judge import Judge, JudgeFormatError
 from autojudge.pipeline.train import TrainConfig, format_report, pick_threshold, threshold_table, train_judge
 
 TARGET_HIDDEN, DRAFT_HIDDEN = 16, 8
@@ -142,7 +142,7 @@ def test_threshold_table_definitions() -> None:
 
 
 def test_round_trip_same_probabilities(trained: Judge, tmp_path: Path) -> None:
-    from autojudge.pipeline.judge import DEFAULT_WINDOW, default_window
+    from autojudge.judge import DEFAULT_WINDOW, default_window
 
     assert trained.default_window is None and default_window(trained) == DEFAULT_WINDOW == default_window(None)
     judge = copy.deepcopy(trained)  # the fixture is shared by the module
@@ -205,7 +205,7 @@ def test_wrong_feature_width_is_refused(trained: Judge) -> None:
 
 def test_toy_spec_and_its_folder_are_the_same_model(trained: Judge, tmp_path: Path) -> None:
     from autojudge.models import TOY_WEIGHTS
-    from autojudge.pipeline.judge import _same_model
+    from autojudge.judge import _same_model
 
     assert _same_model("toy:target", str(TOY_WEIGHTS / "target"))
     assert not _same_model("toy:target", "toy:draft")

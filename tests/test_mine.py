@@ -18,8 +18,8 @@ import torch
 from autojudge.decode.tiny import noisy_copy, tiny_model
 from autojudge.pipeline import shards
 from autojudge.pipeline.mine import MineConfig, mine
-from autojudge.pipeline.search import plain_search
-from autojudge.pipeline.search_fast import BatchedSearcher, SearchJob, realign, LookaheadSettings
+from autojudge.decode.search import plain_search
+from autojudge.decode.lookahead import BatchedSearcher, SearchJob, realign, LookaheadSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_TOKENIZER = REPO / "autojudge" / "toy" / "weights" / "target"
@@ -206,17 +206,3 @@ def test_kill_and_resume_with_ray_workers(pair_dir: Path, tmp_path: Path) -> Non
     run_until_killed(command, out, timeout=120)
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=300)
     check_exactly_once(out, {f"toy-1-{i}" for i in range(24)})
-
-
-def test_row_cache_grows_and_keeps_rows() -> None:
-    from autojudge.decode.cache import RowKVCache, forward_rows
-
-    torch.set_num_threads(1)
-    model = tiny_model("llama", seed=0)
-    cache = RowKVCache(model, num_rows=2, capacity=8)
-    first = forward_rows(model, cache, [0, 1], [[5, 6, 7], [8, 9]])
-    cache.grow(32)
-    step = forward_rows(model, cache, [0, 1], [[first[0].argmax[-1]] * 10, [first[1].argmax[-1]]])
-    with torch.no_grad():
-        full = model(input_ids=torch.tensor([[5, 6, 7] + [first[0].argmax[-1]] * 10])).logits[0, 3:].argmax(-1)
-    assert step[0].argmax == full.tolist() and cache.lengths == [13, 3]

@@ -15,7 +15,7 @@ import torch
 
 from autojudge.models import TOY_WEIGHTS, load_tokenizer, tokenizer_fingerprint
 from autojudge.pipeline import run as run_module
-from autojudge.pipeline.judge import Judge
+from autojudge.judge import Judge
 from test_judge import write_mining_folder
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -345,10 +345,14 @@ class EngineCore:
         return StepOutput(updates)
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], settings: RequestSettings | Sequence[RequestSettings] = RequestSettings()
+        self,
+        prompts: Sequence[Sequence[int]],
+        settings: RequestSettings | Sequence[RequestSettings] = RequestSettings(),
+        on_finished: Callable[[int], None] | None = None,
     ) -> list[GenerationResult]:
         """Decode every prompt (continuous batching, at most `max_batch` rows at once); one result
-        per prompt, in order. `settings` is one for all or one per prompt."""
+        per prompt, in order. `settings` is one for all or one per prompt; `on_finished(index)` is
+        called as each prompt finishes (progress)."""
         if isinstance(settings, RequestSettings):
             settings = [settings] * len(prompts)
         if len(settings) != len(prompts):
@@ -363,6 +367,8 @@ class EngineCore:
                 tokens[update.request_id].extend(update.new_token_ids)
                 if update.finished:
                     results[update.request_id] = GenerationResult(tokens[update.request_id], update.metrics, update.stop_reason or "length")
+                    if on_finished is not None:
+                        on_finished(update.request_id - ids[0])
         return [results[request_id] for request_id in ids]
 
     # -- bookkeeping --------------------------------------------------------------------

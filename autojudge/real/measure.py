@@ -7,8 +7,8 @@ the draft's *teacher-forced* argmax over the target's greedy response. One
 teacher-forced draft pass over y = T.greedy(x) therefore gives the exact cycle
 count of a window-k speculative decode (up to float ties) without running it:
 
-    matches_i = argmax D(. | x, y_<i) == y_i
-    cycle at p: n = run of matches from p, capped at k; emit n + 1 tokens; p += n + 1
+    d_i = argmax D(. | x, y_<i)
+    cycle at p: n = greedy_prefix(d_p..d_{p+k-1}, y_p..y_{p+k-1}); emit n + 1 tokens; p += n + 1
 
 tokens per target call = len(y) / cycles. `target_responses` produces y in batches
 (left padded), which is much faster on CPU than one prompt at a time.
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from autojudge.decode.acceptance import greedy_prefix
 
 
 @dataclass
@@ -67,20 +69,20 @@ def target_responses(
 
 
 @torch.no_grad()
-def draft_matches(draft: Any, prompt: list[int], response: list[int]) -> list[bool]:
-    """matches_i = (teacher-forced draft argmax at response position i) == response[i]."""
+def draft_predictions(draft: Any, prompt: list[int], response: list[int]) -> list[int]:
+    """The draft's teacher-forced argmax at every response position i: argmax D(. | x, y_<i)."""
     sequence = torch.tensor([prompt + response])  # [1, P + R]
     logits = draft(sequence).logits[0, len(prompt) - 1 : len(prompt) + len(response) - 1]  # [R, V]
-    return (logits.argmax(-1) == torch.tensor(response)).tolist()
+    return logits.argmax(-1).tolist()
 
 
-def count_cycles(matches: list[bool], window: int) -> int:
-    """Verification passes a window-`window` exact decode needs for this match pattern."""
+def count_cycles(predictions: list[int], response: list[int], window: int) -> int:
+    """Verification passes a window-`window` exact decode of `response` needs, given the draft's
+    teacher-forced `predictions` (each cycle accepts their greedy prefix, then the target's token)."""
     position, cycles = 0, 0
-    while position < len(matches):
-        accepted = 0
-        while accepted < window and position + accepted < len(matches) and matches[position + accepted]:
-            accepted += 1
+    while position < len(response):
+        end = min(position + window, len(response))
+        accepted = greedy_prefix(predictions[position:end], response[position:end])
         cycles += 1
         position += accepted + 1  # accepted proposals plus the target's own token
     return cycles
@@ -90,11 +92,11 @@ def measure_draft(
     draft: Any, prompts: list[list[int]], responses: list[list[int]], windows: tuple[int, ...] = (8,)
 ) -> dict[int, AcceptanceStats]:
     """Simulated exact speculative decoding stats per window over (prompt, response) pairs."""
-    patterns = [draft_matches(draft, p, r) for p, r in zip(prompts, responses) if r]
-    total = sum(len(m) for m in patterns)
-    matched = sum(sum(m) for m in patterns)
+    pairs = [(draft_predictions(draft, p, r), r) for p, r in zip(prompts, responses) if r]
+    total = sum(len(r) for _, r in pairs)
+    matched = sum(sum(d == t for d, t in zip(predicted, r)) for predicted, r in pairs)
     return {
-        window: AcceptanceStats(total, sum(count_cycles(m, window) for m in patterns), matched / max(total, 1))
+        window: AcceptanceStats(total, sum(count_cycles(predicted, r, window) for predicted, r in pairs), matched / max(total, 1))
         for window in windows
     }
 
@@ -109,7 +111,7 @@ def gsm8k_prompt_ids(tokenizer: Any, source: str, limit: int, offset: int = 0) -
 
     task = get_task("gsm8k", instruction=GSM8K_INSTRUCTION)
     problems = task.load(source, limit=offset + limit)[offset:]
-    return [tokenizer(task.render_prompt(p, tokenizer), add_special_tokens=False).input_ids for p in problems]
+    return [task.prompt_ids(p, tokenizer) for p in problems]
 
 
 def cached_target_responses(
