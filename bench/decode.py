@@ -74,7 +74,7 @@ def count_forwards(model: Any) -> Iterator[list[int]]:
 def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[int]]:
     """(target, draft, prompt token ids, eos ids)."""
     if config.tiny:
-        from autojudge.decode.tiny import noisy_copy, tiny_model
+        from autojudge.testing import noisy_copy, tiny_model
 
         # toy-target-sized random model; the draft is a noisy copy (same cost, agrees often)
         target = tiny_model("llama", seed=0, vocab_size=128, hidden_size=192, layers=4)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autojudge.decode.cache import CacheLayoutError, RowKVCache, forward_rows
-from autojudge.decode.tiny import tiny_model
+from autojudge.testing import tiny_model
 
 torch.set_num_threads(1)
 

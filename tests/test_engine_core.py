@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from autojudge.decode import EngineCore, ExactRule, JudgeRule, RequestSettings, TopKRule
-from autojudge.decode.tiny import noisy_copy, tiny_model
+from autojudge.testing import noisy_copy, tiny_model
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autojudge.decode.tiny import noisy_copy, tiny_model
+from autojudge.testing import noisy_copy, tiny_model
 from autojudge.pipeline import shards
 from autojudge.pipeline.mine import MineConfig, mine
 from autojudge.decode.search import plain_search
@@ -45,7 +45,7 @@ def tiny_pair(vocab_size: int = 96, noise: float = 0.1):
 
 
 def label_keys(result) -> list[tuple[int, int, int, bool]]:
-    return [(l.position, l.target_token, l.draft_token, l.important) for l in result.labels]
+    return [(label.position, label.target_token, label.draft_token, label.important) for label in result.labels]
 
 
 @pytest.mark.parametrize("noise,batch_size", [(0.1, 4), (0.2, 3)])
@@ -59,7 +59,7 @@ def test_fast_search_equals_plain_algorithm(noise: float, batch_size: int) -> No
     searcher = BatchedSearcher(target, draft, [EOS], 0, batch_size=batch_size)
     fast = dict(searcher.run([SearchJob(i, p, ParityEvaluator(), budget) for i, p in enumerate(prompts)]))
     assert sum(len(r.labels) for r in plain) > 20
-    assert {l.important for r in plain for l in r.labels} == {True, False}
+    assert {label.important for r in plain for label in r.labels} == {True, False}
     assert any(EOS in r.initial_response for r in plain)  # the EOS paths are exercised
     for index, expected in enumerate(plain):
         got = fast[index]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autojudge.real.measure import GSM8K_INSTRUCTION
+from autojudge.real.data import GSM8K_INSTRUCTION
 
 torch.set_num_threads(1)
 
@@ -70,7 +70,8 @@ def test_truncated_draft_computes_the_targets_first_layers():
 
 
 def test_target_as_its_own_draft_accepts_everything():
-    from autojudge.real.measure import measure_draft, target_responses
+    from autojudge.real.data import target_responses
+    from autojudge.real.measure import measure_draft
 
     class Tok:
         pad_token_id, eos_token_id = 0, 63
@@ -85,7 +86,8 @@ def test_target_as_its_own_draft_accepts_everything():
 
 @pytest.fixture(scope="module")
 def smollm2() -> dict[str, Path]:
-    from autojudge.real.smollm2 import RealModelUnavailable, resolve_real_spec
+    from autojudge.real.smollm2 import RealModelUnavailable
+    from autojudge.real.specs import resolve_real_spec
 
     try:
         target = resolve_real_spec("smollm2:target")
@@ -106,7 +108,7 @@ def pair(smollm2):
 
 
 def gsm8k_prompts(tokenizer, count: int, offset: int = 0) -> list[list[int]]:
-    from autojudge.real.measure import gsm8k_prompt_ids
+    from autojudge.real.data import gsm8k_prompt_ids
 
     if not GSM8K_TEST.exists():
         pytest.skip(f"{GSM8K_TEST} not found")

@@ -149,7 +149,6 @@ def decode_rows(state: DecodeState, rows: list[dict[str, Any]]) -> Any:
     """
     import pyarrow as pa
 
-    config = state.config
     outputs: list[dict[str, Any] | None] = [None] * len(rows)
     todo: list[tuple[int, list[int]]] = []  # (row index, prompt ids)
     for index, row in enumerate(rows):

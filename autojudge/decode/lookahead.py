@@ -23,7 +23,7 @@ forward, and the draft hidden from a one-token draft call that runs in the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Hashable, Iterable, Iterator
+from typing import Any, Callable, Generator, Hashable, Iterator
 
 import torch
 

@@ -42,33 +42,6 @@ class AcceptanceStats:
 
 
 @torch.no_grad()
-def target_responses(
-    model: Any, tokenizer: Any, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 8
-) -> list[list[int]]:
-    """Greedy responses of `model` (stopping at EOS, which is kept), batched with left padding."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_id = tokenizer.eos_token_id
-    responses: list[list[int]] = []
-    for start in range(0, len(prompt_ids), batch_size):
-        chunk = prompt_ids[start : start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk])  # [b, width]
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
-        output = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-            do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id,
-        )
-        for row in output[:, width:].tolist():
-            response = []
-            for token in row:
-                response.append(token)
-                if token == eos_id:
-                    break
-            responses.append(response)
-    return responses
-
-
-@torch.no_grad()
 def draft_predictions(draft: Any, prompt: list[int], response: list[int]) -> list[int]:
     """The draft's teacher-forced argmax at every response position i: argmax D(. | x, y_<i)."""
     sequence = torch.tensor([prompt + response])  # [1, P + R]
@@ -101,37 +74,6 @@ def measure_draft(
     }
 
 
-GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final answer is N".'
-"""Appended to each GSM8K question (the answer marker `extract_answer` looks for)."""
-
-
-def gsm8k_prompt_ids(tokenizer: Any, source: str, limit: int, offset: int = 0) -> list[list[int]]:
-    """Token ids of GSM8K problems `offset..offset+limit` rendered through the chat template."""
-    from autojudge.tasks import get_task
-
-    task = get_task("gsm8k", instruction=GSM8K_INSTRUCTION)
-    problems = task.load(source, limit=offset + limit)[offset:]
-    return [task.prompt_ids(p, tokenizer) for p in problems]
-
-
-def cached_target_responses(
-    model: Any, tokenizer: Any, source: str, limit: int, max_new_tokens: int, cache_file: Any, offset: int = 0
-) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompt ids, target greedy responses) for GSM8K problems, stored in `cache_file` (JSON)."""
-    from pathlib import Path
-
-    cache_file = Path(cache_file)
-    prompts = gsm8k_prompt_ids(tokenizer, source, limit, offset)
-    if cache_file.exists():
-        stored = json.loads(cache_file.read_text())
-        if stored["prompts"] == prompts and stored["max_new_tokens"] == max_new_tokens:
-            return prompts, stored["responses"]
-    responses = target_responses(model, tokenizer, prompts, max_new_tokens)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_text(json.dumps({"prompts": prompts, "responses": responses, "max_new_tokens": max_new_tokens}))
-    return prompts, responses
-
-
 def measure_drafts(
     draft_specs: list[str], prompts: int = 16, max_new_tokens: int = 256, windows: tuple[int, ...] = (4, 8),
     data: str | None = None, log: Any = print,
@@ -144,8 +86,9 @@ def measure_drafts(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autojudge.real.fit import default_gsm8k
-    from autojudge.real.smollm2 import model_root, resolve_real_spec
+    from autojudge.real.data import cached_target_responses, default_gsm8k
+    from autojudge.real.smollm2 import model_root
+    from autojudge.real.specs import resolve_real_spec
 
     target_dir = resolve_real_spec("smollm2:target")
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
