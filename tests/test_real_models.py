@@ -92,7 +92,7 @@ def smollm2() -> dict[str, Path]:
     try:
         target = resolve_real_spec("smollm2:target")
     except RealModelUnavailable as err:
-        pytest.skip(f"SmolLM2 is not cached and cannot be fetched: {err}")
+        pytest.skip(f"SmolLM2 is not cached and cannot be fetched: {err} [required in CI]")
     try:
         draft = resolve_real_spec("smollm2:draft", build=False)
     except RealModelUnavailable:
@@ -111,7 +111,7 @@ def gsm8k_prompts(tokenizer, count: int, offset: int = 0) -> list[list[int]]:
     from autojudge.real.data import gsm8k_prompt_ids
 
     if not GSM8K_TEST.exists():
-        pytest.skip(f"{GSM8K_TEST} not found")
+        pytest.skip(f"{GSM8K_TEST} not found [required in CI]")
     return gsm8k_prompt_ids(tokenizer, str(GSM8K_TEST), count, offset)
 
 
@@ -171,7 +171,7 @@ def test_mining_gsm8k_gives_labels_and_features_of_the_hidden_size(smollm2, tmp_
     from autojudge.tasks import write_jsonl
 
     if not GSM8K_TEST.exists():
-        pytest.skip(f"{GSM8K_TEST} not found")
+        pytest.skip(f"{GSM8K_TEST} not found [required in CI]")
     records = []
     with GSM8K_TEST.open() as handle:
         for index, line in zip(range(3), handle):

@@ -202,6 +202,12 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
     return accepted
 
 
+def emit(drafted: Sequence[int], target_argmax: Sequence[int], accepted: int) -> list[int]:
+    """A cycle's tokens: the accepted draft tokens c_1..c_n, then the target's t_{n+1} (the
+    replacement for the first rejected token, or the bonus token when all k were kept)."""
+    return list(drafted[:accepted]) + [target_argmax[accepted]]
+
+
 def stop_cut(generated: Sequence[int], start: int, eos: set[int], stop_strings: Sequence[str], tokenizer: Any) -> tuple[int, str] | None:
     """Earliest cut (number of generated tokens to keep, reason) among positions >= start, or None."""
     for end in range(start + 1, len(generated) + 1):
@@ -332,8 +338,7 @@ class EngineCore:
         for i, row in enumerate(rows):
             n = accepted[i]
             row.metrics.record_cycle(n, proposal.draft_calls[i])
-            emitted = proposal.tokens[i][:n] + [verification[i].argmax[n]]
-            new_tokens = self._append(row, emitted)
+            new_tokens = self._append(row, emit(proposal.tokens[i], verification[i].argmax, n))
             assert row.slot is not None
             self.target_cache.truncate(row.slot, len(row.tokens) - 1)
             self.draft_cache.truncate(row.slot, len(row.tokens) - 1)
@@ -421,6 +426,7 @@ __all__ = [
     "RowUpdate",
     "StepOutput",
     "accept",
+    "emit",
     "propose",
     "stop_cut",
     "verify",

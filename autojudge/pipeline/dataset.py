@@ -1,6 +1,6 @@
 """Reading a mining folder into arrays, building judge features, and splitting by prompt.
 
-A mining folder (CONTRACTS.md) holds `labels/*.parquet` (one row per mismatch with
+A mining folder (the layout of `pipeline/shards.py`) holds `labels/*.parquet` (one row per mismatch with
 `prompt_id`, `position`, `target_token`, `draft_token`, `important`, and the hidden
 states `h_target` / `h_draft` as list<float32>), `responses/*.parquet` and
 `manifest.json` (model ids, tokenizer fingerprint, hidden sizes).
