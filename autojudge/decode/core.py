@@ -191,7 +191,7 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
             k = len(proposal.tokens[i])
             drafted[j, :k] = torch.tensor(proposal.tokens[i])
             logits[j, :k] = verification[i].logits[:k]  # type: ignore[index]
-            h_target[j, :k] = verification[i].hidden[1:]
+            h_target[j, :k] = verification[i].hidden[1 : k + 1]
             if h_draft is not None:
                 h_draft[j, :k] = proposal.hidden[i]  # type: ignore[index]
         mask = rule(drafted, logits, h_target, h_draft)  # [b, k]
