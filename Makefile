@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.autojudge-installed
 
-.PHONY: install run test test-slow clean fetch-real test-real
+.PHONY: install run test test-slow lint clean fetch-real test-real
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check autojudge bench scripts tests
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow --ignore=tests/test_multinode.py

@@ -48,7 +48,8 @@ def resolve_spec(spec: str) -> tuple[str, str | None]:
             raise ModelPairError(f"unknown toy model {spec!r}: use toy:target or toy:draft")
         return str(TOY_WEIGHTS / which), None
     if spec.startswith("smollm2:"):
-        from autojudge.real.smollm2 import RealModelUnavailable, resolve_real_spec
+        from autojudge.real.smollm2 import RealModelUnavailable
+        from autojudge.real.specs import resolve_real_spec
 
         try:
             return str(resolve_real_spec(spec)), None

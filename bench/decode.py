@@ -74,7 +74,7 @@ def count_forwards(model: Any) -> Iterator[list[int]]:
 def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[int]]:
     """(target, draft, prompt token ids, eos ids)."""
     if config.tiny:
-        from autojudge.decode.tiny import noisy_copy, tiny_model
+        from autojudge.testing import noisy_copy, tiny_model
 
         # toy-target-sized random model; the draft is a noisy copy (same cost, agrees often)
         target = tiny_model("llama", seed=0, vocab_size=128, hidden_size=192, layers=4)
@@ -97,7 +97,7 @@ def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[in
     task = get_task("toy")
     records = generate_problems(config.num_prompts, seed=config.seed)
     problems = [Problem(id=r["id"], question=r["question"], answer=r["answer"]) for r in records]
-    prompts = [pair.tokenizer(task.render_prompt(p, pair.tokenizer), add_special_tokens=False).input_ids for p in problems]
+    prompts = [task.prompt_ids(p, pair.tokenizer) for p in problems]
     return pair.target, pair.draft, prompts, [pair.tokenizer.eos_token_id]
 
 
@@ -128,19 +128,16 @@ def run_hf(name: str, target: Any, prompts: list[list[int]], config: BenchConfig
 
 
 def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int) -> MethodResult:
-    """This engine, `batch_size` prompts per call."""
-    from autojudge.decode import SpeculativeEngine
+    """The engine core with at most `batch_size` rows at once (continuous batching; 1 = one prompt at a time)."""
+    from autojudge.decode import EngineCore, RequestSettings
 
-    engine = SpeculativeEngine(target, draft, rule, window=config.window, eos_token_ids=eos, pad_token_id=0)
-    outputs, wall, draft_calls = [], 0.0, 0
+    engine = EngineCore(target, draft, eos_token_ids=eos, pad_token_id=0, default_window=config.window, max_batch=batch_size)
     with count_forwards(target) as calls:
-        for start_index in range(0, len(prompts), batch_size):
-            batch = prompts[start_index : start_index + batch_size]
-            start = time.perf_counter()
-            results = engine.generate(batch, config.max_new_tokens)
-            wall += time.perf_counter() - start
-            outputs += [r.token_ids for r in results]
-            draft_calls += sum(r.metrics.draft_calls for r in results)
+        start = time.perf_counter()
+        results = engine.generate(prompts, RequestSettings(max_new_tokens=config.max_new_tokens, rule=rule))
+        wall = time.perf_counter() - start
+    outputs = [r.token_ids for r in results]
+    draft_calls = sum(r.metrics.draft_calls for r in results)
     return MethodResult(name, sum(map(len, outputs)), calls[0], draft_calls, wall, outputs)
 
 

@@ -27,20 +27,19 @@ def label_keys(rows: list[dict[str, Any]]) -> Counter:
 
 
 def run_in_process(pair: Any, task: Any, problems: list[Any], args: argparse.Namespace, method: str) -> dict[str, Any]:
-    from autojudge.pipeline.mine import mine_problems
-    from autojudge.pipeline.search import eos_token_ids
-    from autojudge.pipeline.search_fast import BatchedSearcher
+    from autojudge.actors.miner import MiningWorker
 
-    tokenizer = pair.tokenizer
-    eos_ids = eos_token_ids(tokenizer, pair.target)
-    searcher = BatchedSearcher(pair.target, pair.draft, eos_ids, tokenizer.pad_token_id, args.batch_size)
+    worker = MiningWorker(pair, task, args.max_new_tokens, args.batch_size, method)
     start, cpu_start = time.perf_counter(), time.process_time()
-    labels, responses = mine_problems(pair, task, problems, args.max_new_tokens, args.batch_size, method, searcher)
+    try:
+        labels, responses = worker.mine(problems)
+    finally:
+        worker.close()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     result = {"labels": labels, "responses": responses, "seconds": seconds, "labels_per_s": len(labels) / seconds,
               "cpu_seconds": cpu_seconds, "labels_per_cpu_s": len(labels) / cpu_seconds}
     if method == "fast":
-        result["counters"] = asdict(searcher.counters)
+        result["counters"] = asdict(worker.searcher.counters)
     return result
 
 

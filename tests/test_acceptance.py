@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from autojudge.decode.acceptance import ExactRule, JudgeRule, TopKRule, accepted_lengths, build_rule
-from autojudge.decode.engine import Proposal, Verification, accept, emitted_tokens
+from autojudge.decode.cache import RowOutput
+from autojudge.decode.core import Proposal, Request, RequestSettings, accept, emit
 from autojudge.decode.metrics import RequestMetrics, aggregate
 
 
@@ -83,21 +84,27 @@ def test_build_rule():
         build_rule("sampling")
 
 
-def test_emit_replaces_first_rejected_token_or_adds_bonus():
+def test_accept_and_emit_replace_the_first_rejected_token_or_add_the_bonus():
     # window 3; target argmax at 4 positions (the last is the bonus position)
-    verification = Verification(
-        logits=logits_from_ranking([[[1], [3], [6], [0]], [[2], [3], [4], [5]], [[1], [2], [3], [4]]]),
-        argmax=torch.tensor([[1, 3, 6, 0], [2, 3, 4, 5], [1, 2, 3, 4]]),
-        hidden=torch.zeros(3, 3, 1),
-    )
-    proposal = Proposal(tokens=torch.tensor([[1, 4, 6], [1, 3, 4], [1, 2, 3]]), hidden=torch.zeros(3, 3, 1), draft_calls=3)
-    accepted = accept(ExactRule(), proposal, verification)
-    assert accepted.tolist() == [1, 0, 3]
-    assert emitted_tokens(proposal.tokens, verification.argmax, accepted) == [[1, 3], [2], [1, 2, 3, 4]]
+    argmax = [[1, 3, 6, 0], [2, 3, 4, 5], [1, 2, 3, 4]]
+    logits = logits_from_ranking([[[a] for a in row] for row in argmax])  # [3, 4, V]
+    verification = [RowOutput(argmax=row, hidden=torch.zeros(4, 1), logits=logits[i]) for i, row in enumerate(argmax)]
+    drafted = [[1, 4, 6], [1, 3, 4], [1, 2, 3]]
+    proposal = Proposal(tokens=drafted, hidden=[torch.zeros(3, 1)] * 3, draft_calls=[3, 3, 3])
+
+    def rows(rule):
+        return [Request(i, [9], 1, RequestSettings(), rule, 3) for i in range(3)]
+
+    accepted = accept(rows(ExactRule()), proposal, verification)
+    assert accepted == [1, 0, 3]
+    assert [emit(d, a, n) for d, a, n in zip(drafted, argmax, accepted)] == [[1, 3], [2], [1, 2, 3, 4]]
     # a judge that accepts every mismatch: row 0 keeps the draft's 4 and 6 (6 matches anyway), bonus 0
     lenient = JudgeRule(lambda h_t, h_d: torch.zeros(h_t.shape[0]), 0.5)
-    accepted = accept(lenient, proposal, verification)
-    assert emitted_tokens(proposal.tokens, verification.argmax, accepted) == [[1, 4, 6, 0], [1, 3, 4, 5], [1, 2, 3, 4]]
+    accepted = accept(rows(lenient), proposal, verification)
+    assert [emit(d, a, n) for d, a, n in zip(drafted, argmax, accepted)] == [[1, 4, 6, 0], [1, 3, 4, 5], [1, 2, 3, 4]]
+    # rows with a shorter window never keep the padding beyond it
+    short = Proposal(tokens=[[1], [1, 3, 4], []], hidden=[torch.zeros(1, 1), torch.zeros(3, 1), None], draft_calls=[1, 3, 0])
+    assert accept(rows(lenient), short, verification) == [1, 3, 0]
 
 
 def test_metrics_and_aggregate():

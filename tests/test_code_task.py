@@ -11,7 +11,7 @@ from autojudge.tasks import InputError, get_task
 from autojudge.tasks.code import HumanEvalTask, build_program, default_humaneval_path, extract_code
 from autojudge.tasks.sandbox import SandboxLimits
 
-needs_data = pytest.mark.skipif(not default_humaneval_path().exists(), reason="HumanEval.jsonl.gz not found")
+needs_data = pytest.mark.skipif(not default_humaneval_path().exists(), reason="HumanEval.jsonl.gz not found [required in CI]")
 
 STUB = 'def add(a: int, b: int) -> int:\n    """Sum of a and b."""\n'
 RECORD = {

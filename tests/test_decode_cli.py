@@ -9,22 +9,15 @@ import pytest
 import torch
 
 from autojudge.cli import main
-from autojudge.decode.tiny import noisy_copy, tiny_model
-from autojudge.models import TOY_WEIGHTS, load_tokenizer, tokenizer_fingerprint
+from autojudge.models import eos_token_ids, load_model, load_tokenizer, tokenizer_fingerprint
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def pair_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    tokenizer = load_tokenizer(str(TOY_WEIGHTS / "target"))
-    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
-    draft = noisy_copy(target, scale=0.3, seed=1)
-    for name, model in (("target", target), ("draft", draft)):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root / "target", root / "draft", target, tokenizer
+def pair_dirs(tiny_pair_dirs):
+    target_dir, draft_dir = tiny_pair_dirs
+    return target_dir, draft_dir, load_model(str(target_dir)), load_tokenizer(str(target_dir))
 
 
 def write_prompts(path, records):
@@ -42,13 +35,17 @@ def test_decode_exact_matches_generate_and_writes_records(pair_dirs, tmp_path, c
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == ["q1", "p1"]
     assert records[1]["prompt_token_ids"] == tokenizer("Answer: 12", add_special_tokens=False).input_ids
+    eos = eos_token_ids(tokenizer, target)
     for record in records:
         with torch.no_grad():
             reference = target.generate(
                 torch.tensor([record["prompt_token_ids"]]), do_sample=False, max_new_tokens=12,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=0,
+                eos_token_id=eos, pad_token_id=0,
             )[0, len(record["prompt_token_ids"]):].tolist()
-        assert record["token_ids"] == reference[: len(record["token_ids"])] and len(record["token_ids"]) >= 1
+        ends = [i for i, token in enumerate(reference) if token in eos]
+        reference = reference[: ends[0] + 1] if ends else reference  # generate pads after EOS
+        assert record["token_ids"] == reference
+        assert record["stop_reason"] == ("eos" if ends else "length")
         assert set(record["stats"]) >= {"target_calls", "draft_calls", "new_tokens", "wall_s"}
         assert record["stats"]["new_tokens"] == len(record["token_ids"])
         assert isinstance(record["text"], str)
@@ -56,7 +53,7 @@ def test_decode_exact_matches_generate_and_writes_records(pair_dirs, tmp_path, c
 
 
 def test_decode_autojudge_with_a_random_logistic_judge(pair_dirs, tmp_path):
-    from autojudge.pipeline.judge import Judge, PairInfo
+    from autojudge.judge import Judge, PairInfo
 
     target_dir, draft_dir, target, tokenizer = pair_dirs
     width = target.config.hidden_size
@@ -85,7 +82,7 @@ def test_decode_autojudge_with_a_random_logistic_judge(pair_dirs, tmp_path):
 
 
 def test_decode_takes_the_window_the_judge_was_chosen_at(pair_dirs, tmp_path, capsys):
-    from autojudge.pipeline.judge import Judge, PairInfo
+    from autojudge.judge import Judge, PairInfo
 
     target_dir, draft_dir, target, tokenizer = pair_dirs
     width = target.config.hidden_size

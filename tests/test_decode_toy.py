@@ -17,7 +17,7 @@ HAVE_WEIGHTS = all(
 
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason="toy weights not trained yet (autojudge/toy/weights/*/model.safetensors)")
 def test_exact_equals_greedy_on_the_toy_pair():
-    from autojudge.decode import ExactRule, SpeculativeEngine
+    from autojudge.decode import EngineCore, RequestSettings
     from autojudge.models import load_pair
     from autojudge.tasks import get_task
     from autojudge.tasks.base import Problem
@@ -26,7 +26,7 @@ def test_exact_equals_greedy_on_the_toy_pair():
     pair = load_pair("toy:target", "toy:draft")
     task, tokenizer = get_task("toy"), pair.tokenizer
     problems = [Problem(id=r["id"], question=r["question"]) for r in generate_problems(4, seed=2)]
-    prompts = [tokenizer(task.render_prompt(p, tokenizer), add_special_tokens=False).input_ids for p in problems]
+    prompts = [task.prompt_ids(p, tokenizer) for p in problems]
     eos, budget = tokenizer.eos_token_id, 96
     reference = []
     for prompt in prompts:
@@ -35,8 +35,9 @@ def test_exact_equals_greedy_on_the_toy_pair():
                 torch.tensor([prompt]), do_sample=False, max_new_tokens=budget, eos_token_id=eos, pad_token_id=0
             )[0, len(prompt):].tolist()
         reference.append(out[: out.index(eos) + 1] if eos in out else out)
-    engine = SpeculativeEngine(pair.target, pair.draft, ExactRule(), window=4, eos_token_ids=[eos], pad_token_id=0)
-    batched = engine.generate(prompts, budget)
+    engine = EngineCore.for_pair(pair, default_window=4)
+    settings = RequestSettings(max_new_tokens=budget)
+    batched = engine.generate(prompts, settings)
     assert [r.token_ids for r in batched] == reference
-    assert [engine.generate([p], budget)[0].token_ids for p in prompts] == reference
+    assert [engine.generate([p], settings)[0].token_ids for p in prompts] == reference
     assert sum(r.metrics.new_tokens for r in batched) > sum(r.metrics.target_calls for r in batched)

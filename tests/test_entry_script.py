@@ -119,12 +119,9 @@ def test_cluster_info_address_flag(ray_head: str) -> None:
     assert json.loads(result.stdout)["gcs_address"].endswith(":" + ray_head.rsplit(":", 1)[1])
 
 
-def test_infer_through_entry_on_running_head(ray_head: str, tmp_path: Path) -> None:
+def test_infer_through_entry_on_running_head(ray_head: str, tmp_path: Path, tiny_pair_dirs, write_corpus) -> None:
     """A real autojudge command (batch inference with Ray Data) runs on the attached cluster."""
-    pytest.importorskip("autojudge.commands.infer")
-    from test_infer import tiny_pair_dir, write_corpus
-
-    target, draft = tiny_pair_dir(tmp_path / "models")
+    target, draft = tiny_pair_dirs
     corpus = write_corpus(tmp_path / "corpus.jsonl", num=6)
     out = tmp_path / "out"
     result = run_entry(

@@ -63,10 +63,10 @@ def test_evaluate_modes_end_to_end_with_tiny_models(tmp_path: Path) -> None:
     import numpy as np
     import torch
 
-    from autojudge.decode.tiny import tiny_model
+    from autojudge.testing import tiny_model
     from autojudge.models import ModelPair, load_tokenizer
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes
-    from autojudge.pipeline.judge import Judge, PairInfo
+    from autojudge.judge import Judge, PairInfo
     from autojudge.tasks import get_task
 
     torch.set_num_threads(1)

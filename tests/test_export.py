@@ -21,7 +21,7 @@ HT, HD = 8, 4
 
 
 def write_mining_folder(folder: Path, num_prompts: int = 30, seed: int = 0) -> dict:
-    """A mining folder in the CONTRACTS.md layout: 2 label shards, 1 response shard, manifest."""
+    """A mining folder in the mining-folder layout: 2 label shards, 1 response shard, manifest."""
     rng = np.random.default_rng(seed)
     label_rows, response_rows = [], []
     for p in range(num_prompts):

@@ -14,54 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TOY_TOKENIZER = ROOT / "autojudge" / "toy" / "weights" / "target"
-
-
-def tiny_pair_dir(folder: Path) -> tuple[Path, Path]:
-    """(target_dir, draft_dir): a tiny Llama and a noisy copy, with the toy tokenizer."""
-    import torch
-
-    from autojudge.decode.tiny import noisy_copy, tiny_model
-    from autojudge.models import load_tokenizer
-
-    torch.set_num_threads(1)
-    vocab = len(load_tokenizer(f"toy:target"))
-    target = tiny_model("llama", seed=0, vocab_size=vocab, hidden_size=32, layers=2)
-    draft = noisy_copy(target, scale=0.3, seed=1)
-    paths = []
-    for name, model in (("target", target), ("draft", draft)):
-        path = folder / name
-        model.save_pretrained(path)
-        for item in TOY_TOKENIZER.iterdir():
-            if item.name.startswith("tokenizer") or item.name.endswith(".jinja"):
-                shutil.copy(item, path / item.name)
-        paths.append(path)
-    return paths[0], paths[1]
-
-
-def write_corpus(path: Path, num: int, broken: bool = False) -> Path:
-    """`num` toy questions as JSONL; with `broken`, a few bad lines mixed in."""
-    from autojudge.toy.world import generate_problems
-
-    lines = [json.dumps({"id": r["id"], "question": r["question"]}) for r in generate_problems(num, seed=2)]
-    if broken:
-        lines[1] = "{not json"
-        lines[3] = json.dumps({"id": "no-text", "answer": "#### 3"})
-        lines[5] = json.dumps({"id": "empty", "prompt": "   "})
-        lines[7] = json.dumps({"id": "long", "prompt": "1 + 1 = 2. " * 400})
-        lines[9] = json.dumps({"id": "typed", "question": 42})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_pair_dir(tmp_path_factory.mktemp("models"))
+def pair(tiny_pair_dirs: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tiny_pair_dirs
 
 
-def test_parse_jsonl_marks_bad_lines(tmp_path: Path) -> None:
+def test_parse_jsonl_marks_bad_lines(tmp_path: Path, write_corpus) -> None:
     from autojudge.pipeline.infer import parse_jsonl_file
 
     corpus = write_corpus(tmp_path / "c.jsonl", 12, broken=True)
@@ -76,9 +34,10 @@ def test_parse_jsonl_marks_bad_lines(tmp_path: Path) -> None:
     assert sum(row["error"] is None for row in rows) == 8
 
 
-def test_decode_rows_without_cluster(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_decode_rows_without_cluster(pair: tuple[Path, Path], tmp_path: Path, write_corpus) -> None:
     """The stage function on dict rows: per-row errors, the rest decoded, same order, exact == greedy."""
-    from autojudge.pipeline.infer import DecodeStageConfig, decode_rows, load_decode_state, parse_jsonl_file
+    from autojudge.actors.decoder import DecodeStageConfig, decode_rows, load_decode_state
+    from autojudge.pipeline.infer import parse_jsonl_file
 
     target, draft = pair
     config = DecodeStageConfig(target=str(target), draft=str(draft), max_new_tokens=6, max_prompt_tokens=300)
@@ -99,7 +58,7 @@ def test_decode_rows_without_cluster(pair: tuple[Path, Path], tmp_path: Path) ->
     import torch
 
     first = next(r for r in rows if r["error"] is None)
-    from autojudge.pipeline.infer import _prompt_ids
+    from autojudge.actors.decoder import _prompt_ids
 
     ids = torch.tensor([_prompt_ids(state, first)])
     greedy = state.pair.target.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=2, pad_token_id=0)
@@ -108,7 +67,7 @@ def test_decode_rows_without_cluster(pair: tuple[Path, Path], tmp_path: Path) ->
 
 def test_decode_failure_is_isolated(pair: tuple[Path, Path]) -> None:
     """A row that makes the engine raise gets an error; its batch-mates are still decoded."""
-    from autojudge.pipeline.infer import DecodeStageConfig, decode_rows, load_decode_state
+    from autojudge.actors.decoder import DecodeStageConfig, decode_rows, load_decode_state
 
     target, draft = pair
     state = load_decode_state(DecodeStageConfig(target=str(target), draft=str(draft), max_new_tokens=4))
@@ -129,24 +88,13 @@ def test_decode_failure_is_isolated(pair: tuple[Path, Path]) -> None:
     assert "simulated CUDA OOM" in out[1]["error"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from autojudge.ray_utils import init_ray
-
-    init_ray(None, num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 def run_cli(args: list[str]) -> int:
     from autojudge.cli import main
 
     return main(["infer", *args])
 
 
-def test_infer_jsonl_with_broken_rows(pair: tuple[Path, Path], tmp_path: Path, local_ray) -> None:
+def test_infer_jsonl_with_broken_rows(pair: tuple[Path, Path], tmp_path: Path, local_ray, write_corpus) -> None:
     target, draft = pair
     corpus = write_corpus(tmp_path / "corpus.jsonl", 40, broken=True)
     out = tmp_path / "out"
@@ -192,7 +140,7 @@ def test_infer_parquet_input_and_overwrite(pair: tuple[Path, Path], tmp_path: Pa
     assert pq.read_table(out).num_rows == 10
 
 
-def test_infer_rejects_mismatched_pair(pair: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+def test_infer_rejects_mismatched_pair(pair: tuple[Path, Path], tmp_path: Path, capsys, write_corpus) -> None:
     target, _ = pair
     other = tmp_path / "other"
     shutil.copytree(target, other)

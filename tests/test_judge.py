@@ -4,69 +4,20 @@ tiny / one-class data fail clearly, save/load round trip without pickle, mismatc
 from __future__ import annotations
 
 import copy
-import json
 import pickle
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from autojudge.models import ModelPairError
 from autojudge.pipeline.dataset import DataError, read_mined, split_by_prompt
-from autojudge.pipeline.judge import Judge, JudgeFormatError
+from autojudge.judge import Judge, JudgeFormatError
+from autojudge.testing import write_mining_folder
 from autojudge.pipeline.train import TrainConfig, format_report, pick_threshold, threshold_table, train_judge
 
-TARGET_HIDDEN, DRAFT_HIDDEN = 16, 8
-MANIFEST = {
-    "task": "toy",
-    "target": "synthetic:target",
-    "draft": "synthetic:draft",
-    "tokenizer_fingerprint": "0123456789abcdef",
-    "target_hidden_size": TARGET_HIDDEN,
-    "draft_hidden_size": DRAFT_HIDDEN,
-    "settings": {},
-}
-
-
-def write_mining_folder(
-    folder: Path, num_prompts: int = 80, important_rate: float = 0.25, signal: float = 1.5, seed: int = 0,
-    shards: int = 2, manifest_overrides: dict | None = None,
-) -> Path:
-    """A mining folder in the CONTRACTS.md layout with features that carry the label."""
-    manifest = dict(MANIFEST, **(manifest_overrides or {}))
-    target_hidden, draft_hidden = manifest["target_hidden_size"], manifest["draft_hidden_size"]
-    rng = np.random.default_rng(seed)
-    direction_t = rng.normal(size=target_hidden).astype(np.float32)
-    direction_d = rng.normal(size=draft_hidden).astype(np.float32)
-    rows: list[dict] = []
-    for prompt in range(num_prompts):
-        for position in sorted(rng.choice(60, size=int(rng.integers(2, 7)), replace=False)):
-            important = bool(rng.random() < important_rate)
-            h_t = rng.normal(size=target_hidden).astype(np.float32) + signal * important * direction_t
-            h_d = rng.normal(size=draft_hidden).astype(np.float32) + signal * important * direction_d
-            rows.append({
-                "prompt_id": f"toy-1-{prompt}", "position": int(position), "target_token": int(rng.integers(100)),
-                "draft_token": int(rng.integers(100)), "important": important,
-                "h_target": h_t.tolist(), "h_draft": h_d.tolist(),
-            })
-    schema = pa.schema([
-        ("prompt_id", pa.string()), ("position", pa.int32()), ("target_token", pa.int32()),
-        ("draft_token", pa.int32()), ("important", pa.bool_()),
-        ("h_target", pa.list_(pa.float32())), ("h_draft", pa.list_(pa.float32())),
-    ])
-    (folder / "labels").mkdir(parents=True, exist_ok=True)
-    (folder / "responses").mkdir(parents=True, exist_ok=True)
-    per_shard = (len(rows) + shards - 1) // shards
-    for shard in range(shards):
-        chunk = rows[shard * per_shard:(shard + 1) * per_shard]
-        pq.write_table(pa.Table.from_pylist(chunk, schema=schema), folder / "labels" / f"part-{shard:05d}.parquet")
-    manifest["counts"] = {"prompts": num_prompts, "labels": len(rows),
-                          "important": sum(r["important"] for r in rows), "errors": 0}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
+TARGET_HIDDEN, DRAFT_HIDDEN = 16, 8  # the synthetic folder's hidden sizes (SYNTHETIC_MANIFEST)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +93,7 @@ def test_threshold_table_definitions() -> None:
 
 
 def test_round_trip_same_probabilities(trained: Judge, tmp_path: Path) -> None:
-    from autojudge.pipeline.judge import DEFAULT_WINDOW, default_window
+    from autojudge.judge import DEFAULT_WINDOW, default_window
 
     assert trained.default_window is None and default_window(trained) == DEFAULT_WINDOW == default_window(None)
     judge = copy.deepcopy(trained)  # the fixture is shared by the module
@@ -205,7 +156,7 @@ def test_wrong_feature_width_is_refused(trained: Judge) -> None:
 
 def test_toy_spec_and_its_folder_are_the_same_model(trained: Judge, tmp_path: Path) -> None:
     from autojudge.models import TOY_WEIGHTS
-    from autojudge.pipeline.judge import _same_model
+    from autojudge.judge import _same_model
 
     assert _same_model("toy:target", str(TOY_WEIGHTS / "target"))
     assert not _same_model("toy:target", "toy:draft")

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from autojudge.decode.tiny import noisy_copy, tiny_model
+from autojudge.testing import noisy_copy, tiny_model
 from autojudge.pipeline import shards
 from autojudge.pipeline.mine import MineConfig, mine
-from autojudge.pipeline.search import plain_search
-from autojudge.pipeline.search_fast import BatchedSearcher, SearchJob, realign, LookaheadSettings
+from autojudge.decode.search import plain_search
+from autojudge.decode.lookahead import BatchedSearcher, SearchJob, realign, LookaheadSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_TOKENIZER = REPO / "autojudge" / "toy" / "weights" / "target"
@@ -45,7 +45,7 @@ def tiny_pair(vocab_size: int = 96, noise: float = 0.1):
 
 
 def label_keys(result) -> list[tuple[int, int, int, bool]]:
-    return [(l.position, l.target_token, l.draft_token, l.important) for l in result.labels]
+    return [(label.position, label.target_token, label.draft_token, label.important) for label in result.labels]
 
 
 @pytest.mark.parametrize("noise,batch_size", [(0.1, 4), (0.2, 3)])
@@ -59,7 +59,7 @@ def test_fast_search_equals_plain_algorithm(noise: float, batch_size: int) -> No
     searcher = BatchedSearcher(target, draft, [EOS], 0, batch_size=batch_size)
     fast = dict(searcher.run([SearchJob(i, p, ParityEvaluator(), budget) for i, p in enumerate(prompts)]))
     assert sum(len(r.labels) for r in plain) > 20
-    assert {l.important for r in plain for l in r.labels} == {True, False}
+    assert {label.important for r in plain for label in r.labels} == {True, False}
     assert any(EOS in r.initial_response for r in plain)  # the EOS paths are exercised
     for index, expected in enumerate(plain):
         got = fast[index]
@@ -206,17 +206,3 @@ def test_kill_and_resume_with_ray_workers(pair_dir: Path, tmp_path: Path) -> Non
     run_until_killed(command, out, timeout=120)
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=300)
     check_exactly_once(out, {f"toy-1-{i}" for i in range(24)})
-
-
-def test_row_cache_grows_and_keeps_rows() -> None:
-    from autojudge.decode.cache import RowKVCache, forward_rows
-
-    torch.set_num_threads(1)
-    model = tiny_model("llama", seed=0)
-    cache = RowKVCache(model, num_rows=2, capacity=8)
-    first = forward_rows(model, cache, [0, 1], [[5, 6, 7], [8, 9]])
-    cache.grow(32)
-    step = forward_rows(model, cache, [0, 1], [[first[0].argmax[-1]] * 10, [first[1].argmax[-1]]])
-    with torch.no_grad():
-        full = model(input_ids=torch.tensor([[5, 6, 7] + [first[0].argmax[-1]] * 10])).logits[0, 3:].argmax(-1)
-    assert step[0].argmax == full.tolist() and cache.lengths == [13, 3]

@@ -31,10 +31,8 @@ NUM_PROMPTS = 24
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from test_infer import tiny_pair_dir
-
-    return tiny_pair_dir(tmp_path_factory.mktemp("models"))
+def pair(tiny_pair_dirs: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tiny_pair_dirs
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autojudge.real.measure import GSM8K_INSTRUCTION
+from autojudge.real.data import GSM8K_INSTRUCTION
 
 torch.set_num_threads(1)
 
@@ -34,10 +34,21 @@ def tiny_llama(layers: int = 4, seed: int = 0):
 def test_count_cycles():
     from autojudge.real.measure import count_cycles
 
-    assert count_cycles([True] * 20, window=8) == 3  # 9 + 9 + 2 tokens
-    assert count_cycles([False] * 5, window=8) == 5
-    assert count_cycles([True, True, False, True, False], window=4) == 2  # [T T F]->3 tokens, [T F]->2
-    assert count_cycles([], window=4) == 0
+    def cycles(matches: list[bool], window: int) -> int:  # a response of 1s; the draft predicts 1 where it matches
+        return count_cycles([1 if m else 0 for m in matches], [1] * len(matches), window)
+
+    assert cycles([True] * 20, window=8) == 3  # 9 + 9 + 2 tokens
+    assert cycles([False] * 5, window=8) == 5
+    assert cycles([True, True, False, True, False], window=4) == 2  # [T T F]->3 tokens, [T F]->2
+    assert cycles([], window=4) == 0
+
+
+def test_greedy_prefix_stops_at_a_mismatch_and_after_a_stop_token():
+    from autojudge.decode.acceptance import greedy_prefix
+
+    assert greedy_prefix([5, 6, 7], [5, 6, 8]) == 2
+    assert greedy_prefix([5, 2, 7], [5, 2, 7], stop_tokens={2}) == 2
+    assert greedy_prefix([5, 6], [5, 6, 9]) == 2 and greedy_prefix([], [1]) == 0
 
 
 def test_truncated_draft_computes_the_targets_first_layers():
@@ -59,7 +70,8 @@ def test_truncated_draft_computes_the_targets_first_layers():
 
 
 def test_target_as_its_own_draft_accepts_everything():
-    from autojudge.real.measure import measure_draft, target_responses
+    from autojudge.real.data import target_responses
+    from autojudge.real.measure import measure_draft
 
     class Tok:
         pad_token_id, eos_token_id = 0, 63
@@ -74,12 +86,13 @@ def test_target_as_its_own_draft_accepts_everything():
 
 @pytest.fixture(scope="module")
 def smollm2() -> dict[str, Path]:
-    from autojudge.real.smollm2 import RealModelUnavailable, resolve_real_spec
+    from autojudge.real.smollm2 import RealModelUnavailable
+    from autojudge.real.specs import resolve_real_spec
 
     try:
         target = resolve_real_spec("smollm2:target")
     except RealModelUnavailable as err:
-        pytest.skip(f"SmolLM2 is not cached and cannot be fetched: {err}")
+        pytest.skip(f"SmolLM2 is not cached and cannot be fetched: {err} [required in CI]")
     try:
         draft = resolve_real_spec("smollm2:draft", build=False)
     except RealModelUnavailable:
@@ -95,10 +108,10 @@ def pair(smollm2):
 
 
 def gsm8k_prompts(tokenizer, count: int, offset: int = 0) -> list[list[int]]:
-    from autojudge.real.measure import gsm8k_prompt_ids
+    from autojudge.real.data import gsm8k_prompt_ids
 
     if not GSM8K_TEST.exists():
-        pytest.skip(f"{GSM8K_TEST} not found")
+        pytest.skip(f"{GSM8K_TEST} not found [required in CI]")
     return gsm8k_prompt_ids(tokenizer, str(GSM8K_TEST), count, offset)
 
 
@@ -128,7 +141,7 @@ def test_pair_shares_the_tokenizer_and_chat_template(pair):
 
 @pytest.mark.slow
 def test_exact_decode_equals_greedy_generate(pair):
-    from autojudge.decode import ExactRule, SpeculativeEngine, aggregate
+    from autojudge.decode import EngineCore, RequestSettings, aggregate
 
     tokenizer = pair.tokenizer
     prompts = gsm8k_prompts(tokenizer, 4)
@@ -140,10 +153,11 @@ def test_exact_decode_equals_greedy_generate(pair):
                 torch.tensor([prompt]), do_sample=False, max_new_tokens=budget, eos_token_id=eos, pad_token_id=eos
             )[0, len(prompt) :].tolist()
         reference.append(out[: out.index(eos) + 1] if eos in out else out)
-    engine = SpeculativeEngine(pair.target, pair.draft, ExactRule(), window=8, eos_token_ids=[eos], pad_token_id=eos)
-    one_by_one = [engine.generate([p], budget)[0] for p in prompts]
+    engine = EngineCore(pair.target, pair.draft, eos_token_ids=[eos], pad_token_id=eos, default_window=8)
+    settings = RequestSettings(max_new_tokens=budget)
+    one_by_one = [engine.generate([p], settings)[0] for p in prompts]
     assert [r.token_ids for r in one_by_one] == reference
-    batched = engine.generate(prompts, budget)
+    batched = engine.generate(prompts, settings)
     assert [r.token_ids for r in batched] == reference
     stats = aggregate([r.metrics for r in one_by_one])
     print(f"exact decode, window 8: {stats}")
@@ -157,7 +171,7 @@ def test_mining_gsm8k_gives_labels_and_features_of_the_hidden_size(smollm2, tmp_
     from autojudge.tasks import write_jsonl
 
     if not GSM8K_TEST.exists():
-        pytest.skip(f"{GSM8K_TEST} not found")
+        pytest.skip(f"{GSM8K_TEST} not found [required in CI]")
     records = []
     with GSM8K_TEST.open() as handle:
         for index, line in zip(range(3), handle):
@@ -192,7 +206,7 @@ def test_real_model_code_answers_are_judged_by_running_tests(pair):
     problems = task.load(limit=2)
     tokenizer = pair.tokenizer
     for problem in problems:
-        prompt = tokenizer(task.render_prompt(problem, tokenizer), add_special_tokens=False).input_ids
+        prompt = task.prompt_ids(problem, tokenizer)
         with torch.no_grad():
             out = pair.target.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=96,
                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)

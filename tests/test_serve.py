@@ -94,7 +94,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory):
-    from autojudge.pipeline.judge import Judge, PairInfo
+    from autojudge.judge import Judge, PairInfo
 
     tokenizer = load_tokenizer(MODEL)
     target, draft = load_model("toy:target"), load_model("toy:draft")

@@ -38,7 +38,7 @@ def test_normalize_number_equivalents() -> None:
     assert normalize_number("abc") is None
 
 
-@pytest.mark.skipif(not GSM8K.exists(), reason="shared GSM8K data not present")
+@pytest.mark.skipif(not GSM8K.exists(), reason="shared GSM8K data not present [required in CI]")
 def test_real_gsm8k_reference_answers() -> None:
     """Every real reference answer parses to the number after ####, commas removed."""
     for split in ("train", "test"):
@@ -51,7 +51,7 @@ def test_real_gsm8k_reference_answers() -> None:
         assert extract_answer(f"{body}The final answer is {final.strip()}.") == extract_answer(rows[0]["answer"])
 
 
-@pytest.mark.skipif(not GSM8K.exists(), reason="shared GSM8K data not present")
+@pytest.mark.skipif(not GSM8K.exists(), reason="shared GSM8K data not present [required in CI]")
 def test_gsm8k_task_loads_real_file_and_scores() -> None:
     task = get_task("gsm8k")
     problems = task.load(str(GSM8K / "test.jsonl"), limit=5)

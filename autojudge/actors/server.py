@@ -232,13 +232,13 @@ class DecodeReplica:
         self.tokenizer = self.pair.tokenizer
         self.judge = None
         if config.judge:
-            from autojudge.pipeline.judge import Judge  # lazy: only a server with a judge needs it
+            from autojudge.judge import Judge  # lazy: only a server with a judge needs it
 
             self.judge = Judge.load(config.judge)
             self.judge.check_model_pair(self.pair)
         if config.mode == "autojudge" and self.judge is None:
             raise ValueError("mode autojudge needs a judge (--judge JUDGE_DIR)")
-        from autojudge.pipeline.judge import default_window
+        from autojudge.judge import default_window
 
         self.default_window = config.window if config.window is not None else default_window(self.judge)
         self.context_length = min(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from autojudge.tasks import add_task_arguments
@@ -40,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input", required=True, metavar="FILE", help="prompts JSONL (id + question or prompt)")
     parser.add_argument("--output", required=True, metavar="FILE", help="output JSONL")
     parser.add_argument("--limit", type=int, help="decode only the first N records")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="most prompts decoded together; more wait for a free row (continuous batching; default 8)")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -58,7 +59,7 @@ def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
         return build_rule(args.mode, top_k=args.top_k), None
     if not args.judge:
         raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
-    from autojudge.pipeline.judge import Judge  # lazy: only this mode needs it
+    from autojudge.judge import Judge  # lazy: only this mode needs it
 
     judge = Judge.load(args.judge)
     judge.check_model_pair(pair)
@@ -70,8 +71,8 @@ def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from autojudge.decode import SpeculativeEngine, aggregate
-    from autojudge.models import ModelPairError, eos_token_ids, load_pair
+    from autojudge.decode import EngineCore, RequestSettings, aggregate
+    from autojudge.models import ModelPairError, load_pair
     from autojudge.tasks import InputError, build_task, write_jsonl
 
     if (args.window is not None and args.window < 1) or args.max_new_tokens < 1 or args.batch_size < 1:
@@ -85,36 +86,32 @@ def run(args: argparse.Namespace) -> int:
         rule, judge = load_rule(args, pair)
     except ModelPairError as err:
         raise InputError(str(err)) from None
-    from autojudge.pipeline.judge import default_window
+    from autojudge.judge import default_window
 
     args.window = args.window or default_window(judge)
     tokenizer = pair.tokenizer
-    eos = eos_token_ids(tokenizer, pair.target, pair.draft)
-    engine = SpeculativeEngine(
-        pair.target, pair.draft, rule, window=args.window, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id or 0
-    )
-    prompts = [tokenizer(task.render_prompt(p, tokenizer), add_special_tokens=False).input_ids for p in problems]
-    records, metrics, total_wall = [], [], 0.0
-    for start in range(0, len(problems), args.batch_size):
-        batch = slice(start, start + args.batch_size)
-        results = engine.generate(prompts[batch], args.max_new_tokens, stop_strings=args.stop, tokenizer=tokenizer)
-        total_wall += max((r.metrics.wall_s for r in results), default=0.0)
-        for problem, prompt_ids, result in zip(problems[batch], prompts[batch], results):
-            m = result.metrics
-            metrics.append(m)
-            records.append({
-                "id": problem.id,
-                "text": tokenizer.decode(result.token_ids, skip_special_tokens=True),
-                "prompt_token_ids": list(prompt_ids),
-                "token_ids": result.token_ids,
-                "stop_reason": result.stop_reason,
-                "stats": {
-                    "target_calls": m.target_calls, "draft_calls": m.draft_calls, "new_tokens": m.new_tokens,
-                    "wall_s": round(m.wall_s, 4), "accepted_lengths": m.accepted_lengths,
-                    "tokens_per_target_call": round(m.tokens_per_target_call, 4),
-                },
-            })
-        print(f"decoded {len(records)}/{len(problems)}", file=sys.stderr)
+    engine = EngineCore.for_pair(pair, judge=judge, default_window=args.window, max_batch=args.batch_size)
+    settings = RequestSettings(max_new_tokens=args.max_new_tokens, stop_strings=tuple(args.stop), rule=rule)
+    prompts = [task.prompt_ids(p, tokenizer) for p in problems]
+    start = time.perf_counter()
+    results = engine.generate(prompts, settings)
+    total_wall = time.perf_counter() - start
+    records, metrics = [], []
+    for problem, prompt_ids, result in zip(problems, prompts, results):
+        m = result.metrics
+        metrics.append(m)
+        records.append({
+            "id": problem.id,
+            "text": tokenizer.decode(result.token_ids, skip_special_tokens=True),
+            "prompt_token_ids": list(prompt_ids),
+            "token_ids": result.token_ids,
+            "stop_reason": result.stop_reason,
+            "stats": {
+                "target_calls": m.target_calls, "draft_calls": m.draft_calls, "new_tokens": m.new_tokens,
+                "wall_s": round(m.wall_s, 4), "accepted_lengths": m.accepted_lengths,
+                "tokens_per_target_call": round(m.tokens_per_target_call, 4),
+            },
+        })
     write_jsonl(args.output, records)
     total = aggregate(metrics, wall_s=total_wall)
     print(

@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from autojudge.models import load_pair
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes, recommend_threshold, write_eval_outputs
-    from autojudge.pipeline.judge import Judge, default_window
+    from autojudge.judge import Judge, default_window
     from autojudge.tasks import InputError, build_task
 
     if args.window is not None and args.window < 1:

@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autojudge.pipeline.infer import DecodeStageConfig, InferConfig, run_infer
-    from autojudge.pipeline.judge import Judge, default_window
+    from autojudge.judge import Judge, default_window
 
     if args.window is None:
         args.window = default_window(Judge.load(args.judge) if args.mode == "autojudge" and args.judge else None)

@@ -53,7 +53,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from autojudge.real.smollm2 import RealModelUnavailable, resolve_real_spec
+    from autojudge.real.smollm2 import RealModelUnavailable
+    from autojudge.real.specs import resolve_real_spec
 
     try:
         print(f"target: {resolve_real_spec('smollm2:target')}")

@@ -64,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
     if args.max_waiting < 0:
         raise InputError("--max-waiting must be >= 0")
     if args.judge:
-        from autojudge.pipeline.judge import Judge
+        from autojudge.judge import Judge
 
         Judge.load(args.judge)  # a bad folder is a one-line error here, not a failed replica
     replica = ReplicaConfig(

@@ -1,32 +1,34 @@
-"""The speculative decode engine: cached forwards, acceptance rules, the engine loop, metrics.
+"""Computation on models, no Ray: the engine core, the cache, acceptance rules, metrics, the search.
 
-Pure PyTorch + transformers (no Ray). See DESIGN.md §1.4 and .notes/CONTRACTS.md.
-
-- `forward`: `cached_forward` (logits + final-norm hidden) and `BatchCache` (per-row roll-back).
-- `acceptance`: `ExactRule`, `TopKRule`, `JudgeRule`, `build_rule` -> bool mask `[batch, k]`.
-- `engine`: `SpeculativeEngine.generate(prompt_ids, max_new_tokens, ...) -> [GenerationResult]`.
+- `cache`: `RowKVCache` (one static slot per row) and `forward_rows` (one batched forward).
+- `acceptance`: the rules (`ExactRule`, `TopKRule`, `JudgeRule`, `build_rule`) -> bool mask `[batch, k]`,
+  and `accepted_lengths` / `greedy_prefix`, the one greedy-acceptance reduction.
+- `core`: `EngineCore` (`add_request` / `step` / `abort`, continuous batching; `generate` loops over it).
 - `metrics`: `RequestMetrics`, `aggregate`.
+- `search` / `lookahead`: the semi-greedy label search (DESIGN.md §1.1), plain and fast.
 """
 
 from autojudge.decode.acceptance import AcceptanceRule, ExactRule, JudgeRule, TopKRule, accepted_lengths, build_rule
-from autojudge.decode.engine import GenerationResult, SpeculativeEngine
-from autojudge.decode.forward import BatchCache, CacheLayoutError, ForwardOutput, cached_forward, left_pad
+from autojudge.decode.cache import CacheLayoutError, RowKVCache, RowOutput, forward_rows
+from autojudge.decode.core import EngineCore, GenerationResult, RequestSettings, RowUpdate, StepOutput
 from autojudge.decode.metrics import RequestMetrics, aggregate
 
 __all__ = [
     "AcceptanceRule",
-    "BatchCache",
     "CacheLayoutError",
+    "EngineCore",
     "ExactRule",
-    "ForwardOutput",
     "GenerationResult",
     "JudgeRule",
     "RequestMetrics",
-    "SpeculativeEngine",
+    "RequestSettings",
+    "RowKVCache",
+    "RowOutput",
+    "RowUpdate",
+    "StepOutput",
     "TopKRule",
     "accepted_lengths",
     "aggregate",
     "build_rule",
-    "cached_forward",
-    "left_pad",
+    "forward_rows",
 ]

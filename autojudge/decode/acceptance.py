@@ -10,13 +10,13 @@ the first unaccepted position on; an exact match is always accepted.
 - `TopKRule(top_k)`: c_i among T's top-K tokens (the simple lossy baseline).
 - `JudgeRule(judge, threshold)`: exact match, or a mismatch the judge calls unimportant
   (`p_important < threshold`). `judge(h_target [n, Ht], h_draft [n, Hd]) -> prob [n]` is any
-  callable (a trained `autojudge.pipeline.judge.Judge`, or a function in a test); it is only
+  callable (a trained `autojudge.judge.Judge`, or a function in a test); it is only
   evaluated on mismatching positions.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Container, Sequence
 
 import torch
 
@@ -27,6 +27,22 @@ MODES = ("exact", "topk", "autojudge")
 def accepted_lengths(mask: torch.Tensor) -> torch.Tensor:
     """`[batch]` long: length of the all-True prefix of each row of `mask` `[batch, k]`."""
     return mask.long().cumprod(dim=-1).sum(dim=-1)
+
+
+def greedy_prefix(proposed: Sequence[int], target_tokens: Sequence[int], stop_tokens: Container[int] = ()) -> int:
+    """Greedy acceptance on token lists: how many of `proposed` a target whose greedy tokens at the
+    same positions are `target_tokens` keeps (the run of equal tokens, ending after a stop token).
+
+    The engine's exact rule is this on tensors (`exact_matches` + `accepted_lengths`); the miner's
+    lookahead loops and the acceptance simulation (`real/measure.py`) call it directly."""
+    accepted = 0
+    for drafted, chosen in zip(proposed, target_tokens):
+        if drafted != chosen:
+            break
+        accepted += 1
+        if drafted in stop_tokens:
+            break
+    return accepted
 
 
 def exact_matches(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:

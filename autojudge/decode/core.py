@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -191,7 +191,7 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
             k = len(proposal.tokens[i])
             drafted[j, :k] = torch.tensor(proposal.tokens[i])
             logits[j, :k] = verification[i].logits[:k]  # type: ignore[index]
-            h_target[j, :k] = verification[i].hidden[1:]
+            h_target[j, :k] = verification[i].hidden[1 : k + 1]
             if h_draft is not None:
                 h_draft[j, :k] = proposal.hidden[i]  # type: ignore[index]
         mask = rule(drafted, logits, h_target, h_draft)  # [b, k]
@@ -200,6 +200,12 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
         for i, n in zip(members, accepted_lengths(mask).tolist()):
             accepted[i] = n
     return accepted
+
+
+def emit(drafted: Sequence[int], target_argmax: Sequence[int], accepted: int) -> list[int]:
+    """A cycle's tokens: the accepted draft tokens c_1..c_n, then the target's t_{n+1} (the
+    replacement for the first rejected token, or the bonus token when all k were kept)."""
+    return list(drafted[:accepted]) + [target_argmax[accepted]]
 
 
 def stop_cut(generated: Sequence[int], start: int, eos: set[int], stop_strings: Sequence[str], tokenizer: Any) -> tuple[int, str] | None:
@@ -332,8 +338,7 @@ class EngineCore:
         for i, row in enumerate(rows):
             n = accepted[i]
             row.metrics.record_cycle(n, proposal.draft_calls[i])
-            emitted = proposal.tokens[i][:n] + [verification[i].argmax[n]]
-            new_tokens = self._append(row, emitted)
+            new_tokens = self._append(row, emit(proposal.tokens[i], verification[i].argmax, n))
             assert row.slot is not None
             self.target_cache.truncate(row.slot, len(row.tokens) - 1)
             self.draft_cache.truncate(row.slot, len(row.tokens) - 1)
@@ -345,10 +350,14 @@ class EngineCore:
         return StepOutput(updates)
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], settings: RequestSettings | Sequence[RequestSettings] = RequestSettings()
+        self,
+        prompts: Sequence[Sequence[int]],
+        settings: RequestSettings | Sequence[RequestSettings] = RequestSettings(),
+        on_finished: Callable[[int], None] | None = None,
     ) -> list[GenerationResult]:
         """Decode every prompt (continuous batching, at most `max_batch` rows at once); one result
-        per prompt, in order. `settings` is one for all or one per prompt."""
+        per prompt, in order. `settings` is one for all or one per prompt; `on_finished(index)` is
+        called as each prompt finishes (progress)."""
         if isinstance(settings, RequestSettings):
             settings = [settings] * len(prompts)
         if len(settings) != len(prompts):
@@ -363,6 +372,8 @@ class EngineCore:
                 tokens[update.request_id].extend(update.new_token_ids)
                 if update.finished:
                     results[update.request_id] = GenerationResult(tokens[update.request_id], update.metrics, update.stop_reason or "length")
+                    if on_finished is not None:
+                        on_finished(update.request_id - ids[0])
         return [results[request_id] for request_id in ids]
 
     # -- bookkeeping --------------------------------------------------------------------
@@ -415,6 +426,7 @@ __all__ = [
     "RowUpdate",
     "StepOutput",
     "accept",
+    "emit",
     "propose",
     "stop_cut",
     "verify",

@@ -1,6 +1,6 @@
 """Reading a mining folder into arrays, building judge features, and splitting by prompt.
 
-A mining folder (CONTRACTS.md) holds `labels/*.parquet` (one row per mismatch with
+A mining folder (the layout of `pipeline/shards.py`) holds `labels/*.parquet` (one row per mismatch with
 `prompt_id`, `position`, `target_token`, `draft_token`, `important`, and the hidden
 states `h_target` / `h_draft` as list<float32>), `responses/*.parquet` and
 `manifest.json` (model ids, tokenizer fingerprint, hidden sizes).
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from autojudge.judge import FEATURE_SETUPS, build_features  # noqa: F401 (re-exported for train)
 from autojudge.tasks.jsonl import InputError
 
-FEATURE_SETUPS = ("DT", "DD-DT")
 LABEL_COLUMNS = ("prompt_id", "position", "target_token", "draft_token", "important", "h_target", "h_draft")
 
 
@@ -62,15 +62,6 @@ class MinedData:
     def features(self, feature_setup: str) -> np.ndarray:
         """[n, F] float32 features of a setup: DT = h_target, DD-DT = [h_draft ; h_target]."""
         return build_features(self.h_target, self.h_draft, feature_setup)
-
-
-def build_features(h_target: np.ndarray, h_draft: np.ndarray, feature_setup: str) -> np.ndarray:
-    """[n, F] features from hidden states (DESIGN §1.2); same layout as the judge at decode time."""
-    if feature_setup == "DT":
-        return np.asarray(h_target, dtype=np.float32)
-    if feature_setup == "DD-DT":
-        return np.concatenate([h_draft, h_target], axis=1).astype(np.float32, copy=False)
-    raise InputError(f"unknown feature setup {feature_setup!r}; choose from {', '.join(FEATURE_SETUPS)}")
 
 
 def _list_column_to_matrix(column: Any, name: str, where: str) -> np.ndarray:

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from autojudge.models import eos_token_ids
 from autojudge.tasks.base import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -121,25 +120,16 @@ def sweep_thresholds(
 
 
 def decode_problems(
-    engine: Any, tokenizer: Any, task: Task, problems: Sequence[Problem], config: EvalConfig,
+    engine: Any, settings: Any, tokenizer: Any, task: Task, problems: Sequence[Problem],
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[str], list[Any], float]:
-    """(texts, per-request metrics, wall seconds) of decoding `problems` in batches."""
-    texts: list[str] = []
-    metrics: list[Any] = []
+    """(texts, per-request metrics, wall seconds) of decoding `problems` on the engine core
+    (continuous batching: a finished row's slot is taken by the next problem at once)."""
+    prompt_ids = [task.prompt_ids(problem, tokenizer) for problem in problems]
     start = time.perf_counter()
-    for first in range(0, len(problems), config.batch_size):
-        batch = problems[first:first + config.batch_size]
-        prompt_ids = [
-            tokenizer(task.render_prompt(problem, tokenizer), add_special_tokens=False).input_ids for problem in batch
-        ]
-        results = engine.generate(prompt_ids, config.max_new_tokens)
-        for result in results:
-            texts.append(tokenizer.decode(result.token_ids, skip_special_tokens=True))
-            metrics.append(result.metrics)
-        if progress is not None:
-            progress(len(batch))
-    return texts, metrics, time.perf_counter() - start
+    results = engine.generate(prompt_ids, settings, on_finished=None if progress is None else (lambda _: progress(1)))
+    texts = [tokenizer.decode(result.token_ids, skip_special_tokens=True) for result in results]
+    return texts, [result.metrics for result in results], time.perf_counter() - start
 
 
 def _mean_accepted_length(metrics: Sequence[Any]) -> float:
@@ -155,7 +145,7 @@ def evaluate_setting(
 ) -> SettingResult:
     """Decode `problems` with one mode/parameter and score the outputs."""
     from autojudge.decode.acceptance import build_rule
-    from autojudge.decode.engine import SpeculativeEngine
+    from autojudge.decode.core import EngineCore, RequestSettings
 
     if mode == "topk":
         rule = build_rule("topk", top_k=int(param))  # type: ignore[arg-type]
@@ -167,11 +157,9 @@ def evaluate_setting(
         rule = build_rule("exact")
         label = "exact"
     tokenizer = pair.tokenizer
-    engine = SpeculativeEngine(
-        pair.target, pair.draft, rule, config.window,
-        eos_token_ids=eos_token_ids(tokenizer, pair.target, pair.draft), pad_token_id=tokenizer.pad_token_id,
-    )
-    texts, metrics, wall_s = decode_problems(engine, tokenizer, task, problems, config, progress)
+    engine = EngineCore.for_pair(pair, judge=judge, default_window=config.window, max_batch=config.batch_size)
+    settings = RequestSettings(max_new_tokens=config.max_new_tokens, rule=rule)
+    texts, metrics, wall_s = decode_problems(engine, settings, tokenizer, task, problems, progress)
     answers = [task.answer(problem, text) for problem, text in zip(problems, texts)]
     correct = [task.is_correct(problem, text) for problem, text in zip(problems, texts)]
     agreement = None

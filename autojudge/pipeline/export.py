@@ -1,6 +1,6 @@
 """Export a mining folder as a Hugging Face `datasets` dataset with a dataset card.
 
-Input: a mining folder (CONTRACTS.md) with `labels/*.parquet` (one row per mismatch),
+Input: a mining folder (the layout of `pipeline/shards.py`) with `labels/*.parquet` (one row per mismatch),
 `responses/*.parquet` (one row per prompt) and `manifest.json`.
 
 Output folder, laid out exactly as `DatasetDict.push_to_hub` lays out a Hub repo, so

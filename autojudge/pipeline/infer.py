@@ -9,9 +9,8 @@ Every input row yields exactly one output row. A row that cannot be decoded (not
 no `question`/`prompt`, empty, too long, a decode failure) carries its message in the
 `error` column and null text; the rest of its batch is decoded normally.
 
-`decode_rows` is the stage function: a plain function over a list of row dicts and a
-loaded `DecodeState`, so it is tested without a cluster. The actor class in
-`autojudge/actors/decoder.py` only loads the state once and calls it.
+This module is the driver (read, plan, write, summarize). The decode replica and its stage
+function `decode_rows` live in `autojudge/actors/decoder.py`.
 """
 
 from __future__ import annotations
@@ -24,41 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from autojudge.tasks.jsonl import InputError
+from autojudge.actors.decoder import DecodeStageConfig, output_schema  # noqa: F401 (the stage config travels with InferConfig)
+from autojudge.errors import InputError
 
 ROW_COLUMNS = ("id", "source", "question", "prompt", "error")  # the parsed corpus rows
-
-
-@dataclass
-class DecodeStageConfig:
-    """What one decode replica loads and how it decodes (shipped to every actor)."""
-
-    target: str = "toy:target"
-    """Target model spec (hub id, folder, .gguf, toy:target)."""
-    draft: str = "toy:draft"
-    """Draft model spec; must share the target's tokenizer."""
-    mode: str = "exact"
-    """Acceptance rule: exact | topk | autojudge."""
-    judge: str | None = None
-    """Judge folder (mode autojudge); it must match the model pair."""
-    threshold: float | None = None
-    """Judge threshold tau (default: the judge's default)."""
-    top_k: int = 4
-    """K of mode topk."""
-    window: int = 4
-    """Draft tokens proposed per target call."""
-    max_new_tokens: int = 256
-    """Generation budget per row."""
-    task: str = "gsm8k"
-    """Task that formats `question` rows (chat template); `prompt` rows are used as raw text."""
-    stop: tuple[str, ...] = ()
-    """Stop strings."""
-    max_prompt_tokens: int | None = None
-    """Longer prompts become error rows (default: the models' context length minus max_new_tokens)."""
-    device: str = "auto"
-    """torch device of a replica; auto = cuda when the replica has a GPU, else cpu."""
-    threads: int | None = None
-    """torch CPU threads per replica (default: the replica's CPU count)."""
 
 
 @dataclass
@@ -89,18 +57,6 @@ class InferConfig:
     """CPUs of the local cluster when one is started."""
     io_cpus: float = 0.25
     """CPUs each read/parse/write task asks for (light work; small so it never waits for the actors)."""
-
-
-@dataclass
-class DecodeState:
-    """What a replica holds: the loaded pair, the engine, the task that formats questions."""
-
-    config: DecodeStageConfig
-    pair: Any
-    engine: Any
-    task: Any
-    max_prompt_tokens: int
-    replica: str
 
 
 # --------------------------------------------------------------------------- parsing
@@ -172,143 +128,6 @@ def row_schema() -> Any:
     import pyarrow as pa
 
     return pa.schema([(name, pa.string()) for name in ROW_COLUMNS])
-
-
-def output_schema() -> Any:
-    """Schema of every output batch (fixed, so shards always concatenate)."""
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("id", pa.string()), ("source", pa.string()), ("text", pa.string()),
-            ("token_ids", pa.list_(pa.int32())), ("num_prompt_tokens", pa.int32()),
-            ("stop_reason", pa.string()), ("new_tokens", pa.int32()), ("target_calls", pa.int32()),
-            ("draft_calls", pa.int32()), ("tokens_per_target_call", pa.float64()),
-            ("accepted_lengths", pa.list_(pa.int32())), ("wall_s", pa.float64()),
-            ("replica", pa.string()), ("error", pa.string()),
-        ]
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def load_decode_state(config: DecodeStageConfig, num_gpus: float = 0.0) -> DecodeState:
-    """Load the pair, the rule (and judge) and the engine; done once per replica."""
-    import socket
-
-    import torch
-
-    from autojudge.decode import SpeculativeEngine, build_rule
-    from autojudge.models import load_pair
-    from autojudge.tasks import get_task
-
-    device = config.device
-    if device == "auto":
-        device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(max(1, config.threads or 1))
-    pair = load_pair(config.target, config.draft, device=device)
-    if config.mode == "autojudge":
-        if not config.judge:
-            raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
-        from autojudge.pipeline.judge import Judge
-
-        judge = Judge.load(config.judge)
-        judge.check_model_pair(pair)
-        rule = build_rule("autojudge", judge=judge, threshold=config.threshold)
-    else:
-        rule = build_rule(config.mode, top_k=config.top_k)
-    tokenizer = pair.tokenizer
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    engine = SpeculativeEngine(
-        pair.target, pair.draft, rule, window=config.window, eos_token_ids=eos,
-        pad_token_id=tokenizer.pad_token_id or 0,
-    )  # fmt: skip
-    max_prompt = config.max_prompt_tokens
-    if max_prompt is None:
-        context = min(
-            getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 10**9
-            for model in (pair.target, pair.draft)
-        )
-        max_prompt = max(1, context - config.max_new_tokens)
-    replica = f"{socket.gethostname()}:{os.getpid()}"
-    return DecodeState(config, pair, engine, get_task(config.task), max_prompt, replica)
-
-
-def _error_row(row: dict[str, Any], error: str, replica: str, num_prompt_tokens: int | None = None) -> dict[str, Any]:
-    return {
-        "id": row.get("id"), "source": row.get("source"), "text": None, "token_ids": [],
-        "num_prompt_tokens": num_prompt_tokens, "stop_reason": None, "new_tokens": 0, "target_calls": 0,
-        "draft_calls": 0, "tokens_per_target_call": None, "accepted_lengths": [], "wall_s": None,
-        "replica": replica, "error": error,
-    }  # fmt: skip
-
-
-def _prompt_ids(state: DecodeState, row: dict[str, Any]) -> list[int]:
-    from autojudge.tasks import Problem
-
-    problem = Problem(id=str(row["id"]), question=row.get("question"), prompt=row.get("prompt"))
-    text = state.task.render_prompt(problem, state.pair.tokenizer)
-    return state.pair.tokenizer(text, add_special_tokens=False).input_ids
-
-
-def decode_rows(state: DecodeState, rows: list[dict[str, Any]]) -> Any:
-    """The stage function: rows {id, source, question, prompt, error} -> output Table (same order).
-
-    Invalid rows and rows whose decode fails get `error`; the others are decoded together.
-    When the batched decode raises, each row is retried alone so only the culprit fails.
-    """
-    import pyarrow as pa
-
-    config = state.config
-    outputs: list[dict[str, Any] | None] = [None] * len(rows)
-    todo: list[tuple[int, list[int]]] = []  # (row index, prompt ids)
-    for index, row in enumerate(rows):
-        if row.get("error"):
-            outputs[index] = _error_row(row, row["error"], state.replica)
-            continue
-        try:
-            ids = _prompt_ids(state, row)
-        except Exception as err:  # template or tokenizer failure on odd text
-            outputs[index] = _error_row(row, f"cannot tokenize: {type(err).__name__}: {err}", state.replica)
-            continue
-        if not ids:
-            outputs[index] = _error_row(row, "prompt has no tokens", state.replica, 0)
-        elif len(ids) > state.max_prompt_tokens:
-            outputs[index] = _error_row(
-                row, f"prompt too long: {len(ids)} tokens > {state.max_prompt_tokens}", state.replica, len(ids)
-            )
-        else:
-            todo.append((index, ids))
-
-    def generate(items: list[tuple[int, list[int]]]) -> None:
-        results = state.engine.generate(
-            [ids for _, ids in items], config.max_new_tokens, stop_strings=config.stop, tokenizer=state.pair.tokenizer
-        )
-        for (index, ids), result in zip(items, results):
-            m = result.metrics
-            outputs[index] = {
-                "id": rows[index]["id"], "source": rows[index].get("source"),
-                "text": state.pair.tokenizer.decode(result.token_ids, skip_special_tokens=True),
-                "token_ids": list(result.token_ids), "num_prompt_tokens": len(ids),
-                "stop_reason": result.stop_reason, "new_tokens": m.new_tokens, "target_calls": m.target_calls,
-                "draft_calls": m.draft_calls, "tokens_per_target_call": m.tokens_per_target_call,
-                "accepted_lengths": list(m.accepted_lengths), "wall_s": m.wall_s,
-                "replica": state.replica, "error": None,
-            }  # fmt: skip
-
-    if todo:
-        try:
-            generate(todo)
-        except Exception:  # isolate the failing row(s); the others still get their output
-            for item in todo:
-                try:
-                    generate([item])
-                except Exception as err:
-                    message = f"decode failed: {type(err).__name__}: {err}"
-                    outputs[item[0]] = _error_row(rows[item[0]], message, state.replica, len(item[1]))
-    return pa.Table.from_pylist(outputs, schema=output_schema())
 
 
 # --------------------------------------------------------------------------- driver
@@ -457,6 +276,7 @@ def run_infer(config: InferConfig) -> dict[str, Any]:
         raise InputError("--batch-size, --num-replicas, --max-new-tokens and --window must be >= 1")
     if stage.mode == "autojudge" and not stage.judge:
         raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
+    stage.batch_size = config.batch_size
     if stage.threads is None:
         stage.threads = max(1, int(config.num_cpus_per_replica))
     _check_pair_tokenizers(stage)

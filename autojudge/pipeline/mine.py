@@ -9,8 +9,8 @@
 4. write each finished chunk as one shard (atomic), update the progress bar (labels/s);
 5. write `manifest.json` with models, task, settings and counts.
 
-`mine_problems(...)` is the per-replica work (one loaded pair, a list of problems)
-shared by the actors, the in-process path and `bench/mine.py`.
+The per-replica work (one loaded pair, a list of problems -> rows) is
+`autojudge.actors.miner.MiningWorker`, shared by the actors, the in-process path and `bench/mine.py`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from autojudge.pipeline import shards
 
@@ -71,245 +71,6 @@ class MineConfig:
 
     def device(self) -> str:
         return "cuda" if self.gpus_per_worker > 0 else "cpu"
-
-
-# ---------------------------------------------------------------------------------------
-# Per-replica work
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class PreparedPrompt:
-    """A problem tokenized and checked, or the reason it cannot be mined."""
-
-    problem: Any
-    prompt_ids: list[int] = field(default_factory=list)
-    budget: int = 0
-    error: str | None = None
-
-
-def model_context(model: Any) -> int:
-    """Longest sequence a model supports (max_position_embeddings / n_positions)."""
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1 << 30
-
-
-def prepare_prompt(problem: Any, task: Any, tokenizer: Any, max_new_tokens: int, context: int) -> PreparedPrompt:
-    """Tokenize one problem; an unusable one gets `error` naming the problem."""
-    prepared = PreparedPrompt(problem)
-    if problem.error:
-        prepared.error = problem.error
-        return prepared
-    try:
-        text = task.render_prompt(problem, tokenizer)
-    except Exception as err:  # noqa: BLE001 - any task error is this prompt's error
-        prepared.error = f"cannot render prompt: {err}"
-        return prepared
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    if not text.strip() or not ids:
-        prepared.error = "empty prompt"
-    elif len(ids) >= context:
-        prepared.error = f"prompt too long: {len(ids)} tokens, the models' context is {context} tokens"
-    else:
-        prepared.prompt_ids = ids
-        prepared.budget = min(max_new_tokens, context - len(ids))
-    return prepared
-
-
-def result_rows(prepared: PreparedPrompt, result: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Label rows and the response row of one prompt (result: SearchResult or an exception)."""
-    prompt_id = str(prepared.problem.id)
-    response = {
-        "prompt_id": prompt_id,
-        "prompt_token_ids": prepared.prompt_ids,
-        "initial_response_ids": None,
-        "final_response_ids": None,
-        "target_answer": None,
-        "num_labels": 0,
-        "error": prepared.error,
-    }
-    if isinstance(result, Exception):
-        response["error"] = f"search failed: {type(result).__name__}: {result}"
-        return [], response
-    if result is None:
-        return [], response
-    labels = [
-        {
-            "prompt_id": prompt_id,
-            "position": label.position,
-            "target_token": label.target_token,
-            "draft_token": label.draft_token,
-            "important": label.important,
-            "h_target": label.h_target.tolist() if label.h_target is not None else None,
-            "h_draft": label.h_draft.tolist() if label.h_draft is not None else None,
-        }
-        for label in result.labels
-    ]
-    response.update(
-        initial_response_ids=result.initial_response,
-        final_response_ids=result.final_response,
-        target_answer=None if result.target_answer is None else str(result.target_answer),
-        num_labels=len(labels),
-    )
-    return labels, response
-
-
-def mine_problems(
-    pair: Any,
-    task: Any,
-    problems: list[Any],
-    max_new_tokens: int,
-    batch_size: int = 16,
-    method: str = "fast",
-    searcher: Any = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Mine `problems` on one loaded pair: (label rows, response rows), one response per problem."""
-    from autojudge.pipeline.search import TaskEvaluator, eos_token_ids, plain_search
-    from autojudge.pipeline.search_fast import BatchedSearcher, SearchJob
-
-    tokenizer = pair.tokenizer
-    context = min(model_context(pair.target), model_context(pair.draft))
-    prepared = [prepare_prompt(p, task, tokenizer, max_new_tokens, context) for p in problems]
-    eos_ids = eos_token_ids(tokenizer, pair.target)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    runnable = [p for p in prepared if p.error is None]
-    results: dict[int, Any] = {}
-    if method == "plain":
-        for item in runnable:
-            evaluator = TaskEvaluator(task, item.problem, tokenizer)
-            try:
-                results[id(item)] = plain_search(
-                    pair.target, pair.draft, item.prompt_ids, evaluator, item.budget, eos_ids, pad_id
-                )
-            except Exception as err:  # noqa: BLE001 - one prompt's failure is its error row
-                results[id(item)] = err
-    elif method == "fast":
-        searcher = searcher or BatchedSearcher(pair.target, pair.draft, eos_ids, pad_id, batch_size)
-        jobs = [SearchJob(id(item), item.prompt_ids, TaskEvaluator(task, item.problem, tokenizer), item.budget) for item in runnable]
-        results.update(searcher.run(jobs))
-    else:
-        raise ValueError(f"unknown mining method {method!r}: use fast or plain")
-    label_rows: list[dict[str, Any]] = []
-    response_rows: list[dict[str, Any]] = []
-    for item in prepared:
-        labels, response = result_rows(item, results.get(id(item)))
-        label_rows.extend(labels)
-        response_rows.append(response)
-    return label_rows, response_rows
-
-
-class StreamingMiner:
-    """Continuous batching across calls: one background thread runs a `BatchedSearcher`
-    over a queue, so the batch stays full while the driver keeps chunks in flight.
-    `mine(problems)` is thread-safe (a threaded Ray actor calls it concurrently) and
-    blocks until its problems are done."""
-
-    def __init__(self, pair: Any, task: Any, max_new_tokens: int, batch_size: int) -> None:
-        import queue
-        import threading
-
-        from autojudge.pipeline.search import eos_token_ids
-        from autojudge.pipeline.search_fast import BatchedSearcher
-
-        self.pair, self.task, self.max_new_tokens = pair, task, max_new_tokens
-        tokenizer = pair.tokenizer
-        eos_ids = eos_token_ids(tokenizer, pair.target)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-        self.searcher = BatchedSearcher(pair.target, pair.draft, eos_ids, pad_id, batch_size)
-        self.context = min(model_context(pair.target), model_context(pair.draft))
-        self.jobs: queue.Queue = queue.Queue()
-        self.open_calls: set[_Collector] = set()
-        self.lock = threading.Lock()
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="miner-search-loop")
-        self.thread.start()
-
-    def _next_job(self, block: bool) -> Any:
-        import queue
-
-        try:
-            return self.jobs.get(block=block)
-        except queue.Empty:
-            return None
-
-    def _loop(self) -> None:
-        try:
-            # the caches grow to the longest prompt + budget seen, not to the model's context
-            for key, result in self.searcher.run_stream(self._next_job, 256):
-                collector, index = key
-                collector.done(index, result)
-        except BaseException as err:  # noqa: BLE001 - a failed batched forward fails every open call
-            with self.lock:
-                self.failure = err
-                for collector in self.open_calls:
-                    collector.finished.set()
-
-    def close(self) -> None:
-        """Stop the search loop once the searches in flight are done."""
-        from autojudge.pipeline.search_fast import END_OF_JOBS
-
-        self.jobs.put(END_OF_JOBS)
-        self.thread.join()
-
-    def mine(self, problems: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(label rows, response rows) for `problems`, searched alongside other calls' problems."""
-        from autojudge.pipeline.search import TaskEvaluator
-        from autojudge.pipeline.search_fast import SearchJob
-
-        tokenizer = self.pair.tokenizer
-        prepared = [prepare_prompt(p, self.task, tokenizer, self.max_new_tokens, self.context) for p in problems]
-        runnable = [i for i, item in enumerate(prepared) if item.error is None]
-        collector = _Collector(len(runnable))
-        with self.lock:
-            if self.failure is not None:
-                raise RuntimeError(f"the search loop failed: {self.failure!r}")
-            self.open_calls.add(collector)
-        for index in runnable:
-            item = prepared[index]
-            evaluator = TaskEvaluator(self.task, item.problem, tokenizer)
-            self.jobs.put(SearchJob((collector, index), item.prompt_ids, evaluator, item.budget))
-        collector.wait()
-        with self.lock:
-            self.open_calls.discard(collector)
-            if len(collector.results) < collector.expected:
-                raise RuntimeError(f"the search loop failed: {self.failure!r}")
-        label_rows: list[dict[str, Any]] = []
-        response_rows: list[dict[str, Any]] = []
-        for index, item in enumerate(prepared):
-            labels, response = result_rows(item, collector.results.get(index))
-            label_rows.extend(labels)
-            response_rows.append(response)
-        return label_rows, response_rows
-
-
-class _Collector:
-    """Results of one `StreamingMiner.mine` call, filled by the search thread."""
-
-    def __init__(self, expected: int) -> None:
-        import threading
-
-        self.expected = expected
-        self.results: dict[int, Any] = {}
-        self.finished = threading.Event()
-        if expected == 0:
-            self.finished.set()
-
-    def done(self, index: int, result: Any) -> None:
-        self.results[index] = result
-        if len(self.results) == self.expected:
-            self.finished.set()
-
-    def wait(self) -> None:
-        self.finished.wait()
-
-
-# ---------------------------------------------------------------------------------------
-# The driver
-# ---------------------------------------------------------------------------------------
 
 
 def load_problems(config: MineConfig) -> list[Any]:
@@ -422,65 +183,30 @@ def check_resumable(config: MineConfig, out: Path) -> None:
         raise InputError(f"{out} was mined with other settings ({'; '.join(changed)}); use a new --out folder")
 
 
-def describe_pair(pair: Any) -> dict[str, Any]:
-    """Model facts recorded in the manifest (the judge checks them later)."""
-    from autojudge.models import tokenizer_fingerprint
-
-    return {
-        "tokenizer_fingerprint": tokenizer_fingerprint(pair.tokenizer),
-        "target_hidden_size": int(pair.target.config.hidden_size),
-        "draft_hidden_size": int(pair.draft.config.hidden_size),
-    }
-
-
 def _mine_local(config: MineConfig, out: Path, chunks: list[list[Any]], progress: Progress) -> dict[str, Any]:
-    """workers=0: mine in this process, one shard per chunk; with the fast method the chunks
-    in flight share one continuously batched search loop, as in an actor."""
-    from concurrent.futures import ThreadPoolExecutor
+    """workers=0: one `MiningWorker` in this process; the chunks in flight share its search loop."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    from autojudge.models import load_pair
+    from autojudge.actors.miner import describe_pair, load_worker
 
-    pair = load_pair(config.target, config.draft, config.device())
-    models = describe_pair(pair)
+    worker = load_worker(config)
+    models = describe_pair(worker.pair)
     write_manifest(config, out, models, status="running")
     progress.restart()
-    task = build_task(config)
-    if config.method == "plain":
-        for index, chunk in enumerate(chunks):
-            labels, responses = mine_problems(pair, task, chunk, config.max_new_tokens, method="plain")
-            shards.write_shard(out, shards.new_shard_name(index), labels, responses)
-            progress.update(len(responses), len(labels))
-        return models
-    miner = StreamingMiner(pair, task, config.max_new_tokens, config.batch_size)
-    pending = list(enumerate(chunks))[::-1]
     with ThreadPoolExecutor(max_workers=config.max_chunks_in_flight) as pool:
         try:
-            _drain_local(miner, pool, pending, config, out, progress)
+            schedule_chunks(
+                chunks, [lambda chunk: pool.submit(worker.mine, chunk)], config.max_chunks_in_flight,
+                wait_any=lambda futures: list(wait(futures, return_when=FIRST_COMPLETED).done),
+                result=lambda future: future.result(), write=lambda index, rows: _write(out, progress, index, rows),
+            )  # fmt: skip
         finally:
-            miner.close()
+            worker.close()
     return models
 
 
-def _drain_local(miner: StreamingMiner, pool: Any, pending: list[tuple[int, list[Any]]], config: MineConfig,
-                 out: Path, progress: Progress) -> None:
-    """Keep `max_chunks_in_flight` chunks in the in-process miner; write each as it finishes."""
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    in_flight: dict[Any, int] = {}
-    while pending or in_flight:
-        while pending and len(in_flight) < config.max_chunks_in_flight:
-            index, chunk = pending.pop()
-            in_flight[pool.submit(miner.mine, chunk)] = index
-        done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-        for future in done:
-            index = in_flight.pop(future)
-            labels, responses = future.result()
-            shards.write_shard(out, shards.new_shard_name(index), labels, responses)
-            progress.update(len(responses), len(labels))
-
-
 def _mine_ray(config: MineConfig, out: Path, chunks: list[list[Any]], progress: Progress) -> dict[str, Any]:
-    """Stream chunks to `workers` actors with at most `max_chunks_in_flight` each."""
+    """`workers` Ray actors, each holding one `MiningWorker`."""
     import ray
 
     from autojudge.actors.miner import MinerActor
@@ -493,25 +219,45 @@ def _mine_ray(config: MineConfig, out: Path, chunks: list[list[Any]], progress: 
     ray.get([actor.describe.remote() for actor in actors[1:]])
     write_manifest(config, out, models, status="running")
     progress.restart()
-    pending = list(enumerate(chunks))[::-1]
-    in_flight: dict[Any, tuple[int, Any]] = {}  # ref -> (chunk index, actor)
-    load = {i: 0 for i in range(len(actors))}
     try:
-        while pending or in_flight:
-            for actor_index in range(len(actors)):
-                while pending and load[actor_index] < config.max_chunks_in_flight:
-                    index, chunk = pending.pop()
-                    ref = actors[actor_index].mine_chunk.remote(chunk)
-                    in_flight[ref] = (index, actor_index)
-                    load[actor_index] += 1
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in ready:
-                index, actor_index = in_flight.pop(ref)
-                load[actor_index] -= 1
-                labels, responses = ray.get(ref)
-                shards.write_shard(out, shards.new_shard_name(index), labels, responses)
-                progress.update(len(responses), len(labels))
+        schedule_chunks(
+            chunks, [actor.mine_chunk.remote for actor in actors], config.max_chunks_in_flight,
+            wait_any=lambda refs: ray.wait(refs, num_returns=1)[0], result=ray.get,
+            write=lambda index, rows: _write(out, progress, index, rows),
+        )  # fmt: skip
     finally:
         for actor in actors:
             ray.kill(actor)
     return models
+
+
+def schedule_chunks(
+    chunks: list[list[Any]],
+    replicas: list[Callable[[list[Any]], Any]],
+    per_replica: int,
+    wait_any: Callable[[list[Any]], list[Any]],
+    result: Callable[[Any], Any],
+    write: Callable[[int, Any], None],
+) -> None:
+    """The one scheduler: keep at most `per_replica` chunks in flight on each replica (`replicas[i](chunk)`
+    returns a handle: a future or a Ray ref), and write each chunk's rows as soon as it finishes."""
+    pending = list(enumerate(chunks))[::-1]
+    in_flight: dict[Any, tuple[int, int]] = {}  # handle -> (chunk index, replica)
+    load = [0] * len(replicas)
+    while pending or in_flight:
+        for replica, submit in enumerate(replicas):
+            while pending and load[replica] < per_replica:
+                index, chunk = pending.pop()
+                in_flight[submit(chunk)] = (index, replica)
+                load[replica] += 1
+        for handle in wait_any(list(in_flight)):
+            index, replica = in_flight.pop(handle)
+            load[replica] -= 1
+            write(index, result(handle))
+
+
+def _write(out: Path, progress: Progress, index: int, rows: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
+    """Commit one finished chunk as a shard and count it."""
+    labels, responses = rows
+    shards.write_shard(out, shards.new_shard_name(index), labels, responses)
+    progress.update(len(responses), len(labels))

@@ -1,6 +1,6 @@
 """Parquet shards of a mining folder: atomic writes, reading back, and the resume set.
 
-Layout of a mining folder DIR (.notes/CONTRACTS.md):
+Layout of a mining folder DIR (this module is its one reader and writer):
 - `DIR/labels/<shard>.parquet`: one row per mismatch (`LABEL_SCHEMA`);
 - `DIR/responses/<shard>.parquet`: one row per prompt (`RESPONSE_SCHEMA`);
 - `DIR/manifest.json`: models, task, settings and counts.

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from autojudge.pipeline.dataset import FEATURE_SETUPS, MinedData, check_trainable, split_by_prompt
-from autojudge.pipeline.judge import Judge, PairInfo
+from autojudge.judge import Judge, PairInfo
 from autojudge.tasks.jsonl import InputError
 
 log = logging.getLogger(__name__)

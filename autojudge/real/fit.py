@@ -2,7 +2,7 @@
 
 The first N layers of SmolLM2 followed by the target's final norm and head predict
 poorly: the residual stream after layer N is not in the space the head reads (about
-6% agreement with the target's greedy token at N = 4..8, see docs/real_models.md).
+6% agreement with the target's greedy token at N = 4..8, see README "Real models").
 We therefore train only the draft's *last decoder layer and final norm* (the
 embeddings and the tied head stay frozen, so the draft keeps the target's tokenizer
 and vocabulary) to imitate the target on the target's own greedy GSM8K responses:
@@ -55,14 +55,6 @@ class FitConfig:
     """GSM8K train JSONL (default: ../shared/data/gsm8k/train.jsonl next to the repo, or $AUTOJUDGE_DATA)."""
 
 
-def default_gsm8k(split: str) -> Path:
-    import os
-
-    if os.environ.get("AUTOJUDGE_DATA"):
-        return Path(os.environ["AUTOJUDGE_DATA"]) / "gsm8k" / f"{split}.jsonl"
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / f"{split}.jsonl"
-
-
 @torch.no_grad()
 def target_soft_labels(target: Any, prompt: list[int], response: list[int], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k token ids [R, k] and renormalised probabilities [R, k] of the target at each response position."""
@@ -75,7 +67,7 @@ def reference_sequences(tokenizer: Any, source: str, count: int, offset: int) ->
     """(prompt ids, reference-solution ids + EOS) for GSM8K problems `offset..offset+count`."""
     import re
 
-    from autojudge.real.measure import gsm8k_prompt_ids
+    from autojudge.real.data import gsm8k_prompt_ids
     from autojudge.tasks import get_task
 
     problems = get_task("gsm8k").load(source, limit=offset + count)[offset:]
@@ -92,13 +84,13 @@ def fit_draft(config: FitConfig, cache: Path | None = None, log: Any = print) ->
     """Build `draft-L{N}`, fit it as above, save `draft-L{N}-fit` (with `fit.json`); returns the folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autojudge.real.measure import cached_target_responses
-    from autojudge.real.smollm2 import build_draft, model_root, resolve_real_spec, save_model_folder
+    from autojudge.real.data import cached_target_responses, default_gsm8k
+    from autojudge.real.smollm2 import build_draft, convert_target, model_root, save_model_folder
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     folder = model_root(cache) / (config.name or f"draft-L{config.num_layers}-fit")
-    target_dir = resolve_real_spec("smollm2:target", cache)
+    target_dir = convert_target(cache)
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
     draft = AutoModelForCausalLM.from_pretrained(build_draft(config.num_layers, cache), dtype=torch.float32)

@@ -7,8 +7,8 @@ the draft's *teacher-forced* argmax over the target's greedy response. One
 teacher-forced draft pass over y = T.greedy(x) therefore gives the exact cycle
 count of a window-k speculative decode (up to float ties) without running it:
 
-    matches_i = argmax D(. | x, y_<i) == y_i
-    cycle at p: n = run of matches from p, capped at k; emit n + 1 tokens; p += n + 1
+    d_i = argmax D(. | x, y_<i)
+    cycle at p: n = greedy_prefix(d_p..d_{p+k-1}, y_p..y_{p+k-1}); emit n + 1 tokens; p += n + 1
 
 tokens per target call = len(y) / cycles. `target_responses` produces y in batches
 (left padded), which is much faster on CPU than one prompt at a time.
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from autojudge.decode.acceptance import greedy_prefix
 
 
 @dataclass
@@ -40,47 +42,20 @@ class AcceptanceStats:
 
 
 @torch.no_grad()
-def target_responses(
-    model: Any, tokenizer: Any, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 8
-) -> list[list[int]]:
-    """Greedy responses of `model` (stopping at EOS, which is kept), batched with left padding."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_id = tokenizer.eos_token_id
-    responses: list[list[int]] = []
-    for start in range(0, len(prompt_ids), batch_size):
-        chunk = prompt_ids[start : start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk])  # [b, width]
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
-        output = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-            do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id,
-        )
-        for row in output[:, width:].tolist():
-            response = []
-            for token in row:
-                response.append(token)
-                if token == eos_id:
-                    break
-            responses.append(response)
-    return responses
-
-
-@torch.no_grad()
-def draft_matches(draft: Any, prompt: list[int], response: list[int]) -> list[bool]:
-    """matches_i = (teacher-forced draft argmax at response position i) == response[i]."""
+def draft_predictions(draft: Any, prompt: list[int], response: list[int]) -> list[int]:
+    """The draft's teacher-forced argmax at every response position i: argmax D(. | x, y_<i)."""
     sequence = torch.tensor([prompt + response])  # [1, P + R]
     logits = draft(sequence).logits[0, len(prompt) - 1 : len(prompt) + len(response) - 1]  # [R, V]
-    return (logits.argmax(-1) == torch.tensor(response)).tolist()
+    return logits.argmax(-1).tolist()
 
 
-def count_cycles(matches: list[bool], window: int) -> int:
-    """Verification passes a window-`window` exact decode needs for this match pattern."""
+def count_cycles(predictions: list[int], response: list[int], window: int) -> int:
+    """Verification passes a window-`window` exact decode of `response` needs, given the draft's
+    teacher-forced `predictions` (each cycle accepts their greedy prefix, then the target's token)."""
     position, cycles = 0, 0
-    while position < len(matches):
-        accepted = 0
-        while accepted < window and position + accepted < len(matches) and matches[position + accepted]:
-            accepted += 1
+    while position < len(response):
+        end = min(position + window, len(response))
+        accepted = greedy_prefix(predictions[position:end], response[position:end])
         cycles += 1
         position += accepted + 1  # accepted proposals plus the target's own token
     return cycles
@@ -90,44 +65,13 @@ def measure_draft(
     draft: Any, prompts: list[list[int]], responses: list[list[int]], windows: tuple[int, ...] = (8,)
 ) -> dict[int, AcceptanceStats]:
     """Simulated exact speculative decoding stats per window over (prompt, response) pairs."""
-    patterns = [draft_matches(draft, p, r) for p, r in zip(prompts, responses) if r]
-    total = sum(len(m) for m in patterns)
-    matched = sum(sum(m) for m in patterns)
+    pairs = [(draft_predictions(draft, p, r), r) for p, r in zip(prompts, responses) if r]
+    total = sum(len(r) for _, r in pairs)
+    matched = sum(sum(d == t for d, t in zip(predicted, r)) for predicted, r in pairs)
     return {
-        window: AcceptanceStats(total, sum(count_cycles(m, window) for m in patterns), matched / max(total, 1))
+        window: AcceptanceStats(total, sum(count_cycles(predicted, r, window) for predicted, r in pairs), matched / max(total, 1))
         for window in windows
     }
-
-
-GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final answer is N".'
-"""Appended to each GSM8K question (the answer marker `extract_answer` looks for)."""
-
-
-def gsm8k_prompt_ids(tokenizer: Any, source: str, limit: int, offset: int = 0) -> list[list[int]]:
-    """Token ids of GSM8K problems `offset..offset+limit` rendered through the chat template."""
-    from autojudge.tasks import get_task
-
-    task = get_task("gsm8k", instruction=GSM8K_INSTRUCTION)
-    problems = task.load(source, limit=offset + limit)[offset:]
-    return [tokenizer(task.render_prompt(p, tokenizer), add_special_tokens=False).input_ids for p in problems]
-
-
-def cached_target_responses(
-    model: Any, tokenizer: Any, source: str, limit: int, max_new_tokens: int, cache_file: Any, offset: int = 0
-) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompt ids, target greedy responses) for GSM8K problems, stored in `cache_file` (JSON)."""
-    from pathlib import Path
-
-    cache_file = Path(cache_file)
-    prompts = gsm8k_prompt_ids(tokenizer, source, limit, offset)
-    if cache_file.exists():
-        stored = json.loads(cache_file.read_text())
-        if stored["prompts"] == prompts and stored["max_new_tokens"] == max_new_tokens:
-            return prompts, stored["responses"]
-    responses = target_responses(model, tokenizer, prompts, max_new_tokens)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_text(json.dumps({"prompts": prompts, "responses": responses, "max_new_tokens": max_new_tokens}))
-    return prompts, responses
 
 
 def measure_drafts(
@@ -142,8 +86,9 @@ def measure_drafts(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autojudge.real.fit import default_gsm8k
-    from autojudge.real.smollm2 import model_root, resolve_real_spec
+    from autojudge.real.data import cached_target_responses, default_gsm8k
+    from autojudge.real.smollm2 import model_root
+    from autojudge.real.specs import resolve_real_spec
 
     target_dir = resolve_real_spec("smollm2:target")
     tokenizer = AutoTokenizer.from_pretrained(target_dir)

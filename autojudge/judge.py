@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from autojudge.models import ModelPairError, resolve_spec
-from autojudge.pipeline.dataset import FEATURE_SETUPS, build_features
 from autojudge.tasks.jsonl import InputError
 
 FORMAT_VERSION = 1
@@ -31,6 +30,17 @@ JSON_NAME = "judge.json"
 WEIGHTS_NAME = "weights.safetensors"
 LIGHTGBM_NAME = "model.txt"
 KINDS = ("logreg", "lightgbm")
+FEATURE_SETUPS = ("DT", "DD-DT")
+"""Judge inputs (DESIGN §1.2): DT = h_target; DD-DT = [h_draft ; h_target]."""
+
+
+def build_features(h_target: np.ndarray, h_draft: np.ndarray, feature_setup: str) -> np.ndarray:
+    """[n, F] features from hidden states (DESIGN §1.2); same layout as the judge at decode time."""
+    if feature_setup == "DT":
+        return np.asarray(h_target, dtype=np.float32)
+    if feature_setup == "DD-DT":
+        return np.concatenate([h_draft, h_target], axis=1).astype(np.float32, copy=False)
+    raise InputError(f"unknown feature setup {feature_setup!r}; choose from {', '.join(FEATURE_SETUPS)}")
 
 
 class JudgeFormatError(InputError):

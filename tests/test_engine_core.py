@@ -1,0 +1,189 @@
+"""The engine core: exact mode equals the target's greedy `generate`, whatever shares the batch;
+continuous batching (rows join mid-generation, abort frees slots); per-request settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autojudge.decode import EngineCore, ExactRule, JudgeRule, RequestSettings, TopKRule
+from autojudge.testing import noisy_copy, tiny_model
+
+torch.set_num_threads(1)
+
+PROMPTS = [[1, 5, 6, 7, 8, 9, 10, 11], [1, 12, 13], [1, 14, 15, 16, 17, 3], [1]]
+EOS = 2
+
+
+def hf_greedy(model, prompts, max_new_tokens, eos=EOS):
+    """Reference: HF greedy `generate` per prompt (batch 1, KV cache); each row cut after its first EOS."""
+    rows = []
+    for prompt in prompts:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0, eos_token_id=eos,
+            )  # fmt: skip
+        row = out[0, len(prompt) :].tolist()
+        rows.append(row[: row.index(eos) + 1] if eos is not None and eos in row else row)
+    return rows
+
+
+def pair(arch):
+    target = tiny_model(arch, seed=0, layers=2)
+    return target, noisy_copy(target, scale=0.3, seed=1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("window", [1, 4])
+def test_exact_equals_greedy_generate_batched_and_single(arch, window):
+    target, draft = pair(arch)
+    reference = hf_greedy(target, PROMPTS, 24)
+    engine = EngineCore(target, draft, eos_token_ids=EOS, default_window=window)
+    batched = engine.generate(PROMPTS, RequestSettings(max_new_tokens=24))
+    assert [r.token_ids for r in batched] == reference
+    for prompt, expected in zip(PROMPTS, reference):
+        assert engine.generate([prompt], RequestSettings(max_new_tokens=24))[0].token_ids == expected
+    accepted = sum(sum(n * c for n, c in enumerate(r.metrics.accepted_lengths)) for r in batched)
+    assert accepted > 0, "the noisy draft should get some tokens accepted"
+    for result in batched:
+        m = result.metrics
+        assert m.new_tokens == len(result.token_ids)
+        assert m.target_calls == m.cycles >= 1
+        assert m.new_tokens <= sum((n + 1) * c for n, c in enumerate(m.accepted_lengths))
+
+
+def test_requests_added_mid_generation_produce_what_they_produce_alone():
+    target, draft = pair("llama")
+    reference = hf_greedy(target, PROMPTS, 20)
+    engine = EngineCore(target, draft, eos_token_ids=EOS, default_window=3, max_batch=8)
+    settings = RequestSettings(max_new_tokens=20)
+    tokens: dict[int, list[int]] = {}
+    order = [engine.add_request(PROMPTS[0], settings)]
+    steps = 0
+    while engine.has_unfinished() or len(order) < len(PROMPTS):
+        if steps in (1, 2, 4) and len(order) < len(PROMPTS):  # join while row 0 is mid-generation
+            order.append(engine.add_request(PROMPTS[len(order)], settings))
+        for update in engine.step().updates:
+            tokens.setdefault(update.request_id, []).extend(update.new_token_ids)
+        steps += 1
+    assert [tokens[i] for i in order] == reference
+
+
+def test_more_requests_than_rows_wait_and_take_freed_slots():
+    target, draft = pair("qwen2")
+    prompts = PROMPTS * 3
+    engine = EngineCore(target, draft, eos_token_ids=EOS, default_window=4, max_batch=2)
+    first = engine.add_request(prompts[0], RequestSettings(max_new_tokens=16))
+    engine.add_request(prompts[1], RequestSettings(max_new_tokens=16))
+    engine.add_request(prompts[2], RequestSettings(max_new_tokens=16))
+    engine.step()
+    assert engine.num_running == 2 and engine.num_waiting == 1
+    engine.abort(first)
+    assert engine.num_running == 1 and engine.target_cache.lengths[0] == 0 == engine.draft_cache.lengths[0]
+    while engine.has_unfinished():
+        engine.step()
+    results = engine.generate(prompts, RequestSettings(max_new_tokens=16))
+    assert [r.token_ids for r in results] == hf_greedy(target, prompts, 16)
+    assert engine.target_cache.num_rows == 2 and engine.num_running == engine.num_waiting == 0
+
+
+def test_abort_frees_the_row_at_once_and_others_continue_exactly():
+    target, draft = pair("llama")
+    engine = EngineCore(target, draft, eos_token_ids=[], default_window=4)
+    settings = RequestSettings(max_new_tokens=30)
+    ids = [engine.add_request(p, settings) for p in PROMPTS]
+    tokens = {i: [] for i in ids}
+    for _ in range(2):
+        for update in engine.step().updates:
+            tokens[update.request_id].extend(update.new_token_ids)
+    slot = engine.running[ids[1]].slot
+    engine.abort(ids[1])
+    assert ids[1] not in engine.running and engine.target_cache.lengths[slot] == 0 == engine.draft_cache.lengths[slot]
+    engine.abort(12345)  # unknown ids are ignored
+    while engine.has_unfinished():
+        for update in engine.step().updates:
+            assert update.request_id != ids[1]
+            tokens[update.request_id].extend(update.new_token_ids)
+    reference = hf_greedy(target, PROMPTS, 30, eos=None)
+    assert [tokens[i] for i in ids if i != ids[1]] == [reference[0], reference[2], reference[3]]
+
+
+def test_per_request_settings_are_honoured_in_one_batch():
+    target, draft = pair("llama")
+    judge = lambda h_t, h_d: torch.zeros(h_t.shape[0])  # every mismatch unimportant
+    engine = EngineCore(target, draft, judge=judge, eos_token_ids=[], default_window=4)
+    reference = hf_greedy(target, PROMPTS, 20, eos=None)
+    settings = [
+        RequestSettings(max_new_tokens=20, mode="exact", window=2),
+        RequestSettings(max_new_tokens=20, mode="autojudge", threshold=0.5),
+        RequestSettings(max_new_tokens=7, window=0),  # no speculation
+        RequestSettings(max_new_tokens=20, mode="topk", top_k=1, window=3),
+    ]
+    results = engine.generate(PROMPTS, settings)
+    assert results[0].token_ids == reference[0] and len(results[0].metrics.accepted_lengths) <= 3
+    assert results[1].metrics.accepted_lengths == [0, 0, 0, 0, 4] and results[1].metrics.target_calls == 4
+    assert results[2].token_ids == reference[2][:7] and results[2].metrics.draft_calls == 0
+    assert results[2].metrics.target_calls == 7 and results[2].stop_reason == "length"
+    assert results[3].token_ids == reference[3]  # top-1 is exact
+
+
+def test_exact_with_a_random_draft_of_a_wider_vocab_and_eos_stop():
+    target = tiny_model("llama", seed=3)
+    draft = tiny_model("llama", seed=4, vocab_size=112, hidden_size=16, layers=1)
+    free = hf_greedy(target, PROMPTS, 20, eos=None)
+    eos = free[0][6]  # a token the target really emits: row 0 stops there
+    reference = hf_greedy(target, PROMPTS, 20, eos=eos)
+    engine = EngineCore(target, draft, eos_token_ids=[eos], default_window=3)
+    results = engine.generate(PROMPTS, RequestSettings(max_new_tokens=20))
+    assert [r.token_ids for r in results] == reference
+    assert results[0].token_ids[-1] == eos and results[0].stop_reason == "eos"
+
+
+def test_budget_one_token_and_accept_everything_judge():
+    target, draft = pair("llama")
+    engine = EngineCore(target, draft, eos_token_ids=EOS, default_window=4)
+    one = engine.generate(PROMPTS, RequestSettings(max_new_tokens=1))
+    assert [r.token_ids for r in one] == hf_greedy(target, PROMPTS, 1)
+    assert all(r.metrics.draft_calls == 0 and r.metrics.target_calls == 1 for r in one)
+    zero = engine.generate(PROMPTS[:1], RequestSettings(max_new_tokens=0))[0]
+    assert zero.token_ids == [] and zero.metrics.target_calls == 0
+    judge = lambda h_t, h_d: torch.zeros(h_t.shape[0])
+    lossy = EngineCore(target, draft, eos_token_ids=[], default_window=4)
+    for result in lossy.generate(PROMPTS, RequestSettings(max_new_tokens=20, rule=JudgeRule(judge, 0.5))):
+        assert result.metrics.accepted_lengths == [0, 0, 0, 0, 4]
+        assert result.metrics.target_calls == 4 and result.metrics.new_tokens == 20
+    top1 = engine.generate(PROMPTS, RequestSettings(max_new_tokens=16, rule=TopKRule(1)))
+    assert [r.token_ids for r in top1] == hf_greedy(target, PROMPTS, 16)
+    exact = engine.generate(PROMPTS, RequestSettings(max_new_tokens=16, rule=ExactRule()))
+    assert [r.token_ids for r in exact] == hf_greedy(target, PROMPTS, 16)
+
+
+def test_stop_strings_cut_after_the_completing_token():
+    class CharTokenizer:
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(chr(97 + i % 26) for i in ids)
+
+    target, draft = pair("llama")
+    full = hf_greedy(target, [PROMPTS[0]], 12, eos=None)[0]
+    stop = CharTokenizer().decode(full[3:5])
+    engine = EngineCore(target, draft, tokenizer=CharTokenizer(), default_window=4)
+    result = engine.generate([PROMPTS[0]], RequestSettings(max_new_tokens=12, stop_strings=(stop,)))[0]
+    assert stop in CharTokenizer().decode(result.token_ids)
+    assert stop not in CharTokenizer().decode(result.token_ids[:-1])
+    assert result.stop_reason == "stop_string" and result.token_ids == full[: len(result.token_ids)]
+
+
+def test_bad_requests_are_refused_and_leave_the_engine_usable():
+    target, draft = pair("llama")
+    engine = EngineCore(target, draft, eos_token_ids=EOS)
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.add_request([], RequestSettings())
+    with pytest.raises(ValueError, match="unknown decode mode"):
+        engine.add_request([1, 2], RequestSettings(mode="nope"))
+    with pytest.raises(ValueError, match="needs a judge"):
+        engine.add_request([1, 2], RequestSettings(mode="autojudge"))
+    with pytest.raises(ValueError, match="tokenizer"):
+        engine.add_request([1, 2], RequestSettings(stop_strings=("x",)))
+    assert not engine.has_unfinished()
+    assert engine.generate([PROMPTS[1]], RequestSettings(max_new_tokens=5))[0].token_ids == hf_greedy(target, [PROMPTS[1]], 5)[0]
