@@ -47,6 +47,7 @@ from autojudge.actors.openai_api import (
     sse,
 )
 
+from autojudge.decode.acceptance import MODES
 from autojudge.decode.core import EngineCore, RequestSettings
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class DecodeReplica:
 
     def info(self) -> dict[str, Any]:
         """Model name, context length and the server's defaults (for /v1/models, /health)."""
-        modes = ["exact", "topk"] + (["autojudge"] if self.judge is not None else [])
+        modes = [mode for mode in MODES if mode != "autojudge" or self.judge is not None]
         return {
             "model": self.config.served_name, "context_length": self.context_length, "modes": modes,
             "default_mode": self.config.mode, "default_window": self.default_window, "max_batch": self.config.max_batch,
@@ -352,15 +353,17 @@ class DecodeReplica:
         threshold = request.threshold if request.threshold is not None else (self.config.threshold if mode == self.config.mode else None)
         if mode == "autojudge" and threshold is None:
             threshold = self.judge.default_threshold
+        if mode in ("exact", "topk"):
+            threshold = None  # these rules take no threshold
         window = self.default_window if request.window is None else request.window
         speculation = "on"
         if not request.speculate or window == 0:
             window, speculation = 0, "off (request)"
         settings = RequestSettings(
-            max_new_tokens=max_tokens, mode=mode, threshold=threshold if mode == "autojudge" else None,
+            max_new_tokens=max_tokens, mode=mode, threshold=threshold,
             top_k=self.config.top_k, window=window, stop_strings=request.stop,
         )  # fmt: skip
-        info = {"mode": mode, "threshold": threshold if mode == "autojudge" else None, "window": window, "speculation": speculation}
+        info = {"mode": mode, "threshold": threshold, "window": window, "speculation": speculation}
         return settings, info
 
     # ------------------------------------------------------------------ the engine loop

@@ -23,8 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
     parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder from `autojudge train` (enables mode autojudge)")
-    parser.add_argument("--mode", choices=["exact", "topk", "autojudge"], default="exact",
-                        help="default acceptance rule of requests that name none (default exact)")
+    parser.add_argument("--mode", default="exact", metavar="MODE",
+                        help="default acceptance rule of requests that name none: exact, topk, autojudge, or another "
+                             "rule of this build (default exact)")
     parser.add_argument("--threshold", type=float, metavar="TAU", help="default judge threshold (default: the judge's)")
     parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
     parser.add_argument("--window", type=int, default=None, metavar="K",
@@ -52,6 +53,10 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
     from autojudge.errors import InputError
     from autojudge.pipeline.serve import ServeConfig
 
+    from autojudge.decode.acceptance import MODES
+
+    if args.mode not in MODES:
+        raise InputError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
     if args.mode == "autojudge" and not args.judge:
         raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
