@@ -170,7 +170,7 @@ def deploy(setting: str, config: BenchConfig) -> str:
         target=config.target, draft=config.draft, judge=config.judge, window=config.window, max_batch=batch,
         max_waiting=max(config.concurrency) + 8, default_max_tokens=config.max_tokens,
     )  # fmt: skip
-    return start_server(ServeConfig(replica=replica, port=config.port, address="local"))
+    return start_server(ServeConfig(replica=replica, port=config.port, address="local", access_log=False))
 
 
 def main() -> None:

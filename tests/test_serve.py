@@ -49,6 +49,8 @@ def test_parse_rejects_bad_bodies_in_openai_shape():
         json.dumps({"prompt": "x", "autojudge": {"window": -1}}).encode(): "autojudge.window",
         json.dumps({"prompt": "x", "autojudge": {"colour": 1}}).encode(): "autojudge.colour",
         json.dumps({"prompt": ["a", "b"]}).encode(): "one prompt per request",
+        json.dumps({"prompt": "x", "logprobs": 2}).encode(): "'logprobs' is not supported",
+        json.dumps({"prompt": "x", "presence_penalty": 0.5}).encode(): "'presence_penalty' is not supported",
     }
     for body, needle in cases.items():
         with pytest.raises(APIError) as err:
@@ -116,7 +118,7 @@ def server(judge_dir):
         judge=str(judge_dir), window=4, max_batch=MAX_BATCH, max_waiting=MAX_WAITING, default_max_tokens=48,
         speculation_max_batch=SPECULATION_MAX_BATCH,
     )  # fmt: skip
-    config = ServeConfig(replica=replica, port=free_port(), address="local", local_cpus=2)
+    config = ServeConfig(replica=replica, port=free_port(), address="local", local_cpus=2, access_log=False)
     url = start_server(config)
     yield url
     stop_server(config.app_name)

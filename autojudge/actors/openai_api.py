@@ -139,7 +139,17 @@ def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
         raise APIError(400, f"invalid field '{where}': {first['msg']}", param=param) from None
 
 
+UNSUPPORTED = {  # OpenAI fields this server cannot honour: a value other than the neutral one is a 400
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}), "suffix": (None, ""),
+}  # fmt: skip
+
+
 def _common_fields(request: _CommonRequest) -> dict[str, Any]:
+    for name, neutral in UNSUPPORTED.items():
+        value = (request.model_extra or {}).get(name)
+        if not any(value == ok and type(value) is type(ok) for ok in neutral):
+            raise APIError(400, f"'{name}' is not supported by this server (got {value!r})", param=name)
     if request.n != 1:
         raise APIError(400, f"n must be 1 (one choice per request), got {request.n}", param="n")
     if request.temperature not in (None, 0, 0.0):

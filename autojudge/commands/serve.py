@@ -44,6 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per replica (default 1)")
     parser.add_argument("--host", default="127.0.0.1", metavar="H", help="HTTP address (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, metavar="P", help="HTTP port (default 8000)")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log a line per request (Serve's access log)")
     add_ray_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -81,6 +82,7 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
     return ServeConfig(
         replica=replica, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
         cpus_per_replica=args.cpus_per_replica, host=args.host, port=args.port, address=args.address,
+        access_log=not args.no_access_log,
     )  # fmt: skip
 
 

@@ -42,6 +42,8 @@ class ServeConfig:
     """Ray cluster to attach to (default: $RAY_ADDRESS, the node's cluster, else a new local one)."""
     local_cpus: int | None = None
     """CPUs of a local cluster this command starts (default: all)."""
+    access_log: bool = True
+    """Log one line per request in each deployment (Serve's access log; off for benchmarks)."""
 
 
 def start_server(config: ServeConfig) -> str:
@@ -57,7 +59,7 @@ def start_server(config: ServeConfig) -> str:
         config.replica, num_replicas=config.num_replicas, gpus_per_replica=config.gpus_per_replica,
         cpus_per_replica=config.cpus_per_replica,
     )  # fmt: skip
-    serve.run(app, name=config.app_name, route_prefix="/")
+    serve.run(app, name=config.app_name, route_prefix="/", logging_config={"enable_access_log": config.access_log})
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     return f"http://{host}:{config.port}"
 
