@@ -222,7 +222,7 @@ class DecodeReplica:
     def __init__(self, config: ReplicaConfig, num_gpus: float = 0.0):
         import torch
 
-        from autojudge.models import eos_token_ids, load_pair
+        from autojudge.models import load_pair
 
         self.config = config
         device = config.device
@@ -245,11 +245,11 @@ class DecodeReplica:
         self.context_length = min(
             getattr(m.config, "max_position_embeddings", None) or 10**9 for m in (self.pair.target, self.pair.draft)
         )
-        self.core = EngineCore(
-            self.pair.target, self.pair.draft, judge=self.judge, tokenizer=self.tokenizer,
-            eos_token_ids=eos_token_ids(self.tokenizer, self.pair.target, self.pair.draft),
-            pad_token_id=self.tokenizer.pad_token_id or 0, default_window=self.default_window, max_batch=config.max_batch,
-        )  # fmt: skip
+        # token ids a prompt may hold: known to the tokenizer and to both embedding tables
+        self.vocab_size = min(
+            len(self.tokenizer), *(m.get_input_embeddings().weight.shape[0] for m in (self.pair.target, self.pair.draft))
+        )
+        self.core = self._new_core()
         self.metrics = ServeMetrics(config.served_name)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
         self._arrived: list[_Stream] = []  # not yet added to the core
@@ -259,6 +259,9 @@ class DecodeReplica:
         self._loop_task: asyncio.Task | None = None
         self._client_aborts = 0  # requests dropped because their caller went away
         self._steps, self._step_s = 0, 0.0  # engine cycles run and seconds spent in them
+
+    def _new_core(self) -> EngineCore:
+        return EngineCore.for_pair(self.pair, judge=self.judge, default_window=self.default_window, max_batch=self.config.max_batch)
 
     # ------------------------------------------------------------------ small calls
 
@@ -319,7 +322,7 @@ class DecodeReplica:
         prompt_ids = self._prompt_ids(request)
         if not prompt_ids:
             raise APIError(400, "prompt is empty (no tokens)", param="prompt")
-        vocab = len(self.tokenizer)
+        vocab = self.vocab_size
         if any(t < 0 or t >= vocab for t in prompt_ids):
             raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
         room = self.context_length - len(prompt_ids)
@@ -339,7 +342,10 @@ class DecodeReplica:
         if request.messages is not None:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise APIError(400, f"model '{self.config.served_name}' has no chat template: use /v1/completions", param="messages")
-            text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+            try:
+                text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+            except Exception as err:  # the template refuses these messages (roles, order)
+                raise APIError(400, f"the chat template cannot render these messages: {err}", param="messages") from None
             return list(self.tokenizer(text, add_special_tokens=False).input_ids)
         return list(self.tokenizer(request.prompt_text or "", add_special_tokens=False).input_ids)
 
@@ -449,12 +455,13 @@ class DecodeReplica:
         stream.queue.put_nowait(chunk)
 
     def _fail_all(self, message: str) -> None:
-        for request_id, stream in list(self._streams.items()):
-            self.core.abort(request_id)
+        """After a failed cycle: every active request gets a 500, and a fresh core takes over."""
+        for stream in self._streams.values():
             stream.done = True
             stream.queue.put_nowait(GenerateChunk(error={"status": 500, "message": message, "param": None, "code": None}))
             self.metrics.requests.inc(tags={"finish_reason": "error"})
         self._streams.clear()
+        self.core = self._new_core()
 
 
 # --------------------------------------------------------------------------- ingress
