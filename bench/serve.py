@@ -9,7 +9,8 @@ requests/s, completion tokens/s (over the level's wall time), p50/p95 time to fi
 request divided by the tokens of the later chunk, one sample per token), and tokens per
 target call from the responses' speculative stats.
 
-Settings, one server each (deployed in turn on one local Ray cluster):
+Settings (two Serve applications on one local Ray cluster, up at once; the levels run
+interleaved, every setting at one concurrency before the next concurrency):
 - `one-at-a-time`: the engine core with max batch 1 (requests queue and run alone), exact;
 - `continuous`: the engine core with max batch --max-batch (continuous batching), exact;
 - `continuous-autojudge`: the same server, requests in mode autojudge (needs --judge).
@@ -162,6 +163,7 @@ async def run_level(url: str, setting: str, concurrency: int, config: BenchConfi
 
 
 def deploy(setting: str, config: BenchConfig) -> str:
+    """Deploy the server of a setting as its own Serve application (its URL prefix is the setting)."""
     from autojudge.actors.server import ReplicaConfig
     from autojudge.pipeline.serve import ServeConfig, start_server
 
@@ -170,7 +172,8 @@ def deploy(setting: str, config: BenchConfig) -> str:
         target=config.target, draft=config.draft, judge=config.judge, window=config.window, max_batch=batch,
         max_waiting=max(config.concurrency) + 8, default_max_tokens=config.max_tokens,
     )  # fmt: skip
-    return start_server(ServeConfig(replica=replica, port=config.port, address="local", access_log=False))
+    serve_config = ServeConfig(replica=replica, port=config.port, address="local", access_log=False, app_name=setting, route_prefix=f"/{setting}")
+    return start_server(serve_config)
 
 
 def main() -> None:
@@ -194,12 +197,13 @@ def main() -> None:
 
     questions = prompts(200)
     results: list[LevelResult] = []
-    url = None
     try:
-        for setting in settings:
-            if setting != "continuous-autojudge" or url is None:
-                url = deploy(setting, config)
-            for concurrency in config.concurrency:
+        # both servers up at once; levels interleave (one-at-a-time, continuous, autojudge at each
+        # concurrency) so that load from elsewhere on the machine hits baseline and contender alike
+        urls = {name: deploy(name, config) for name in ("one-at-a-time", "continuous") if any(s.startswith(name) for s in settings)}
+        for concurrency in config.concurrency:
+            for setting in settings:
+                url = urls["one-at-a-time" if setting == "one-at-a-time" else "continuous"]
                 result = asyncio.run(run_level(url, setting, concurrency, config, questions))
                 results.append(result)
                 print(json.dumps(asdict(result)), flush=True)

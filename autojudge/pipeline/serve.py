@@ -38,6 +38,8 @@ class ServeConfig:
     """HTTP port."""
     app_name: str = "autojudge"
     """Serve application name."""
+    route_prefix: str = "/"
+    """URL prefix of the application (several applications can share one Serve HTTP port)."""
     address: str | None = None
     """Ray cluster to attach to (default: $RAY_ADDRESS, the node's cluster, else a new local one)."""
     local_cpus: int | None = None
@@ -59,9 +61,9 @@ def start_server(config: ServeConfig) -> str:
         config.replica, num_replicas=config.num_replicas, gpus_per_replica=config.gpus_per_replica,
         cpus_per_replica=config.cpus_per_replica,
     )  # fmt: skip
-    serve.run(app, name=config.app_name, route_prefix="/", logging_config={"enable_access_log": config.access_log})
+    serve.run(app, name=config.app_name, route_prefix=config.route_prefix, logging_config={"enable_access_log": config.access_log})
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-    return f"http://{host}:{config.port}"
+    return f"http://{host}:{config.port}{config.route_prefix.rstrip('/')}"
 
 
 def stop_server(app_name: str = "autojudge", shutdown_ray: bool = True) -> None:
