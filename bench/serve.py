@@ -77,6 +77,7 @@ class LevelResult:
     tokens_per_target_call: float
     engine_steps: int  # engine cycles the replica ran during the level
     engine_busy: float  # fraction of the level's wall time the replica spent inside step()
+    mean_batch: float  # rows per engine cycle, averaged over the level's cycles
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -159,6 +160,7 @@ async def run_level(url: str, setting: str, concurrency: int, config: BenchConfi
         round(1000 * statistics.median(gaps), 2) if gaps else float("nan"), round(1000 * percentile(gaps, 0.95), 2),
         round(tokens / calls, 2) if calls else 0.0,
         engine_after["steps"] - engine_before["steps"], round((engine_after["step_s"] - engine_before["step_s"]) / wall, 2),
+        round((engine_after["row_steps"] - engine_before["row_steps"]) / max(1, engine_after["steps"] - engine_before["steps"]), 1),
     )  # fmt: skip
 
 
@@ -209,11 +211,11 @@ def main() -> None:
                 print(json.dumps(asdict(result)), flush=True)
     finally:
         stop_server()
-    header = "| setting | clients | requests | req/s | tokens/s | TTFT p50 / p95 (ms) | ITL p50 / p95 (ms) | tokens/target call | engine busy |"
-    print("\n" + header + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    header = "| setting | clients | requests | req/s | tokens/s | TTFT p50 / p95 (ms) | ITL p50 / p95 (ms) | tokens/target call | engine busy | rows/cycle |"
+    print("\n" + header + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r.setting} | {r.concurrency} | {r.requests} | {r.requests_per_s} | {r.tokens_per_s} | "
-              f"{r.ttft_p50_ms} / {r.ttft_p95_ms} | {r.itl_p50_ms} / {r.itl_p95_ms} | {r.tokens_per_target_call} | {r.engine_busy:.0%} |")  # fmt: skip
+              f"{r.ttft_p50_ms} / {r.ttft_p95_ms} | {r.itl_p50_ms} / {r.itl_p95_ms} | {r.tokens_per_target_call} | {r.engine_busy:.0%} | {r.mean_batch} |")  # fmt: skip
     base = {r.concurrency: r.tokens_per_s for r in results if r.setting == "one-at-a-time"}
     for r in results:
         if r.setting != "one-at-a-time" and r.concurrency in base and base[r.concurrency]:

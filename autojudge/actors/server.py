@@ -258,7 +258,7 @@ class DecodeReplica:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._client_aborts = 0  # requests dropped because their caller went away
-        self._steps, self._step_s = 0, 0.0  # engine cycles run and seconds spent in them
+        self._steps, self._step_s, self._row_steps = 0, 0.0, 0  # cycles run, seconds in them, rows summed over them
 
     def _new_core(self) -> EngineCore:
         return EngineCore.for_pair(self.pair, judge=self.judge, default_window=self.default_window, max_batch=self.config.max_batch)
@@ -279,7 +279,7 @@ class DecodeReplica:
         waiting = self.core.num_waiting + len(self._arrived)
         return {
             "running": self.core.num_running, "waiting": waiting, "aborted": self._client_aborts, "pid": os.getpid(),
-            "steps": self._steps, "step_s": round(self._step_s, 3),
+            "steps": self._steps, "step_s": round(self._step_s, 3), "row_steps": self._row_steps,
         }  # fmt: skip
 
     # ------------------------------------------------------------------ generate
@@ -399,6 +399,7 @@ class DecodeReplica:
                 continue
             now = time.perf_counter()
             self._steps, self._step_s = self._steps + 1, self._step_s + now - started
+            self._row_steps += len(output.updates)
             emitted = 0
             for update in output.updates:
                 stream = self._streams.get(update.request_id)
