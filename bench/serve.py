@@ -164,6 +164,36 @@ async def run_level(url: str, setting: str, concurrency: int, config: BenchConfi
     )  # fmt: skip
 
 
+def engine_level(config: BenchConfig, questions: list[str], concurrency: int, max_batch: int) -> tuple[float, float]:
+    """The same closed loop without HTTP: the engine core in this process, a new request added as
+    soon as one finishes. Returns (tokens/s, rows per cycle) for the same request count as a level."""
+    import torch
+
+    from autojudge.decode.core import EngineCore, RequestSettings
+    from autojudge.models import load_pair
+
+    torch.set_num_threads(1)
+    pair = load_pair(config.target, config.draft)
+    tokenizer = pair.tokenizer
+    core = EngineCore.for_pair(pair, default_window=config.window, max_batch=max_batch)
+    settings = RequestSettings(max_new_tokens=config.max_tokens, window=config.window)
+    total = concurrency * max(config.requests_per_client, -(-config.min_requests // concurrency))
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True) for q in questions]
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    core.generate(ids[-1:], settings)  # warm-up
+    started, finished, tokens, steps, rows = 0, 0, 0, 0, 0
+    start = time.perf_counter()
+    while finished < total:
+        while started < total and started - finished < concurrency:
+            core.add_request(ids[started % (len(ids) - 1)], settings)
+            started += 1
+        updates = core.step().updates
+        steps, rows = steps + 1, rows + len(updates)
+        tokens += sum(len(u.new_token_ids) for u in updates)
+        finished += sum(u.finished for u in updates)
+    return tokens / (time.perf_counter() - start), rows / max(steps, 1)
+
+
 def deploy(setting: str, config: BenchConfig) -> str:
     """Deploy the server of a setting as its own Serve application (its URL prefix is the setting)."""
     from autojudge.actors.server import ReplicaConfig
@@ -189,8 +219,9 @@ def main() -> None:
         else:
             parser.add_argument(flag, type=type(value) if value is not None else (float if name == "threshold" else str), default=value)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--engine-level", action="store_true", help="also run the closed loop on the engine core alone (no HTTP)")
     args = parser.parse_args()
-    config = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k != "json"})
+    config = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k not in ("json", "engine_level")})
     settings = [s for s in config.settings if s != "continuous-autojudge" or config.judge]
     if len(settings) < len(config.settings):
         print("no --judge: skipping continuous-autojudge")
@@ -216,6 +247,13 @@ def main() -> None:
     for r in results:
         print(f"| {r.setting} | {r.concurrency} | {r.requests} | {r.requests_per_s} | {r.tokens_per_s} | "
               f"{r.ttft_p50_ms} / {r.ttft_p95_ms} | {r.itl_p50_ms} / {r.itl_p95_ms} | {r.tokens_per_target_call} | {r.engine_busy:.0%} | {r.mean_batch} |")  # fmt: skip
+    if args.engine_level:
+        print("\nengine core alone (no HTTP, same closed loop, exact):")
+        for concurrency in config.concurrency:
+            one, _ = engine_level(config, questions, concurrency, 1)
+            batched, rows = engine_level(config, questions, concurrency, config.max_batch)
+            print(f"  {concurrency} in flight: one-at-a-time {one:.0f} tokens/s, continuous {batched:.0f} tokens/s "
+                  f"({rows:.1f} rows/cycle): {batched / one:.2f}x")  # fmt: skip
     base = {r.concurrency: r.tokens_per_s for r in results if r.setting == "one-at-a-time"}
     for r in results:
         if r.setting != "one-at-a-time" and r.concurrency in base and base[r.concurrency]:
