@@ -16,6 +16,7 @@ import torch
 
 from autojudge.models import ModelPairError
 from autojudge.pipeline.dataset import DataError, read_mined, split_by_prompt
+from autojudge.pipeline.shards import RESPONSE_SCHEMA
 from autojudge.pipeline.judge import Judge, JudgeFormatError
 from autojudge.pipeline.train import TrainConfig, format_report, pick_threshold, threshold_table, train_judge
 
@@ -63,6 +64,9 @@ def write_mining_folder(
     for shard in range(shards):
         chunk = rows[shard * per_shard:(shard + 1) * per_shard]
         pq.write_table(pa.Table.from_pylist(chunk, schema=schema), folder / "labels" / f"part-{shard:05d}.parquet")
+        responses = [{"prompt_id": pid, "num_labels": 0} for pid in sorted({r["prompt_id"] for r in chunk})]
+        pq.write_table(pa.Table.from_pylist(responses, schema=RESPONSE_SCHEMA),  # the commit mark of the shard
+                       folder / "responses" / f"part-{shard:05d}.parquet")
     manifest["counts"] = {"prompts": num_prompts, "labels": len(rows),
                           "important": sum(r["important"] for r in rows), "errors": 0}
     (folder / "manifest.json").write_text(json.dumps(manifest))

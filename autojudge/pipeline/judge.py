@@ -281,22 +281,23 @@ class Judge:
 
     @classmethod
     def load(cls, folder: str | Path) -> "Judge":
-        """Read a judge folder written by `save`."""
+        """Read a judge folder written by `save`; every field and tensor is checked (JudgeFormatError)."""
         folder = Path(folder)
         meta_path = folder / JSON_NAME
-        if not meta_path.exists():
+        if not folder.is_dir():
+            raise JudgeFormatError(f"{folder}: judge folder not found")
+        if not meta_path.is_file():
             raise JudgeFormatError(f"{folder}: not a judge folder (no {JSON_NAME}; create one with `autojudge train`)")
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise JudgeFormatError(f"{meta_path}: not valid JSON ({err.msg})") from None
-        if meta.get("format") != "autojudge-judge" or meta.get("format_version") != FORMAT_VERSION:
-            raise JudgeFormatError(
-                f"{meta_path}: unsupported judge format {meta.get('format')!r} version {meta.get('format_version')!r} "
-                f"(this autojudge reads version {FORMAT_VERSION})"
-            )
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise JudgeFormatError(f"{meta_path}: not valid JSON ({getattr(err, 'msg', err)})") from None
+        except OSError as err:
+            raise JudgeFormatError(f"{meta_path}: cannot read ({err.strerror})") from None
+        check_judge_meta(meta, meta_path)
+        pair = PairInfo(**meta["pair"])
         common = dict(
-            pair=PairInfo(**meta["pair"]),
+            pair=pair,
             thresholds=meta.get("thresholds", []),
             default_threshold=meta["default_threshold"],
             threshold_source=meta.get("threshold_source", "default"),
@@ -304,21 +305,28 @@ class Judge:
             metrics=meta.get("metrics", {}),
             settings=meta.get("settings", {}),
         )
+        features = pair.target_hidden_size if meta["feature_setup"] == "DT" else pair.target_hidden_size + pair.draft_hidden_size
         if meta["kind"] == "logreg":
-            from safetensors.numpy import load_file
-
-            weights_path = folder / WEIGHTS_NAME
-            if not weights_path.exists():
-                raise JudgeFormatError(f"{folder}: {WEIGHTS_NAME} is missing")
-            tensors = load_file(str(weights_path))
+            tensors = _load_logreg_weights(folder / WEIGHTS_NAME, features)
             return cls(
                 "logreg", meta["feature_setup"], scaler_mean=tensors["scaler_mean"], scaler_scale=tensors["scaler_scale"],
                 coef=tensors["coef"], intercept=meta["intercept"], **common,
             )
         model_path = folder / LIGHTGBM_NAME
-        if not model_path.exists():
+        if not model_path.is_file():
             raise JudgeFormatError(f"{folder}: {LIGHTGBM_NAME} is missing")
-        return cls(meta["kind"], meta["feature_setup"], booster_text=model_path.read_text(), **common)
+        try:
+            booster_text = model_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise JudgeFormatError(f"{model_path}: cannot read ({err})") from None
+        judge = cls(meta["kind"], meta["feature_setup"], booster_text=booster_text, **common)
+        try:
+            num_features = judge.booster.num_feature()
+        except Exception as err:  # noqa: BLE001 - LightGBM raises its own error type on a bad model
+            raise JudgeFormatError(f"{model_path}: not a LightGBM model ({str(err).splitlines()[0] if str(err) else err})") from None
+        if num_features != features:
+            raise JudgeFormatError(f"{model_path}: the model has {num_features} features, judge.json states {features}")
+        return judge
 
     def __repr__(self) -> str:
         auc = self.metrics.get("val_roc_auc")
@@ -326,6 +334,131 @@ class Judge:
             f"Judge(kind={self.kind!r}, feature_setup={self.feature_setup!r}, target={self.pair.target_id!r}, "
             f"draft={self.pair.draft_id!r}, default_threshold={self.default_threshold:.3f}, val_roc_auc={auc})"
         )
+
+
+JSON_FIELDS = {
+    "format": str, "format_version": int, "kind": str, "feature_setup": str, "num_features": int, "pair": dict,
+    "intercept": (int, float), "default_threshold": (int, float), "threshold_source": str,
+    "default_window": (int, type(None)), "acceptance": str, "thresholds": list, "metrics": dict, "settings": dict,
+    "weights_file": str,
+}
+"""Every key of judge.json and its type (`to_json`); `default_window` may be null."""
+REQUIRED_FIELDS = ("format", "format_version", "kind", "feature_setup", "pair", "intercept", "default_threshold")
+PAIR_FIELDS = {"target_id": str, "draft_id": str, "tokenizer_fingerprint": str, "target_hidden_size": int,
+               "draft_hidden_size": int}
+
+
+def _type_name(kind: Any) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", dict: "an object", list: "a list",
+             type(None): "null"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds if not (k is int and float in kinds))
+
+
+def _check_fields(payload: dict[str, Any], fields: dict[str, Any], where: str) -> None:
+    """Unknown keys and values of the wrong type are errors (bool is not a number here)."""
+    extra = sorted(set(payload) - set(fields))
+    if extra:
+        raise JudgeFormatError(f"{where}: unknown key(s) {', '.join(map(repr, extra))}")
+    for key, kind in fields.items():
+        if key not in payload:
+            continue
+        value = payload[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise JudgeFormatError(f"{where}: {key!r} must be {_type_name(kind)}, got {json.dumps(value)[:40]}")
+
+
+def check_judge_meta(meta: Any, meta_path: Path) -> None:
+    """judge.json as `to_json` writes it: an object, known keys of the right types, values in range."""
+    import math
+
+    if not isinstance(meta, dict):
+        raise JudgeFormatError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != "autojudge-judge" or meta.get("format_version") != FORMAT_VERSION:
+        raise JudgeFormatError(
+            f"{meta_path}: unsupported judge format {meta.get('format')!r} version {meta.get('format_version')!r} "
+            f"(this autojudge reads version {FORMAT_VERSION})"
+        )
+    missing = [key for key in REQUIRED_FIELDS if key not in meta]
+    if missing:
+        raise JudgeFormatError(f"{meta_path}: missing key(s) {', '.join(map(repr, missing))}")
+    _check_fields(meta, JSON_FIELDS, str(meta_path))
+    if meta["kind"] not in KINDS:
+        raise JudgeFormatError(f"{meta_path}: unknown judge kind {meta['kind']!r}; expected one of {', '.join(KINDS)}")
+    if meta["feature_setup"] not in FEATURE_SETUPS:
+        raise JudgeFormatError(f"{meta_path}: unknown feature setup {meta['feature_setup']!r}")
+    pair = meta["pair"]
+    missing = [key for key in PAIR_FIELDS if key not in pair]
+    if missing:
+        raise JudgeFormatError(f"{meta_path}: 'pair' lacks {', '.join(map(repr, missing))}")
+    _check_fields(pair, PAIR_FIELDS, f"{meta_path}: 'pair'")
+    for key in ("target_hidden_size", "draft_hidden_size"):
+        if pair[key] < 1:
+            raise JudgeFormatError(f"{meta_path}: pair {key!r} must be >= 1, got {pair[key]}")
+    if not 0.0 <= meta["default_threshold"] <= 1.0:
+        raise JudgeFormatError(f"{meta_path}: 'default_threshold' must be in [0, 1], got {meta['default_threshold']}")
+    if meta.get("default_window") is not None and meta["default_window"] < 1:
+        raise JudgeFormatError(f"{meta_path}: 'default_window' must be >= 1 or null, got {meta['default_window']}")
+    if not math.isfinite(meta["intercept"]):
+        raise JudgeFormatError(f"{meta_path}: 'intercept' must be finite, got {meta['intercept']}")
+    features = pair["target_hidden_size"] + (pair["draft_hidden_size"] if meta["feature_setup"] == "DD-DT" else 0)
+    if "num_features" in meta and meta["num_features"] != features:
+        raise JudgeFormatError(
+            f"{meta_path}: 'num_features' is {meta['num_features']} but feature setup {meta['feature_setup']} "
+            f"of the pair's hidden sizes gives {features}"
+        )
+    for index, row in enumerate(meta.get("thresholds", [])):
+        if not isinstance(row, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values()
+        ) or not isinstance(row.get("tau"), (int, float)):
+            raise JudgeFormatError(f"{meta_path}: 'thresholds'[{index}] must be an object of numbers with 'tau'")
+
+
+def _load_logreg_weights(path: Path, features: int) -> dict[str, np.ndarray]:
+    """scaler_mean, scaler_scale and coef, each a finite float vector [F] (scale > 0)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise JudgeFormatError(f"{path.parent}: {WEIGHTS_NAME} is missing")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise JudgeFormatError(f"{path}: not a readable safetensors file ({err})") from None
+    names = ("scaler_mean", "scaler_scale", "coef")
+    if sorted(tensors) != sorted(names):
+        raise JudgeFormatError(f"{path}: expected tensors {', '.join(names)}, found {', '.join(sorted(tensors)) or 'none'}")
+    for name in names:
+        tensor = tensors[name]
+        if tensor.shape != (features,):
+            raise JudgeFormatError(f"{path}: {name!r} has shape {list(tensor.shape)}, expected [{features}]")
+        if not np.issubdtype(tensor.dtype, np.floating) or not np.isfinite(tensor).all():
+            raise JudgeFormatError(f"{path}: {name!r} must hold finite floats")
+    if not (tensors["scaler_scale"] > 0).all():
+        raise JudgeFormatError(f"{path}: 'scaler_scale' must be > 0 everywhere")
+    return tensors
+
+
+def check_judge_for_specs(judge: "Judge", target: str, draft: str) -> None:
+    """`check_pair` from the specs alone (tokenizer and configs, no weights): used on the driver
+    before any cluster or actor starts. Raises InputError naming every difference."""
+    from transformers import AutoConfig
+
+    from autojudge.models import load_tokenizer, tokenizer_fingerprint
+
+    sizes = []
+    for spec in (target, draft):
+        location, gguf_file = resolve_spec(spec)
+        try:
+            config = AutoConfig.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read the config of {spec!r}: {str(err).splitlines()[0]}") from None
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        sizes.append(int(config.hidden_size))
+    try:
+        judge.check_pair(target, draft, tokenizer_fingerprint(load_tokenizer(target)), sizes[0], sizes[1])
+    except ModelPairError as err:
+        raise InputError(str(err)) from None
 
 
 DEFAULT_WINDOW = 8  # draft tokens per cycle when neither the user nor the judge names one

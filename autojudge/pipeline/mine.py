@@ -386,9 +386,9 @@ def mine(config: MineConfig) -> Path:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
     out = Path(config.out)
     check_resumable(config, out)
+    problems = load_problems(config)  # a missing input fails here, before the folder exists
     out.mkdir(parents=True, exist_ok=True)
     shards.clean_orphans(out)
-    problems = load_problems(config)
     done = shards.finished_prompt_ids(out)
     todo = [p for p in problems if p.id not in done]
     chunks = chunked(todo, config.resolved_chunk_size())
@@ -415,7 +415,15 @@ def check_resumable(config: MineConfig, out: Path) -> None:
     manifest_path = out / shards.MANIFEST
     if not manifest_path.exists():
         return
-    before = json.loads(manifest_path.read_text(encoding="utf-8")).get("settings", {})
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise InputError(f"{manifest_path}: corrupt manifest ({err}); move it away to re-mine into {out}, "
+                         "or use a new --out folder") from None
+    before = manifest.get("settings") if isinstance(manifest, dict) else None
+    if not isinstance(before, dict):
+        raise InputError(f"{manifest_path}: corrupt manifest (expected an object with 'settings'); move it away "
+                         f"to re-mine into {out}, or use a new --out folder")
     now = asdict(config)
     changed = [f"{key}: {before[key]!r} -> {now[key]!r}" for key in RESUME_KEYS if key in before and before[key] != now[key]]
     if changed:
