@@ -74,11 +74,11 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_input_file("--input", args.input)
     checks.check_output_file("--output", args.output)
     if args.mode == "autojudge":
-        from autojudge.pipeline.judge import Judge
-
         if not args.judge:
             raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
-        Judge.load(args.judge)  # a broken judge is refused before the models load
+        from autojudge.pipeline.judge_format import check_judge_folder
+
+        check_judge_folder(args.judge)  # a broken judge is refused before torch or the models load
 
 
 def pair_context(pair: Any) -> int:
@@ -89,21 +89,21 @@ def pair_context(pair: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from autojudge.checks import check_prompt_lengths
-
-    from autojudge.decode import SpeculativeEngine, aggregate
-    from autojudge.models import ModelPairError, eos_token_ids, load_pair
+    check_args(args)  # before the heavy imports: a bad option fails in a blink
     from autojudge.tasks import InputError, build_task, write_jsonl
 
-    check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     task = build_task(args.task, instruction=args.instruction)
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
     if not problems:
         raise InputError(f"--input {args.input}: no records")
+    import torch
+
+    from autojudge.checks import check_prompt_lengths
+    from autojudge.decode import SpeculativeEngine, aggregate
+    from autojudge.models import ModelPairError, eos_token_ids, load_pair
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         pair = load_pair(args.target, args.draft, device=args.device)
         rule, judge = load_rule(args, pair)

@@ -63,9 +63,9 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_input_file("--input", args.input)
     checks.check_output_dir("--out", args.out)
     if args.judge:
-        from autojudge.pipeline.judge import Judge
+        from autojudge.pipeline.judge_format import check_judge_folder
 
-        Judge.load(args.judge)  # a broken judge is refused before the models load
+        check_judge_folder(args.judge)  # a broken judge is refused before torch or the models load
         if args.set_default:
             checks.check_output_dir("--judge (written by --set-default)", args.judge)
 
@@ -73,7 +73,7 @@ def check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from autojudge.models import ModelPairError
+    from autojudge.errors import ModelPairError
 
     try:
         return _run(args)
@@ -83,14 +83,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports: a bad option fails in a blink
+    from autojudge.tasks import InputError, build_task
+
+    task = build_task(args.task, seed=args.seed, instruction=args.instruction)
+    problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
+    if not problems:
+        raise InputError(f"no problems to evaluate in {args.input or f'{args.task} seed {args.seed}'}")
     import torch
 
     from autojudge.models import load_pair
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes, recommend_threshold, write_eval_outputs
     from autojudge.pipeline.judge import Judge, default_window
-    from autojudge.tasks import InputError, build_task
 
-    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     judge = Judge.load(args.judge) if args.judge else None
@@ -99,10 +104,6 @@ def _run(args: argparse.Namespace) -> int:
     pair = load_pair(target, draft, device=args.device)
     if judge is not None:
         judge.check_model_pair(pair)
-    task = build_task(args.task, seed=args.seed, instruction=args.instruction)
-    problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
-    if not problems:
-        raise InputError(f"no problems to evaluate in {args.input or f'{args.task} seed {args.seed}'}")
     from autojudge.checks import check_prompt_lengths
     from autojudge.commands.decode import pair_context
 

@@ -50,6 +50,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports and any work
     from pathlib import Path
 
     from autojudge.pipeline.export import ExportConfig, ExportError, export_dataset, push_export
@@ -57,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.push and not args.repo_id:
         raise InputError("--push needs --repo-id ORG/NAME")
-    check_args(args)
     config = ExportConfig(
         data=Path(args.data), out=Path(args.out), val_fraction=args.val_fraction, license=args.license,
         pretty_name=args.name, max_shard_rows=args.max_shard_rows, save_to_disk=args.save_to_disk,

@@ -59,6 +59,10 @@ def check_args(args: argparse.Namespace) -> None:
                          at_least_0=["num_gpus_per_replica", "num_cpus_per_replica"], thresholds=["threshold"])
     if args.mode == "autojudge" and not args.judge:
         raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
+    if args.mode == "autojudge":
+        from autojudge.pipeline.judge_format import check_judge_folder
+
+        check_judge_folder(args.judge)
     check_corpus(args.input, args.input_format)
     checks.check_output_dir("--output", args.output)
     checks.check_not_inside("--output", args.output, "--input", args.input)
@@ -73,10 +77,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports and any work
     from autojudge.pipeline.infer import DecodeStageConfig, InferConfig, run_infer
     from autojudge.pipeline.judge import Judge, default_window
 
-    check_args(args)
     if args.window is None:
         args.window = default_window(Judge.load(args.judge) if args.mode == "autojudge" and args.judge else None)
 

@@ -47,15 +47,19 @@ def check_args(args: argparse.Namespace) -> None:
                          at_least_0=["workers", "gpus_per_worker", "chunk_size"])
     checks.check_input_file("--input", args.input)
     checks.check_output_dir("--out", args.out)
+    from pathlib import Path
+
+    from autojudge.pipeline.mine import resume_settings
+
+    resume_settings(Path(args.out))  # a corrupt manifest is refused before anything loads
     if args.workers > 0:
         check_cluster_address(args.address)
     checks.check_pair_tokenizers(args.target, args.draft)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports and any work
     from autojudge.pipeline.mine import MineConfig, mine
-
-    check_args(args)
 
     config = MineConfig(
         task=args.task,

@@ -73,12 +73,12 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports and any work
     import sys
 
     from autojudge.models import ModelPairError
     from autojudge.pipeline.run import RunConfig, format_summary, run_main
 
-    check_args(args)
     config = RunConfig(
         out=args.out, target=args.target, draft=args.draft, mine_problems=args.mine_problems,
         select_problems=args.select_problems, test_problems=args.test_problems, window=args.window,

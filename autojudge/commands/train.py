@@ -57,12 +57,12 @@ def warn_if_running(command: str, manifest: dict, data: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports and any work
     from pathlib import Path
 
     from autojudge.pipeline.dataset import read_mined
     from autojudge.pipeline.train import TrainConfig, format_report, train_judge
 
-    check_args(args)
     config = TrainConfig(
         model=args.model, feature_setup=args.features, val_fraction=args.val_fraction, seed=args.seed,
         class_weight=None if args.no_balance else "balanced", recall_target=args.recall_target,
