@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from autojudge.checks import check_not_inside, check_not_protected
 from autojudge.tasks.jsonl import InputError
 
 LABEL_NAMES = ["unimportant", "important"]  # ClassLabel ids 0 / 1
@@ -82,11 +83,14 @@ def split_of(prompt_id: str, val_fraction: float) -> str:
 
 
 def _read_shards(folder: Path, what: str, required: bool) -> Any:
-    """All `folder/*.parquet` as one pyarrow Table (None when absent and not required)."""
+    """All committed shards of `folder` (`DIR/labels` or `DIR/responses`, read through
+    `shards.shard_paths`) as one pyarrow Table (None when absent and not required)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    shards = sorted(folder.glob("*.parquet"))
+    from autojudge.pipeline.shards import shard_paths
+
+    shards = shard_paths(folder.parent, folder.name)
     if not shards:
         if required:
             raise InputError(f"{folder}: no {what} shards (*.parquet); is this an `autojudge mine` output folder?")
@@ -319,6 +323,9 @@ def export_dataset(config: ExportConfig) -> ExportResult:
     if not 0.0 <= config.val_fraction < 1.0:
         raise InputError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
     out = Path(config.out)
+    check_not_inside("--out", out, "--data", data)  # --overwrite would delete the mining folder
+    if out.exists() and config.overwrite:
+        check_not_protected("--out", out)
     if out.exists() and not config.overwrite:
         raise InputError(f"{out} already exists; pass --overwrite to replace it")
     manifest = read_manifest(data)
@@ -330,6 +337,7 @@ def export_dataset(config: ExportConfig) -> ExportResult:
         tables["responses"] = (responses, response_features(responses))
 
     staging = out.with_name(out.name + ".partial")
+    check_not_inside("--out (its staging folder)", staging, "--data", data)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     split_counts: dict[str, dict[str, int]] = {}
