@@ -14,7 +14,7 @@ import sys
 
 from autojudge.errors import InputError, ModelPairError
 
-COMMANDS = ["run", "toy", "mine", "train", "decode", "eval", "infer", "export", "real"]
+COMMANDS = ["run", "toy", "mine", "train", "decode", "eval", "infer", "export", "real", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

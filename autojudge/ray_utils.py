@@ -82,11 +82,13 @@ def check_cluster_address(address: str | None) -> None:
         check_reachable(address)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, local_system_config: dict[str, Any] | None = None, **kwargs: Any
+) -> None:
     """Connect to Ray once per process (see the module docstring for the order).
 
-    `num_cpus` only applies to a local cluster this call starts; address "local"
-    always starts one.
+    `num_cpus` and `local_system_config` (Ray's `_system_config`) only apply to a local
+    cluster this call starts; address "local" always starts one.
     """
     import ray
 
@@ -105,6 +107,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
             return
         except (ConnectionError, ValueError) as err:  # a stale record of a stopped cluster
             log.warning("Ray cluster recorded at %s is not reachable (%s); starting a local one", node_address, err)
+    if local_system_config:
+        kwargs["_system_config"] = local_system_config
     ray.init(address="local", num_cpus=num_cpus, runtime_env=RUNTIME_ENV, include_dashboard=False, **kwargs)
 
 

@@ -1,0 +1,593 @@
+"""The Serve deployments of `autojudge serve`: a decode replica and a FastAPI ingress.
+
+    client --HTTP--> Ingress (FastAPI, OpenAI routes)  --handle, stream=True-->  DecodeReplica
+                     parse / validate / SSE / errors                             models + one EngineCore
+
+`DecodeReplica` holds one loaded pair and one engine core (continuous batching). One
+asyncio task drives it: between cycles it adds the requests that arrived and aborts the
+ones whose client went away, then runs `core.step()` in a worker thread (so the event
+loop keeps accepting requests and streaming while the models compute) and hands every
+row's new tokens to its request through an `asyncio.Queue`. The engine is only touched by
+that task, never concurrently. `generate` is a streaming method: the first chunk says
+whether the request was accepted (or carries its error), the following ones carry the
+tokens of each cycle, the last one the finish reason and the speculative stats.
+
+Bounded wait: a request is refused (503) when `max_batch` rows run and `max_waiting`
+requests already wait. Above `speculation_max_batch` running + waiting rows a new request
+runs without speculation (window 0), where verifying draft tokens for a large batch costs
+more target compute than it saves.
+
+`Ingress` only translates HTTP <-> replica calls (`openai_api`); it holds no model.
+Metrics: the replica records the project's counters and histograms with `ray.serve.metrics`
+(exported by Ray's metrics agent with Serve's own); `GET /metrics` returns this node's
+Prometheus text from that agent.
+"""
+
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from ray import serve
+
+from autojudge.actors.openai_api import (
+    APIError,
+    GenerateChunk,
+    GenerateRequest,
+    StreamFormatter,
+    full_response,
+    parse_chat,
+    parse_completion,
+    sse,
+)
+
+from autojudge.decode.acceptance import MODES
+from autojudge.decode.core import EngineCore, RequestSettings
+
+log = logging.getLogger(__name__)
+
+TTFT_BUCKETS = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
+ITL_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+
+
+@dataclass
+class ReplicaConfig:
+    """What one decode replica loads and how it schedules."""
+
+    target: str = "toy:target"
+    """Target model spec (hub id, folder, .gguf, toy:target)."""
+    draft: str = "toy:draft"
+    """Draft model spec; must share the target's tokenizer."""
+    judge: str | None = None
+    """Judge folder from `autojudge train`; needed for mode autojudge (server default or per request)."""
+    mode: str = "exact"
+    """Default acceptance rule: exact | topk | autojudge; a request may choose another."""
+    threshold: float | None = None
+    """Default judge threshold tau (None: the judge's default)."""
+    top_k: int = 4
+    """K of mode topk."""
+    window: int | None = None
+    """Default draft tokens per cycle (None: the judge's window, else 8)."""
+    max_batch: int = 32
+    """Rows decoded together by the engine core."""
+    max_waiting: int = 64
+    """Requests that may wait for a row; more get 503."""
+    speculation_max_batch: int | None = None
+    """Rows (running + waiting) above which a new request runs without speculation (None: never)."""
+    default_max_tokens: int = 128
+    """Budget of a request that gives no max_tokens (clipped to the context left)."""
+    model_name: str | None = None
+    """Name in /v1/models and the `model` field requests must use (default: the target spec)."""
+    device: str = "auto"
+    """torch device; auto = cuda when the replica has a GPU, else cpu."""
+    threads: int = 1
+    """torch CPU threads per replica."""
+
+    @property
+    def served_name(self) -> str:
+        return self.model_name or self.target
+
+
+# --------------------------------------------------------------------------- decode replica
+
+
+class TextStream:
+    """Incremental detokenization: the text of a row so far, minus what must be held back.
+
+    Stop strings are cut off (OpenAI does not return them); while the row runs, a trailing
+    incomplete character and a tail that could still become a stop string are held back."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.token_ids: list[int] = []
+        self.sent = 0
+
+    def push(self, token_ids: list[int], finished: bool) -> str:
+        self.token_ids += token_ids
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        cuts = [text.find(s) for s in self.stop if s in text]
+        if cuts:
+            text = text[: min(cuts)]
+        elif not finished:
+            text = text.rstrip("\ufffd")
+            hold = max((n for s in self.stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+            text = text[: len(text) - hold]
+        delta = text[self.sent :] if len(text) > self.sent else ""
+        self.sent = max(self.sent, len(text))
+        return delta
+
+
+@dataclass
+class _Stream:
+    """One request inside the replica."""
+
+    prompt_ids: list[int]
+    settings: Any  # RequestSettings
+    text: TextStream
+    info: dict[str, Any]  # mode / threshold / window / speculation as decided
+    queue: asyncio.Queue
+    arrived: float
+    request_id: int | None = None
+    last_emit: float | None = None
+    done: bool = False
+    draft_tokens: int = 0  # draft tokens proposed to this row so far
+    draft_calls_seen: int = 0
+    feeds_last_draft: bool = False  # the row's rule reads draft hidden states (one extra draft call per cycle)
+
+
+class ServeMetrics:
+    """The project's Prometheus metrics of one replica (names get Ray's `ray_` prefix)."""
+
+    def __init__(self, model: str):
+        from ray.serve import metrics
+
+        tags = {"model": model}
+        self.requests = metrics.Counter("autojudge_requests_total", "Requests finished, by finish reason (stop, length, abort, error).", tag_keys=("model", "finish_reason"))
+        self.running = metrics.Gauge("autojudge_running_rows", "Rows the engine core decodes now.", tag_keys=("model",))
+        self.waiting = metrics.Gauge("autojudge_waiting_rows", "Requests waiting for a row.", tag_keys=("model",))
+        counters = {
+            "emitted": ("autojudge_emitted_tokens_total", "Tokens emitted to clients."),
+            "prompt": ("autojudge_prompt_tokens_total", "Prompt tokens read."),
+            "target_calls": ("autojudge_target_calls_total", "Target forward passes, per request (verification cycles)."),
+            "draft_tokens": ("autojudge_draft_tokens_total", "Draft tokens proposed for verification."),
+            "accepted": ("autojudge_accepted_tokens_total", "Draft tokens accepted."),
+        }
+        self.counters = {}
+        for key, (name, description) in counters.items():
+            self.counters[key] = metrics.Counter(name, description, tag_keys=("model",))
+        self.ttft = metrics.Histogram("autojudge_time_to_first_token_seconds", "Seconds from arrival to the first token.", boundaries=TTFT_BUCKETS, tag_keys=("model",))
+        self.itl = metrics.Histogram("autojudge_inter_token_latency_seconds", "Seconds between emissions of a request, per token emitted.", boundaries=ITL_BUCKETS, tag_keys=("model",))
+        for metric in (self.requests, self.running, self.waiting, *self.counters.values(), self.ttft, self.itl):
+            metric.set_default_tags(dict(tags))  # (Serve adds its own tags to the dict it is given)
+
+    def count(self, key: str, value: float) -> None:
+        if value:
+            self.counters[key].inc(value)
+
+
+def count_draft_tokens(stream: _Stream, metrics: Any) -> None:
+    """Add the draft tokens of one cycle to `stream.draft_tokens`.
+
+    `RequestMetrics` counts draft forward passes, not proposed tokens: a cycle with window
+    k > 0 takes k draft calls, k + 1 when the rule reads draft hidden states (the engine then
+    also feeds c_k); a cycle without speculation takes none."""
+    calls = int(metrics.draft_calls) - stream.draft_calls_seen
+    stream.draft_calls_seen = int(metrics.draft_calls)
+    stream.draft_tokens += calls - 1 if calls > 0 and stream.feeds_last_draft else calls
+
+
+def speculative_stats(metrics: Any, info: dict[str, Any], draft_tokens: int) -> dict[str, Any]:
+    """The per-request speculative block (vLLM-like): counts, rates, accepted-length histogram."""
+    histogram = list(metrics.accepted_lengths)
+    accepted = sum(n * count for n, count in enumerate(histogram))
+    new_tokens = int(metrics.new_tokens)
+    return {
+        **info,
+        "new_tokens": new_tokens,
+        "target_calls": int(metrics.target_calls),
+        "draft_calls": int(metrics.draft_calls),
+        "draft_tokens": draft_tokens,
+        "accepted_tokens": accepted,
+        "tokens_per_target_call": new_tokens / metrics.target_calls if metrics.target_calls else 0.0,
+        "acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0,
+        "accepted_length_histogram": histogram,
+    }
+
+
+def coalesce(chunks: list[GenerateChunk], queue: asyncio.Queue) -> GenerateChunk:
+    """One chunk from `chunks` plus whatever else is queued already (a slow reader gets
+    fewer, larger chunks instead of falling behind one message per cycle)."""
+    while not queue.empty() and chunks[-1].finish_reason is None and chunks[-1].error is None:
+        chunks.append(queue.get_nowait())
+    if len(chunks) == 1:
+        return chunks[0]
+    last = chunks[-1]
+    if last.error is not None:
+        return last
+    return GenerateChunk(
+        token_ids=[t for c in chunks for t in c.token_ids], text="".join(c.text for c in chunks),
+        finish_reason=last.finish_reason, speculative=last.speculative,
+    )  # fmt: skip
+
+
+class DecodeReplica:
+    """One loaded pair and one engine core, serving `generate` streams."""
+
+    def __init__(self, config: ReplicaConfig, num_gpus: float = 0.0):
+        import torch
+
+        from autojudge.models import load_pair
+
+        self.config = config
+        device = config.device
+        if device == "auto":
+            device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(max(1, config.threads))
+        self.pair = load_pair(config.target, config.draft, device=device)
+        self.tokenizer = self.pair.tokenizer
+        self.judge = None
+        if config.judge:
+            from autojudge.judge import Judge  # lazy: only a server with a judge needs it
+
+            self.judge = Judge.load(config.judge)
+            self.judge.check_model_pair(self.pair)
+        if config.mode == "autojudge" and self.judge is None:
+            raise ValueError("mode autojudge needs a judge (--judge JUDGE_DIR)")
+        from autojudge.judge import default_window
+
+        self.default_window = config.window if config.window is not None else default_window(self.judge)
+        self.context_length = min(
+            getattr(m.config, "max_position_embeddings", None) or 10**9 for m in (self.pair.target, self.pair.draft)
+        )
+        # token ids a prompt may hold: known to the tokenizer and to both embedding tables
+        self.vocab_size = min(
+            len(self.tokenizer), *(m.get_input_embeddings().weight.shape[0] for m in (self.pair.target, self.pair.draft))
+        )
+        self.core = self._new_core()
+        self.metrics = ServeMetrics(config.served_name)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
+        self._arrived: list[_Stream] = []  # not yet added to the core
+        self._aborted: list[_Stream] = []  # to abort at the next cycle boundary
+        self._streams: dict[int, _Stream] = {}  # core request id -> stream
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._client_aborts = 0  # requests dropped because their caller went away
+        self._steps, self._step_s = 0, 0.0  # engine cycles run and seconds spent in them
+
+    def _new_core(self) -> EngineCore:
+        return EngineCore.for_pair(self.pair, judge=self.judge, default_window=self.default_window, max_batch=self.config.max_batch)
+
+    # ------------------------------------------------------------------ small calls
+
+    def info(self) -> dict[str, Any]:
+        """Model name, context length and the server's defaults (for /v1/models, /health)."""
+        modes = [mode for mode in MODES if mode != "autojudge" or self.judge is not None]
+        return {
+            "model": self.config.served_name, "context_length": self.context_length, "modes": modes,
+            "default_mode": self.config.mode, "default_window": self.default_window, "max_batch": self.config.max_batch,
+            "max_waiting": self.config.max_waiting, "pid": os.getpid(),
+        }  # fmt: skip
+
+    def engine_state(self) -> dict[str, Any]:
+        """Rows running and waiting now (for tests and /debug/engine)."""
+        waiting = self.core.num_waiting + len(self._arrived)
+        return {
+            "running": self.core.num_running, "waiting": waiting, "aborted": self._client_aborts, "pid": os.getpid(),
+            "steps": self._steps, "step_s": round(self._step_s, 3),
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------ generate
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        """Stream of chunks: the first tells acceptance (or the error), then one per cycle."""
+        try:
+            stream = self._admit(request)
+        except APIError as err:
+            self.metrics.requests.inc(tags={"finish_reason": "error"})
+            yield GenerateChunk(error={"status": err.status, "message": err.message, "param": err.param, "code": err.code})
+            return
+        self._ensure_loop()
+        self._arrived.append(stream)
+        self._wake.set()
+        yield GenerateChunk(prompt_tokens=len(stream.prompt_ids), prompt_token_ids=stream.prompt_ids)
+        try:
+            while True:
+                chunk = coalesce([await stream.queue.get()], stream.queue)
+                yield chunk
+                if chunk.finish_reason is not None or chunk.error is not None:
+                    return
+        finally:
+            if not stream.done:  # the client went away (or the request was cancelled)
+                stream.done = True
+                self._client_aborts += 1
+                self._aborted.append(stream)
+                self.metrics.requests.inc(tags={"finish_reason": "abort"})
+                if self._wake is not None:
+                    self._wake.set()
+
+    def _admit(self, request: GenerateRequest) -> _Stream:
+        """Validate and tokenize a request (APIError for the client's mistakes, 503 when full)."""
+        config = self.config
+        if request.model is not None and request.model != config.served_name:
+            raise APIError(404, f"model '{request.model}' does not exist; this server serves '{config.served_name}'", param="model", code="model_not_found")
+        waiting = self.core.num_waiting + len(self._arrived)
+        if self.core.num_running + waiting >= config.max_batch + config.max_waiting:
+            raise APIError(503, f"server is full: {self.core.num_running} requests running and {waiting} waiting (limit {config.max_waiting}); retry later", code="queue_full")
+        prompt_ids = self._prompt_ids(request)
+        if not prompt_ids:
+            raise APIError(400, "prompt is empty (no tokens)", param="prompt")
+        vocab = self.vocab_size
+        if any(t < 0 or t >= vocab for t in prompt_ids):
+            raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+        room = self.context_length - len(prompt_ids)
+        if room < 1 or (request.max_tokens is not None and request.max_tokens > room):
+            asked = request.max_tokens or 1
+            raise APIError(
+                400, f"this model's maximum context length is {self.context_length} tokens; the request has "
+                f"{len(prompt_ids)} prompt tokens and asks for {asked} more", param="prompt" if room < 1 else "max_tokens",
+                code="context_length_exceeded",
+            )  # fmt: skip
+        settings, info = self._settings(request, min(request.max_tokens or config.default_max_tokens, room))
+        return _Stream(prompt_ids, settings, TextStream(self.tokenizer, request.stop), info, asyncio.Queue(), time.perf_counter())
+
+    def _prompt_ids(self, request: GenerateRequest) -> list[int]:
+        if request.prompt_ids is not None:
+            return list(request.prompt_ids)
+        if request.messages is not None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise APIError(400, f"model '{self.config.served_name}' has no chat template: use /v1/completions", param="messages")
+            try:
+                text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+            except Exception as err:  # the template refuses these messages (roles, order)
+                raise APIError(400, f"the chat template cannot render these messages: {err}", param="messages") from None
+            return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return list(self.tokenizer(request.prompt_text or "", add_special_tokens=False).input_ids)
+
+    def _settings(self, request: GenerateRequest, max_tokens: int) -> tuple[Any, dict[str, Any]]:
+        """RequestSettings of a request and the `info` part of its speculative stats."""
+        mode = request.mode or self.config.mode
+        modes = self.info()["modes"]
+        if mode not in modes:
+            why = " (the server has no judge: start it with --judge)" if mode == "autojudge" else ""
+            raise APIError(400, f"unknown or unavailable mode '{mode}'{why}; this server offers {', '.join(modes)}", param="mode")
+        threshold = request.threshold if request.threshold is not None else (self.config.threshold if mode == self.config.mode else None)
+        if mode == "autojudge" and threshold is None:
+            threshold = self.judge.default_threshold
+        if mode in ("exact", "topk"):
+            threshold = None  # these rules take no threshold
+        window = self.default_window if request.window is None else request.window
+        speculation = "on"
+        if not request.speculate or window == 0:
+            window, speculation = 0, "off (request)"
+        settings = RequestSettings(
+            max_new_tokens=max_tokens, mode=mode, threshold=threshold,
+            top_k=self.config.top_k, window=window, stop_strings=request.stop,
+        )  # fmt: skip
+        info = {"mode": mode, "threshold": threshold, "window": window, "speculation": speculation}
+        return settings, info
+
+    # ------------------------------------------------------------------ the engine loop
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._wake = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        """Add arrivals, drop aborts, run one cycle, deliver; sleep while there is nothing to do."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._apply_arrivals_and_aborts()
+            self.metrics.running.set(self.core.num_running)
+            self.metrics.waiting.set(self.core.num_waiting)
+            if not self.core.has_unfinished():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            started = time.perf_counter()
+            try:
+                output = await loop.run_in_executor(self._executor, self.core.step)
+            except Exception as err:  # a bug in the engine: fail the active requests, keep serving
+                log.exception("engine step failed")
+                self._fail_all(f"decode failed: {type(err).__name__}: {err}")
+                continue
+            now = time.perf_counter()
+            self._steps, self._step_s = self._steps + 1, self._step_s + now - started
+            emitted = 0
+            for update in output.updates:
+                stream = self._streams.get(update.request_id)
+                if stream is not None:
+                    self._deliver(stream, update, now)
+                    emitted += len(update.new_token_ids)
+            self.metrics.count("emitted", emitted)
+
+    def _apply_arrivals_and_aborts(self) -> None:
+        for stream in self._aborted:
+            if stream.request_id is not None and stream.request_id in self._streams:
+                self.core.abort(stream.request_id)
+                del self._streams[stream.request_id]
+        aborted = {id(s) for s in self._aborted}
+        self._aborted = []
+        arrivals, self._arrived = [s for s in self._arrived if id(s) not in aborted], []
+        for stream in arrivals:
+            limit = self.config.speculation_max_batch
+            if limit is not None and stream.settings.window and self.core.num_running + self.core.num_waiting >= limit:
+                stream.settings = replace(stream.settings, window=0)
+                stream.info.update(window=0, speculation=f"off (server: batch >= {limit})")
+            try:
+                stream.request_id = self.core.add_request(stream.prompt_ids, stream.settings)
+            except ValueError as err:
+                stream.done = True
+                stream.queue.put_nowait(GenerateChunk(error={"status": 400, "message": str(err), "param": None, "code": None}))
+                continue
+            stream.feeds_last_draft = self.core.rule_for(stream.settings).needs_draft_hidden
+            self._streams[stream.request_id] = stream
+            self.metrics.count("prompt", len(stream.prompt_ids))
+
+    def _deliver(self, stream: _Stream, update: Any, now: float) -> None:
+        finished = bool(update.finished)
+        count_draft_tokens(stream, update.metrics)
+        text = stream.text.push(list(update.new_token_ids), finished)
+        n = len(update.new_token_ids)
+        if n:
+            if stream.last_emit is None:
+                self.metrics.ttft.observe(now - stream.arrived)
+            else:
+                self.metrics.itl.observe((now - stream.last_emit) / n)
+            stream.last_emit = now
+        chunk = GenerateChunk(token_ids=list(update.new_token_ids), text=text)
+        if finished:
+            stream.done = True
+            del self._streams[update.request_id]
+            chunk.finish_reason = "length" if update.stop_reason == "length" else "stop"
+            stats = speculative_stats(update.metrics, stream.info, stream.draft_tokens)
+            chunk.speculative = stats
+            self.metrics.requests.inc(tags={"finish_reason": chunk.finish_reason})
+            self.metrics.count("target_calls", stats["target_calls"])
+            self.metrics.count("draft_tokens", stats["draft_tokens"])
+            self.metrics.count("accepted", stats["accepted_tokens"])
+        stream.queue.put_nowait(chunk)
+
+    def _fail_all(self, message: str) -> None:
+        """After a failed cycle: every active request gets a 500, and a fresh core takes over."""
+        for stream in self._streams.values():
+            stream.done = True
+            stream.queue.put_nowait(GenerateChunk(error={"status": 500, "message": message, "param": None, "code": None}))
+            self.metrics.requests.inc(tags={"finish_reason": "error"})
+        self._streams.clear()
+        self.core = self._new_core()
+
+
+# --------------------------------------------------------------------------- ingress
+
+app = FastAPI(title="autojudge", description="OpenAI-compatible speculative decoding (AutoJudge) on Ray Serve")
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def node_metrics_text() -> str:
+    """Prometheus text of this node's Ray metrics agent (Serve's metrics and the project's)."""
+    import urllib.request
+
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+@serve.ingress(app)
+class Ingress:
+    """HTTP <-> decode replica translation; no model and no decoding here."""
+
+    def __init__(self, decode: Any, model_name: str):
+        self.decode = decode
+        self.model_name = model_name
+        self._info: dict[str, Any] | None = None
+
+    async def _replica_info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = await self.decode.info.remote()
+        return self._info
+
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        try:
+            info = await asyncio.wait_for(self.decode.info.remote(), timeout=10)
+        except Exception as err:  # no replica answers (starting, restarting)
+            return error_response(APIError(503, f"decode replica not ready: {type(err).__name__}"))
+        return JSONResponse({"status": "ok", "model": info["model"]})
+
+    @app.get("/v1/models")
+    async def models(self) -> JSONResponse:
+        info = await self._replica_info()
+        card = {"id": info["model"], "object": "model", "created": 0, "owned_by": "autojudge", "max_model_len": info["context_length"]}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    @app.get("/debug/engine")
+    async def engine(self) -> JSONResponse:
+        return JSONResponse(await self.decode.engine_state.remote())
+
+    @app.get("/metrics")
+    async def metrics(self) -> PlainTextResponse:
+        try:
+            text = await asyncio.to_thread(node_metrics_text)
+        except Exception as err:
+            return PlainTextResponse(f"# metrics agent unavailable: {err}\n", status_code=503)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Any:
+        return await self._generate(request, parse_completion)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Any:
+        return await self._generate(request, parse_chat)
+
+    async def _generate(self, request: Request, parse: Any) -> Any:
+        try:
+            generate_request, body = parse(await request.body())
+        except APIError as err:
+            return error_response(err)
+        stream = self.decode.options(stream=True).generate.remote(generate_request)
+        try:
+            first = await stream.__anext__()  # accepted, or the request's error
+        except Exception as err:
+            stream.cancel()
+            return error_response(APIError(503, f"decode replica unavailable: {type(err).__name__}: {err}"))
+        if first.error is not None:
+            return error_response(APIError.from_dict(first.error))
+        model = self.model_name
+        if not body.stream:
+            chunks = [first]
+            try:
+                async for chunk in stream:
+                    if chunk.error is not None:
+                        return error_response(APIError.from_dict(chunk.error))
+                    chunks.append(chunk)
+            except Exception as err:
+                return error_response(APIError(500, f"decode replica failed: {type(err).__name__}: {err}"))
+            return JSONResponse(full_response(generate_request.kind, model, chunks, body.return_token_ids))
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        formatter = StreamFormatter(generate_request.kind, model, body.return_token_ids, include_usage, first)
+        return StreamingResponse(self._events(stream, formatter), media_type="text/event-stream")
+
+    async def _events(self, stream: Any, formatter: StreamFormatter) -> AsyncIterator[str]:
+        finished = False
+        try:
+            async for chunk in stream:
+                if chunk.error is not None:
+                    yield sse(APIError.from_dict(chunk.error).body())
+                    break
+                for item in formatter.chunks(chunk):
+                    yield sse(item)
+            finished = True
+            yield sse("[DONE]")
+        except Exception as err:
+            yield sse(APIError(500, f"decode replica failed: {type(err).__name__}: {err}").body())
+            yield sse("[DONE]")
+        finally:
+            if not finished:
+                stream.cancel()  # the client went away: the replica aborts the row
+
+
+def build_app(config: ReplicaConfig, *, num_replicas: int = 1, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0) -> Any:
+    """The Serve application: Ingress bound to a DecodeReplica deployment."""
+    decode = serve.deployment(
+        DecodeReplica, name="DecodeReplica", num_replicas=num_replicas,
+        ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
+        max_ongoing_requests=config.max_batch + config.max_waiting + 16,
+        health_check_period_s=2.0, health_check_timeout_s=30.0,
+    )  # fmt: skip
+    ingress = serve.deployment(Ingress, name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
+    return ingress.bind(decode.bind(config, gpus_per_replica), config.served_name)

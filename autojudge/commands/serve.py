@@ -1,0 +1,114 @@
+"""`autojudge serve`: an OpenAI-compatible HTTP endpoint for speculative decoding on Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from autojudge.ray_utils import add_ray_arguments
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server (Ray Serve) with continuous batching and speculative stats",
+        description=(
+            "Serve the target with the draft speculating, behind POST /v1/completions, POST /v1/chat/completions "
+            "(stream: true for server-sent events), GET /v1/models, GET /health and GET /metrics (Prometheus). "
+            "Greedy decoding only (temperature 0). Requests may choose mode, threshold and window in an "
+            "'autojudge' object or as top-level fields. Runs until interrupted (Ctrl-C)."
+        ),
+    )
+    parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
+    parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
+    parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder from `autojudge train` (enables mode autojudge)")
+    parser.add_argument("--mode", default="exact", metavar="MODE",
+                        help="default acceptance rule of requests that name none: exact, topk, autojudge, or another "
+                             "rule of this build (default exact)")
+    parser.add_argument("--threshold", type=float, metavar="TAU", help="default judge threshold (default: the judge's)")
+    parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
+    parser.add_argument("--window", type=int, default=None, metavar="K",
+                        help="default draft tokens per cycle (default: the judge's window, else 8)")
+    parser.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together per replica (default 32)")
+    parser.add_argument("--max-waiting", type=int, default=64, metavar="N",
+                        help="requests that may wait for a row per replica; more get 503 (default 64)")
+    parser.add_argument("--speculation-max-batch", type=int, default=None, metavar="N",
+                        help="a request arriving when N or more rows run or wait decodes without speculation (default: never)")
+    parser.add_argument("--max-tokens", type=int, default=128, metavar="L",
+                        help="budget of requests that give no max_tokens (default 128)")
+    parser.add_argument("--model-name", default=None, help="model name in the API (default: the --target spec)")
+    parser.add_argument("--num-replicas", type=int, default=1, metavar="R", help="decode replicas (default 1)")
+    parser.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G", help="GPUs per replica (default 0)")
+    parser.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per replica (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per replica (default 1)")
+    parser.add_argument("--host", default="127.0.0.1", metavar="H", help="HTTP address (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8000, metavar="P", help="HTTP port (default 8000)")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log a line per request (Serve's access log)")
+    add_ray_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
+    from autojudge.actors.server import ReplicaConfig
+    from autojudge.errors import InputError
+    from autojudge.pipeline.serve import ServeConfig
+
+    from autojudge.decode.acceptance import MODES
+
+    if args.mode not in MODES:
+        raise InputError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
+    if args.mode == "autojudge" and not args.judge:
+        raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
+    for name in ("max_batch", "num_replicas", "max_tokens", "threads"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.window is not None and args.window < 0:
+        raise InputError("--window must be >= 0 (0: no speculation)")
+    if args.max_waiting < 0:
+        raise InputError("--max-waiting must be >= 0")
+    if args.judge:
+        from autojudge.judge import Judge
+
+        Judge.load(args.judge)  # a bad folder is a one-line error here, not a failed replica
+    replica = ReplicaConfig(
+        target=args.target, draft=args.draft, judge=args.judge, mode=args.mode, threshold=args.threshold,
+        top_k=args.top_k, window=args.window, max_batch=args.max_batch, max_waiting=args.max_waiting,
+        speculation_max_batch=args.speculation_max_batch, default_max_tokens=args.max_tokens,
+        model_name=args.model_name, threads=args.threads,
+    )  # fmt: skip
+    return ServeConfig(
+        replica=replica, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
+        cpus_per_replica=args.cpus_per_replica, host=args.host, port=args.port, address=args.address,
+        access_log=not args.no_access_log,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from autojudge.models import ModelPairError, load_tokenizer
+    from autojudge.errors import InputError
+    from autojudge.pipeline.serve import start_server, stop_server
+
+    config = config_from_args(args)
+    try:  # fail fast on a bad pair, before any replica starts
+        load_tokenizer(args.target)
+        load_tokenizer(args.draft)
+    except ModelPairError as err:
+        raise InputError(str(err)) from None
+    try:
+        url = start_server(config)
+    except Exception as err:  # a replica that cannot start (bad models, judge for another pair, ...)
+        stop_server(config.app_name)
+        raise InputError(f"the server did not start: {err}") from None
+    model = config.replica.served_name
+    print(f"serving {model} (draft {args.draft}, mode {args.mode}) at {url}/v1  (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+    finally:
+        stop_server(config.app_name)
+    return 0
