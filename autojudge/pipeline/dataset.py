@@ -21,7 +21,6 @@ import numpy as np
 from autojudge.judge import FEATURE_SETUPS, build_features  # noqa: F401 (re-exported for train)
 from autojudge.tasks.jsonl import InputError
 
-LABEL_COLUMNS = ("prompt_id", "position", "target_token", "draft_token", "important", "h_target", "h_draft")
 
 
 class DataError(InputError):
@@ -100,10 +99,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 def read_mined(folder: str | Path) -> MinedData:
     """All label rows (with features) of a mining folder, shards in name order."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from autojudge.pipeline.shards import LABELS, shard_paths
+    from autojudge.pipeline.shards import LABELS, read_table, shard_paths
 
     folder = Path(folder)
     label_dir = folder / LABELS
@@ -113,17 +109,10 @@ def read_mined(folder: str | Path) -> MinedData:
     if not shards:
         raise DataError(f"{folder}: no label shards found (committed ones: {label_dir}/*.parquet, each with "
                         f"its responses/ sibling, from `autojudge mine`)")
-    tables = []
-    for shard in shards:
-        try:
-            table = pq.read_table(shard)
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{shard}: cannot read as Parquet ({str(err).splitlines()[0]})") from None
-        missing = [name for name in LABEL_COLUMNS if name not in table.column_names]
-        if missing:
-            raise DataError(f"{shard}: missing column(s) {', '.join(missing)} (features must be mined inline)")
-        tables.append(table.select(list(LABEL_COLUMNS)))
-    table = pa.concat_tables(tables, promote_options="permissive")
+    try:
+        table = read_table(folder, LABELS)  # committed shards only, every column of the schema
+    except InputError as err:
+        raise DataError(str(err)) from None
     where = str(label_dir)
     return MinedData(
         prompt_ids=np.asarray(table.column("prompt_id").to_pylist(), dtype=object),

@@ -82,26 +82,16 @@ def split_of(prompt_id: str, val_fraction: float) -> str:
     return "validation" if bucket < val_fraction else "train"
 
 
-def _read_shards(folder: Path, what: str, required: bool) -> Any:
-    """All committed shards of `folder` (`DIR/labels` or `DIR/responses`, read through
-    `shards.shard_paths`) as one pyarrow Table (None when absent and not required)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _read_shards(data: Path, kind: str, required: bool) -> Any:
+    """The committed `kind` shards of mining folder `data` as one table (`shards.read_table`, the
+    one reader); None when there are none and they are not required."""
+    from autojudge.pipeline.shards import read_table, shard_paths
 
-    from autojudge.pipeline.shards import shard_paths
-
-    shards = shard_paths(folder.parent, folder.name)
-    if not shards:
+    if not shard_paths(data, kind):
         if required:
-            raise InputError(f"{folder}: no {what} shards (*.parquet); is this an `autojudge mine` output folder?")
+            raise InputError(f"{data / kind}: no {kind.rstrip('s')} shards (committed *.parquet); is this an `autojudge mine` output folder?")
         return None
-    tables = []
-    for shard in shards:
-        try:
-            tables.append(pq.read_table(shard))
-        except Exception as err:  # a truncated or foreign file
-            raise InputError(f"{shard}: cannot read as Parquet ({err})") from None
-    return pa.concat_tables(tables, promote_options="permissive")
+    return read_table(data, kind)
 
 
 def _fixed_length(table: Any, column: str) -> int | None:
@@ -330,8 +320,8 @@ def export_dataset(config: ExportConfig) -> ExportResult:
         raise InputError(f"{out} already exists; pass --overwrite to replace it")
     manifest = read_manifest(data)
 
-    labels = _read_shards(data / "labels", "label", required=True)
-    responses = _read_shards(data / "responses", "response", required=False)
+    labels = _read_shards(data, "labels", required=True)
+    responses = _read_shards(data, "responses", required=False)
     tables = {"labels": (labels, label_features(labels))}
     if responses is not None:
         tables["responses"] = (responses, response_features(responses))
