@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from autojudge.errors import InputError, ModelPairError
@@ -43,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"autojudge {args.command}: interrupted; finished work is kept", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: a message, not a traceback
+        if os.environ.get("AUTOJUDGE_DEBUG"):
+            raise
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(
+            f"autojudge {args.command}: error: unexpected {type(err).__name__}: {first_line} "
+            "(this is a bug or an unchecked input; AUTOJUDGE_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return int(result or 0)
 
 

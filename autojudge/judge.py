@@ -25,13 +25,10 @@ import torch
 from autojudge.models import ModelPairError, resolve_spec
 from autojudge.tasks.jsonl import InputError
 
-FORMAT_VERSION = 1
-JSON_NAME = "judge.json"
-WEIGHTS_NAME = "weights.safetensors"
-LIGHTGBM_NAME = "model.txt"
-KINDS = ("logreg", "lightgbm")
-FEATURE_SETUPS = ("DT", "DD-DT")
-"""Judge inputs (DESIGN §1.2): DT = h_target; DD-DT = [h_draft ; h_target]."""
+from autojudge.judge_format import (  # noqa: F401 - re-exported: the format lives there
+    FEATURE_SETUPS, FORMAT_VERSION, JSON_NAME, KINDS, LIGHTGBM_NAME, WEIGHTS_NAME, JudgeFormatError,
+    load_logreg_weights, read_judge_meta,
+)
 
 
 def build_features(h_target: np.ndarray, h_draft: np.ndarray, feature_setup: str) -> np.ndarray:
@@ -41,10 +38,6 @@ def build_features(h_target: np.ndarray, h_draft: np.ndarray, feature_setup: str
     if feature_setup == "DD-DT":
         return np.concatenate([h_draft, h_target], axis=1).astype(np.float32, copy=False)
     raise InputError(f"unknown feature setup {feature_setup!r}; choose from {', '.join(FEATURE_SETUPS)}")
-
-
-class JudgeFormatError(InputError):
-    """A judge folder is missing, incomplete, or written by an incompatible version."""
 
 
 @dataclass
@@ -291,22 +284,12 @@ class Judge:
 
     @classmethod
     def load(cls, folder: str | Path) -> "Judge":
-        """Read a judge folder written by `save`."""
+        """Read a judge folder written by `save`; every field and tensor is checked (JudgeFormatError)."""
         folder = Path(folder)
-        meta_path = folder / JSON_NAME
-        if not meta_path.exists():
-            raise JudgeFormatError(f"{folder}: not a judge folder (no {JSON_NAME}; create one with `autojudge train`)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise JudgeFormatError(f"{meta_path}: not valid JSON ({err.msg})") from None
-        if meta.get("format") != "autojudge-judge" or meta.get("format_version") != FORMAT_VERSION:
-            raise JudgeFormatError(
-                f"{meta_path}: unsupported judge format {meta.get('format')!r} version {meta.get('format_version')!r} "
-                f"(this autojudge reads version {FORMAT_VERSION})"
-            )
+        meta = read_judge_meta(folder)
+        pair = PairInfo(**meta["pair"])
         common = dict(
-            pair=PairInfo(**meta["pair"]),
+            pair=pair,
             thresholds=meta.get("thresholds", []),
             default_threshold=meta["default_threshold"],
             threshold_source=meta.get("threshold_source", "default"),
@@ -314,21 +297,28 @@ class Judge:
             metrics=meta.get("metrics", {}),
             settings=meta.get("settings", {}),
         )
+        features = pair.target_hidden_size if meta["feature_setup"] == "DT" else pair.target_hidden_size + pair.draft_hidden_size
         if meta["kind"] == "logreg":
-            from safetensors.numpy import load_file
-
-            weights_path = folder / WEIGHTS_NAME
-            if not weights_path.exists():
-                raise JudgeFormatError(f"{folder}: {WEIGHTS_NAME} is missing")
-            tensors = load_file(str(weights_path))
+            tensors = load_logreg_weights(folder / WEIGHTS_NAME, features)
             return cls(
                 "logreg", meta["feature_setup"], scaler_mean=tensors["scaler_mean"], scaler_scale=tensors["scaler_scale"],
                 coef=tensors["coef"], intercept=meta["intercept"], **common,
             )
         model_path = folder / LIGHTGBM_NAME
-        if not model_path.exists():
+        if not model_path.is_file():
             raise JudgeFormatError(f"{folder}: {LIGHTGBM_NAME} is missing")
-        return cls(meta["kind"], meta["feature_setup"], booster_text=model_path.read_text(), **common)
+        try:
+            booster_text = model_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise JudgeFormatError(f"{model_path}: cannot read ({err})") from None
+        judge = cls(meta["kind"], meta["feature_setup"], booster_text=booster_text, **common)
+        try:
+            num_features = judge.booster.num_feature()
+        except Exception as err:  # noqa: BLE001 - LightGBM raises its own error type on a bad model
+            raise JudgeFormatError(f"{model_path}: not a LightGBM model ({str(err).splitlines()[0] if str(err) else err})") from None
+        if num_features != features:
+            raise JudgeFormatError(f"{model_path}: the model has {num_features} features, judge.json states {features}")
+        return judge
 
     def __repr__(self) -> str:
         auc = self.metrics.get("val_roc_auc")
@@ -336,6 +326,28 @@ class Judge:
             f"Judge(kind={self.kind!r}, feature_setup={self.feature_setup!r}, target={self.pair.target_id!r}, "
             f"draft={self.pair.draft_id!r}, default_threshold={self.default_threshold:.3f}, val_roc_auc={auc})"
         )
+
+
+def check_judge_for_specs(judge: "Judge", target: str, draft: str) -> None:
+    """`check_pair` from the specs alone (tokenizer and configs, no weights): used on the driver
+    before any cluster or actor starts. Raises InputError naming every difference."""
+    from transformers import AutoConfig
+
+    from autojudge.models import load_tokenizer, tokenizer_fingerprint
+
+    sizes = []
+    for spec in (target, draft):
+        location, gguf_file = resolve_spec(spec)
+        try:
+            config = AutoConfig.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read the config of {spec!r}: {str(err).splitlines()[0]}") from None
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        sizes.append(int(config.hidden_size))
+    try:
+        judge.check_pair(target, draft, tokenizer_fingerprint(load_tokenizer(target)), sizes[0], sizes[1])
+    except ModelPairError as err:
+        raise InputError(str(err)) from None
 
 
 DEFAULT_WINDOW = 8  # draft tokens per cycle when neither the user nor the judge names one

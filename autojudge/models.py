@@ -144,3 +144,13 @@ def eos_token_ids(tokenizer: Any, *models: Any) -> list[int]:
             if token is not None and int(token) not in ids:
                 ids.append(int(token))
     return ids
+
+
+def model_context(model: Any) -> int:
+    """Longest sequence a model supports (max_position_embeddings / n_positions)."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 30

@@ -31,6 +31,57 @@ def node_cluster_address() -> str | None:
     return address or None
 
 
+CONNECT_TIMEOUT_S = 3.0
+"""How long the reachability check of a named cluster waits for a TCP connection."""
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address (`host:port`, `ray://host:port`, `http://host:port`), None for
+    forms without one (`auto`, `local`)."""
+    from urllib.parse import urlsplit
+
+    text = address if "://" in address else f"gcs://{address}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.hostname, port
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """InputError within `timeout_s` when nothing listens at the cluster address (ray.init would
+    retry for minutes printing "Failed to get cluster ID")."""
+    import socket
+
+    from autojudge.errors import InputError
+
+    target = host_port(address)
+    if target is None:
+        if address not in ("auto", "local"):
+            raise InputError(f"Ray address {address!r} is not HOST:PORT (or ray://HOST:PORT)")
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout_s):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__)
+        raise InputError(
+            f"cannot reach the Ray cluster at {address} ({reason}); check --address / $RAY_ADDRESS, "
+            "or unset it to start a local cluster"
+        ) from None
+
+
+def check_cluster_address(address: str | None) -> None:
+    """Before any work: the cluster named by `--address` or $RAY_ADDRESS is reachable (nothing to
+    check when neither names one)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        check_reachable(address)
+
+
 def init_ray(
     address: str | None = None, num_cpus: int | None = None, local_system_config: dict[str, Any] | None = None, **kwargs: Any
 ) -> None:
@@ -45,14 +96,16 @@ def init_ray(
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
+        check_reachable(address)
         ray.init(address=address, runtime_env=RUNTIME_ENV, **kwargs)
         return
     node_address = None if address == "local" else node_cluster_address()
     if node_address:
         try:
+            check_reachable(node_address)
             ray.init(address=node_address, runtime_env=RUNTIME_ENV, **kwargs)
             return
-        except ConnectionError as err:  # a stale record of a stopped cluster
+        except (ConnectionError, ValueError) as err:  # a stale record of a stopped cluster
             log.warning("Ray cluster recorded at %s is not reachable (%s); starting a local one", node_address, err)
     if local_system_config:
         kwargs["_system_config"] = local_system_config

@@ -21,7 +21,7 @@ HT, HD = 8, 4
 
 
 def write_mining_folder(folder: Path, num_prompts: int = 30, seed: int = 0) -> dict:
-    """A mining folder in the mining-folder layout: 2 label shards, 1 response shard, manifest."""
+    """A mining folder: 2 committed shards (labels + responses each), manifest."""
     rng = np.random.default_rng(seed)
     label_rows, response_rows = [], []
     for p in range(num_prompts):
@@ -56,10 +56,13 @@ def write_mining_folder(folder: Path, num_prompts: int = 30, seed: int = 0) -> d
     )  # fmt: skip
     (folder / "labels").mkdir(parents=True)
     (folder / "responses").mkdir()
-    half = len(label_rows) // 2
-    for index, rows in enumerate([label_rows[:half], label_rows[half:]]):
+    # two shards split by prompt; a shard is committed by its responses file of the same name
+    first = {f"toy-{p}" for p in range(num_prompts // 2)}
+    for index, in_shard in enumerate([lambda pid: pid in first, lambda pid: pid not in first]):
+        rows = [r for r in label_rows if in_shard(r["prompt_id"])]
         pq.write_table(pa.Table.from_pylist(rows, schema=label_schema), folder / "labels" / f"shard-{index:05d}.parquet")
-    pq.write_table(pa.Table.from_pylist(response_rows, schema=response_schema), folder / "responses" / "shard-00000.parquet")
+        rows = [r for r in response_rows if in_shard(r["prompt_id"])]
+        pq.write_table(pa.Table.from_pylist(rows, schema=response_schema), folder / "responses" / f"shard-{index:05d}.parquet")
     manifest = {
         "task": "toy", "target": "toy:target", "draft": "toy:draft", "tokenizer_fingerprint": "abcd1234",
         "target_hidden_size": HT, "draft_hidden_size": HD,

@@ -124,3 +124,217 @@ def test_no_network_when_namespaces_are_available():
     if not result.namespaces:
         pytest.skip("no network namespace here (not root, or the kernel refused unshare)")
     assert result.stdout.startswith("no network")
+
+
+# ----------------------------------------------------------------------------- hardening (issue 15)
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, uid drop and cgroups need a root caller")
+
+
+def world_writable_dirs() -> list[Path]:
+    """Every world-writable directory of this machine (/proc and /sys pruned), found by walking."""
+    found = []
+    for top, dirs, _ in os.walk("/", topdown=True):
+        if top in ("/proc", "/sys"):
+            dirs[:] = []
+            continue
+        for name in list(dirs):
+            path = os.path.join(top, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if info.st_mode & 0o002 and not os.path.islink(path):
+                found.append(Path(path))
+    return found
+
+
+def files_owned_by(uid: int, folders: list[Path]) -> list[Path]:
+    owned = []
+    for folder in folders:
+        for top, _, files in os.walk(folder):
+            for name in [*files, ""]:
+                path = Path(top, name) if name else Path(top)
+                try:
+                    if path.lstat().st_uid == uid:
+                        owned.append(path)
+                except OSError:
+                    continue
+    return owned
+
+
+def _namespaced(result) -> None:
+    if not result.namespaces:
+        pytest.skip("the kernel refused the namespaces here")
+
+
+@ROOT_ONLY
+def test_nothing_on_the_host_is_created_or_changed_with_namespaces():
+    """The program tries every world-writable directory of the machine, the repository, /etc and the
+    parent of its own work dir; afterwards no file owned by its uid (or named by its marker) exists."""
+    targets = world_writable_dirs()
+    assert Path("/tmp") in targets
+    marker = f"autojudge-escape-{uuid.uuid4().hex}"
+    attempts = [*targets, Path(__file__).parent, Path("/etc"), Path("/root"), Path("/work")]
+    program = (
+        "import os, tempfile\n"
+        f"for folder in {[str(p) for p in attempts]!r} + [os.path.dirname(os.getcwd())]:\n"
+        f"    path = os.path.join(folder, {marker!r})\n"
+        "    for make in (lambda: open(path, 'w').write('x'), lambda: os.mkdir(path + '.d'),\n"
+        "                 lambda: os.symlink('/etc/passwd', path + '.ln'), lambda: os.utime(folder)):\n"
+        "        try:\n"
+        "            make()\n"
+        "            print('inside:', folder)\n"
+        "        except OSError as err:\n"
+        "            pass\n"
+        "open('in-workdir.txt', 'w').write('mine')\n"
+        "print('done')\n"
+    )
+    result = run_python(program, QUICK)
+    _namespaced(result)
+    assert result.passed, result.stderr
+    assert result.stdout.strip().endswith("done")
+    # inside, only the private tmpfs scratch dirs (and the work dir) took writes
+    written = {line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("inside: ")}
+    assert written <= {"/tmp", "/var/tmp", "/dev/shm"}, written
+    leftovers = [p for folder in attempts + [Path(tempfile_dir())] for p in folder.glob(f"{marker}*")]
+    assert leftovers == []
+    assert files_owned_by(result.uid, targets) == []
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+@ROOT_ONLY
+def test_host_unix_sockets_are_unreachable(tmp_path):
+    import socket
+
+    marker = uuid.uuid4().hex[:12]
+    paths = [Path("/tmp") / f"aj-{marker}.sock"]
+    if Path("/run/lock").is_dir():
+        paths.append(Path("/run/lock") / f"aj-{marker}.sock")
+    listeners = []
+    try:
+        for path in paths:
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(str(path))
+            os.chmod(path, 0o777)  # permissions do not stop it: the namespace must
+            server.listen(1)
+            server.setblocking(False)
+            listeners.append(server)
+        abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        abstract.bind(f"\0aj-{marker}")
+        abstract.listen(1)
+        abstract.setblocking(False)
+        listeners.append(abstract)
+        targets = [str(p) for p in paths] + [f"\0aj-{marker}"]
+        program = (
+            "import socket\n"
+            f"for target in {targets!r}:\n"
+            "    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            "    try:\n"
+            "        s.connect(target); print('connected', repr(target))\n"
+            "    except OSError as err:\n"
+            "        print('refused', repr(target), err.errno)\n"
+        )
+        result = run_python(program, QUICK)
+        _namespaced(result)
+        assert result.passed, result.stderr
+        assert "connected" not in result.stdout and result.stdout.count("refused") == len(targets)
+        for server in listeners:
+            with pytest.raises(BlockingIOError):
+                server.accept()
+    finally:
+        for server in listeners:
+            server.close()
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "no-namespaces"])
+def test_a_symlink_trick_does_not_make_the_parent_read_a_file(tmp_path, namespaces):
+    """The program replaces every file it could think the parent reads back with a symlink to a
+    root-only secret; stdout/stderr come back through the parent's own descriptors, so the secret never does."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-" + uuid.uuid4().hex)
+    secret.chmod(0o600)
+    program = (
+        "import os, sys\n"
+        "for name in ('.stdout', '.stderr', 'stdout', 'stderr', 'program.py', 'output.txt'):\n"
+        "    try:\n"
+        "        os.remove(name)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        f"    os.symlink({str(secret)!r}, name)\n"
+        "try:\n"
+        f"    print(open({str(secret)!r}).read())\n"
+        "except OSError as err:\n"
+        "    print('cannot read the secret:', type(err).__name__)\n"
+    )
+    result = run_python(program, SandboxLimits(timeout_s=3.0, cpu_s=3, isolate_namespaces=namespaces))
+    assert result.passed, result.stderr
+    assert "TOP-SECRET" not in result.stdout + result.stderr
+    if os.geteuid() == 0:
+        assert "cannot read the secret" in result.stdout
+
+
+@ROOT_ONLY
+def test_host_processes_are_invisible():
+    program = (
+        "import os\n"
+        "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+        "cmdlines = [open(f'/proc/{p}/cmdline', 'rb').read() for p in pids]\n"
+        "print(len(pids), any(b'pytest' in c for c in cmdlines))\n"
+    )
+    result = run_python(program, QUICK)
+    _namespaced(result)
+    assert result.passed, result.stderr
+    count, sees_pytest = result.stdout.split()
+    assert int(count) <= 2 and sees_pytest == "False"  # the namespace's init and the program
+
+
+BOMB = (
+    "import os, time\n"
+    "children = []\n"
+    "for _ in range(4):\n"
+    "    pid = os.fork()\n"
+    "    if pid == 0:\n"
+    "        try:\n"
+    "            blob = b'x' * (200 << 20)\n"  # 200 MB each, touched
+    "            time.sleep(1)\n"
+    "        except MemoryError:\n"
+    "            os._exit(3)\n"
+    "        os._exit(0)\n"
+    "    children.append(pid)\n"
+    "codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]\n"
+    "print(codes)\n"
+)
+
+
+@ROOT_ONLY
+def test_fork_and_allocate_bomb_stays_within_the_total_memory_bound():
+    """4 children x 200 MB against a 256 MB bound: the cgroup's peak stays at or under it."""
+    limits = SandboxLimits(timeout_s=20.0, cpu_s=20, total_memory_bytes=256 << 20)
+    result = run_python(BOMB, limits)
+    if not result.cgroup:
+        pytest.skip("no writable cgroup here")
+    assert result.memory_bound_bytes == 256 << 20
+    assert result.memory_peak_bytes is not None and result.memory_peak_bytes <= 256 << 20
+    codes = eval(result.stdout.strip()) if result.stdout.strip() else None
+    assert codes is None or any(code != 0 for code in codes)  # some child was stopped
+    assert_nothing_left(result)
+
+
+def test_without_a_cgroup_processes_times_address_space_stay_within_the_bound():
+    from autojudge.tasks.sandbox import rlimits
+
+    limits = SandboxLimits(timeout_s=10.0, total_memory_bytes=256 << 20, use_cgroup=False)
+    values = rlimits(limits, cgroup=False)
+    assert values["nproc"][0] * values["as"][0] <= 256 << 20
+    result = run_python(BOMB, limits)
+    assert not result.cgroup and result.memory_peak_bytes is None
+    assert result.passed, result.stderr
+    assert eval(result.stdout.strip()) == [3, 3, 3, 3]  # each child's 200 MB exceeds its 32 MB address space

@@ -42,7 +42,7 @@ def test_normalize_number_equivalents() -> None:
 def test_real_gsm8k_reference_answers() -> None:
     """Every real reference answer parses to the number after ####, commas removed."""
     for split in ("train", "test"):
-        rows = [json.loads(line) for line in (GSM8K / f"{split}.jsonl").open()]
+        rows = [json.loads(line) for line in (GSM8K / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
         for row in rows:
             final = row["answer"].split("####")[-1].strip().replace(",", "")
             assert extract_answer(row["answer"]) == normalize_number(final), row["answer"]

@@ -34,16 +34,6 @@ class PreparedPrompt:
     error: str | None = None
 
 
-def model_context(model: Any) -> int:
-    """Longest sequence a model supports (max_position_embeddings / n_positions)."""
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1 << 30
-
-
 def prepare_prompt(problem: Any, task: Any, tokenizer: Any, max_new_tokens: int, context: int) -> PreparedPrompt:
     """Tokenize one problem; an unusable one gets `error` naming the problem."""
     prepared = PreparedPrompt(problem)
@@ -116,7 +106,7 @@ class MiningWorker:
         import threading
 
         from autojudge.decode.lookahead import BatchedSearcher
-        from autojudge.models import eos_token_ids
+        from autojudge.models import eos_token_ids, model_context
 
         if method not in ("fast", "plain"):
             raise ValueError(f"unknown mining method {method!r}: use fast or plain")

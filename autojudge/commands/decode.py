@@ -63,24 +63,48 @@ def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
 
     judge = Judge.load(args.judge)
     judge.check_model_pair(pair)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
     return build_rule("autojudge", judge=judge, threshold=args.threshold), judge
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be refused before the models load (autojudge.checks)."""
+    from autojudge import checks
 
-    from autojudge.decode import EngineCore, RequestSettings, aggregate
-    from autojudge.models import ModelPairError, load_pair
+    checks.check_options(args, at_least_1=["window", "max_new_tokens", "batch_size", "limit", "top_k", "threads"],
+                         thresholds=["threshold"])
+    checks.check_input_file("--input", args.input)
+    checks.check_output_file("--output", args.output)
+    if args.mode == "autojudge":
+        if not args.judge:
+            raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
+        from autojudge.judge_format import check_judge_folder
+
+        check_judge_folder(args.judge)  # a broken judge is refused before torch or the models load
+
+
+def pair_context(pair: Any) -> int:
+    """The shorter context of the two models."""
+    from autojudge.models import model_context
+
+    return min(model_context(pair.target), model_context(pair.draft))
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports: a bad option fails in a blink
     from autojudge.tasks import InputError, build_task, write_jsonl
 
-    if (args.window is not None and args.window < 1) or args.max_new_tokens < 1 or args.batch_size < 1:
-        raise InputError("--window, --max-new-tokens and --batch-size must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     task = build_task(args.task, instruction=args.instruction)
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
+    if not problems:
+        raise InputError(f"--input {args.input}: no records")
+    import torch
+
+    from autojudge.checks import check_prompt_lengths
+    from autojudge.decode import EngineCore, RequestSettings, aggregate
+    from autojudge.models import ModelPairError, load_pair
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         pair = load_pair(args.target, args.draft, device=args.device)
         rule, judge = load_rule(args, pair)
@@ -93,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
     engine = EngineCore.for_pair(pair, judge=judge, default_window=args.window, max_batch=args.batch_size)
     settings = RequestSettings(max_new_tokens=args.max_new_tokens, stop_strings=tuple(args.stop), rule=rule)
     prompts = [task.prompt_ids(p, tokenizer) for p in problems]
+    check_prompt_lengths(
+        ((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)), pair_context(pair), args.input
+    )
     start = time.perf_counter()
     results = engine.generate(prompts, settings)
     total_wall = time.perf_counter() - start

@@ -51,10 +51,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be refused before the models load (autojudge.checks)."""
+    from autojudge import checks
+
+    checks.check_options(args, at_least_1=["limit", "window", "max_new_tokens", "batch_size", "top_k", "threads"],
+                         thresholds=["thresholds"])
+    checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
+    if any(k != int(k) for k in args.top_k):
+        raise checks.InputError(f"--top-k takes whole numbers, got {','.join(f'{k:g}' for k in args.top_k)}")
+    checks.check_input_file("--input", args.input)
+    checks.check_output_dir("--out", args.out)
+    if args.judge:
+        from autojudge.judge_format import check_judge_folder
+
+        check_judge_folder(args.judge)  # a broken judge is refused before torch or the models load
+        if args.set_default:
+            checks.check_output_dir("--judge (written by --set-default)", args.judge)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from autojudge.models import ModelPairError
+    from autojudge.errors import ModelPairError
 
     try:
         return _run(args)
@@ -64,15 +83,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports: a bad option fails in a blink
+    from autojudge.tasks import InputError, build_task
+
+    task = build_task(args.task, seed=args.seed, instruction=args.instruction)
+    problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
+    if not problems:
+        raise InputError(f"no problems to evaluate in {args.input or f'{args.task} seed {args.seed}'}")
     import torch
 
     from autojudge.models import load_pair
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes, recommend_threshold, write_eval_outputs
     from autojudge.judge import Judge, default_window
-    from autojudge.tasks import InputError, build_task
 
-    if args.window is not None and args.window < 1:
-        raise InputError(f"--window must be >= 1, got {args.window}")
     if args.threads:
         torch.set_num_threads(args.threads)
     judge = Judge.load(args.judge) if args.judge else None
@@ -81,8 +104,14 @@ def _run(args: argparse.Namespace) -> int:
     pair = load_pair(target, draft, device=args.device)
     if judge is not None:
         judge.check_model_pair(pair)
-    task = build_task(args.task, seed=args.seed, instruction=args.instruction)
-    problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
+    from autojudge.checks import check_prompt_lengths
+    from autojudge.commands.decode import pair_context
+
+    check_prompt_lengths(
+        ((f"problem {p.id!r}", len(pair.tokenizer(task.render_prompt(p, pair.tokenizer), add_special_tokens=False).input_ids))
+         for p in problems),
+        pair_context(pair), args.input or args.task,
+    )
     config = EvalConfig(
         window=default_window(judge) if args.window is None else args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,

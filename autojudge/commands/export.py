@@ -33,7 +33,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be refused before reading the data (autojudge.checks)."""
+    from autojudge import checks
+    from autojudge.commands.train import warn_if_running
+    from autojudge.pipeline.dataset import read_manifest
+
+    checks.check_options(args, at_least_1=["max_shard_rows"])
+    checks.check_number("--val-fraction", args.val_fraction, 0.0, 1.0, high_open=True)
+    checks.check_input_dir("--data", args.data)
+    checks.check_not_inside("--out", args.out, "--data", args.data)
+    checks.check_output_dir("--out", args.out)
+    if args.overwrite:
+        checks.check_not_protected("--out", args.out)
+    warn_if_running("export", read_manifest(args.data), args.data)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports and any work
     from pathlib import Path
 
     from autojudge.pipeline.export import ExportConfig, ExportError, export_dataset, push_export

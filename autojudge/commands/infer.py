@@ -47,7 +47,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be refused before Ray or a model starts (autojudge.checks): options, the
+    corpus, the output, the cluster address, the pair's tokenizers and the judge against the pair."""
+    from autojudge import checks
+    from autojudge.pipeline.infer import check_corpus
+    from autojudge.ray_utils import check_cluster_address
+
+    checks.check_options(args, at_least_1=["window", "max_new_tokens", "max_prompt_tokens", "batch_size",
+                                           "num_replicas", "top_k", "num_cpus"],
+                         at_least_0=["num_gpus_per_replica", "num_cpus_per_replica"], thresholds=["threshold"])
+    if args.mode == "autojudge" and not args.judge:
+        raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
+    if args.mode == "autojudge":
+        from autojudge.judge_format import check_judge_folder
+
+        check_judge_folder(args.judge)
+    check_corpus(args.input, args.input_format)
+    checks.check_output_dir("--output", args.output)
+    checks.check_not_inside("--output", args.output, "--input", args.input)
+    if args.overwrite:
+        checks.check_not_protected("--output", args.output)
+    check_cluster_address(args.address)
+    checks.check_pair_tokenizers(args.target, args.draft)
+    if args.mode == "autojudge":
+        from autojudge.judge import Judge, check_judge_for_specs
+
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports and any work
     from autojudge.pipeline.infer import DecodeStageConfig, InferConfig, run_infer
     from autojudge.judge import Judge, default_window
 

@@ -38,7 +38,27 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be refused before a model or a cluster starts (autojudge.checks)."""
+    from autojudge import checks
+    from autojudge.ray_utils import check_cluster_address
+
+    checks.check_options(args, at_least_1=["limit", "cpus_per_worker", "batch_size", "max_new_tokens"],
+                         at_least_0=["workers", "gpus_per_worker", "chunk_size"])
+    checks.check_input_file("--input", args.input)
+    checks.check_output_dir("--out", args.out)
+    from pathlib import Path
+
+    from autojudge.pipeline.mine import resume_settings
+
+    resume_settings(Path(args.out))  # a corrupt manifest is refused before anything loads
+    if args.workers > 0:
+        check_cluster_address(args.address)
+    checks.check_pair_tokenizers(args.target, args.draft)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports and any work
     from autojudge.pipeline.mine import MineConfig, mine
 
     config = MineConfig(

@@ -56,7 +56,24 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be refused before mining starts (autojudge.checks)."""
+    from autojudge import checks
+    from autojudge.ray_utils import check_cluster_address
+
+    checks.check_options(args, at_least_1=["mine_problems", "select_problems", "test_problems", "window",
+                                           "compare_windows", "max_new_tokens", "threads"],
+                         at_least_0=["mine_workers"])
+    checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
+    if args.out:
+        checks.check_output_dir("--out", args.out)
+    if args.mine_workers > 0:
+        check_cluster_address(None)
+    checks.check_pair_tokenizers(args.target, args.draft)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports and any work
     import sys
 
     from autojudge.models import ModelPairError

@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise InputError("give --out FILE.jsonl (or --model-path target|draft)")
+    from autojudge.checks import check_number, check_output_file
+
+    check_number("--num", args.num, 0)
+    check_output_file("--out", args.out)
     count = write_problems(args.num, args.seed, args.out)
     print(f"wrote {count} problems (seed {args.seed}) to {args.out}")
     return 0

@@ -168,20 +168,17 @@ def forward_rows(
         raise ValueError(f"sequence of {kv_len} tokens is longer than the cache capacity {cache.trash_slot}")
     sizes = torch.tensor(lengths, device=device)  # [b]
     starts = torch.tensor(row_starts, device=device)  # [b]
-    padded = [chunk + [pad_token_id] * (width - len(chunk)) for chunk in batch_chunks]
-    input_ids = torch.tensor(padded, dtype=torch.long, device=device)  # [b, C]
+    input_ids = torch.tensor([chunk + [pad_token_id] * (width - len(chunk)) for chunk in batch_chunks], device=device)  # [b, C]
     offsets = torch.arange(width, device=device)  # [C]
     positions = starts[:, None] + offsets[None, :]  # [b, C]
     real = offsets[None, :] < sizes[:, None]  # [b, C]
-    slots = torch.arange(kv_len, device=device)  # [S]
-    allowed = slots[None, None, :] <= positions[:, :, None]  # [b, C, S]
     dtype = cache.keys[0].dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    allowed = torch.arange(kv_len, device=device)[None, None, :] <= positions[:, :, None]  # [b, C, S]
+    mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)  # additive, [b, C, S]
 
     cache._rows = torch.tensor(batch_rows, device=device)
     cache._row_range = slice(low, high) if use_range else None
-    write_slots = torch.where(real, positions, torch.full_like(positions, cache.trash_slot))  # [b, C]
+    write_slots = torch.where(real, positions, cache.trash_slot)  # [b, C]: padding writes to the trash slot
     kv_heads = cache.keys[0].shape[1]
     heads = torch.arange(kv_heads, device=device)
     cache._write_index = (
@@ -199,12 +196,14 @@ def forward_rows(
     finally:
         cache._rows = cache._write_index = None
     # the positions whose outputs are returned: the last n of each requested row's chunk
-    returned = torch.zeros_like(real)  # [b, C]
-    for index, row in enumerate(batch_rows):
-        if row in requested:
-            size, n = lengths[index], requested[row][1]
-            returned[index, size - n : size] = True
-    picked = hidden[returned]  # [n_returned, H], rows in order, each row's positions in order
+    picks = [
+        index * width + position
+        for index, row in enumerate(batch_rows)
+        if row in requested
+        for position in range(lengths[index] - requested[row][1], lengths[index])
+    ]
+    flat = hidden.reshape(-1, hidden.shape[-1])  # [b * C, H]
+    picked = flat[picks[0] : picks[0] + 1] if len(picks) == 1 else flat.index_select(0, torch.tensor(picks, device=device))
     logits = model.get_output_embeddings()(picked)  # [n_returned, V]
     if vocab_size is not None:
         logits = truncate_logits(logits, vocab_size)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from autojudge.decode.acceptance import AcceptanceRule, accepted_lengths, build_rule
+from autojudge.decode.acceptance import AcceptanceRule, ExactRule, accepted_lengths, build_rule, greedy_prefix
 from autojudge.decode.cache import RowKVCache, RowOutput, forward_rows
 from autojudge.decode.metrics import RequestMetrics
 
@@ -176,7 +176,11 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
     accepted = [0] * len(rows)
     groups: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
-        if proposal.tokens[i]:
+        if not proposal.tokens[i]:
+            continue
+        if isinstance(row.rule, ExactRule):  # the greedy prefix, straight from the argmax lists
+            accepted[i] = greedy_prefix(proposal.tokens[i], verification[i].argmax)
+        else:
             groups.setdefault(id(row.rule), []).append(i)
     for members in groups.values():
         rule = rows[members[0]].rule

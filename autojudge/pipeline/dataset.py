@@ -21,7 +21,6 @@ import numpy as np
 from autojudge.judge import FEATURE_SETUPS, build_features  # noqa: F401 (re-exported for train)
 from autojudge.tasks.jsonl import InputError
 
-LABEL_COLUMNS = ("prompt_id", "position", "target_token", "draft_token", "important", "h_target", "h_draft")
 
 
 class DataError(InputError):
@@ -88,29 +87,32 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err.msg})") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({getattr(err, 'msg', err)})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings", {}), dict):
+        raise DataError(f"{path}: not a mining manifest (expected a JSON object with a 'settings' object)")
+    return manifest
 
 
 def read_mined(folder: str | Path) -> MinedData:
     """All label rows (with features) of a mining folder, shards in name order."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from autojudge.pipeline.shards import LABELS, read_table, shard_paths
 
     folder = Path(folder)
-    label_dir = folder / "labels"
-    shards = sorted(label_dir.glob("*.parquet"))
+    label_dir = folder / LABELS
+    if not folder.is_dir():
+        raise DataError(f"{folder}: mining folder not found")
+    shards = shard_paths(folder, LABELS)  # committed shards only (their responses shard exists)
     if not shards:
-        raise DataError(f"{folder}: no label shards found (expected {label_dir}/*.parquet from `autojudge mine`)")
-    tables = []
-    for shard in shards:
-        table = pq.read_table(shard)
-        missing = [name for name in LABEL_COLUMNS if name not in table.column_names]
-        if missing:
-            raise DataError(f"{shard}: missing column(s) {', '.join(missing)} (features must be mined inline)")
-        tables.append(table.select(list(LABEL_COLUMNS)))
-    table = pa.concat_tables(tables, promote_options="permissive")
+        raise DataError(f"{folder}: no label shards found (committed ones: {label_dir}/*.parquet, each with "
+                        f"its responses/ sibling, from `autojudge mine`)")
+    try:
+        table = read_table(folder, LABELS)  # committed shards only, every column of the schema
+    except InputError as err:
+        raise DataError(str(err)) from None
     where = str(label_dir)
     return MinedData(
         prompt_ids=np.asarray(table.column("prompt_id").to_pylist(), dtype=object),

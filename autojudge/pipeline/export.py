@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from autojudge.checks import check_not_inside, check_not_protected
 from autojudge.tasks.jsonl import InputError
 
 LABEL_NAMES = ["unimportant", "important"]  # ClassLabel ids 0 / 1
@@ -81,23 +82,16 @@ def split_of(prompt_id: str, val_fraction: float) -> str:
     return "validation" if bucket < val_fraction else "train"
 
 
-def _read_shards(folder: Path, what: str, required: bool) -> Any:
-    """All `folder/*.parquet` as one pyarrow Table (None when absent and not required)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _read_shards(data: Path, kind: str, required: bool) -> Any:
+    """The committed `kind` shards of mining folder `data` as one table (`shards.read_table`, the
+    one reader); None when there are none and they are not required."""
+    from autojudge.pipeline.shards import read_table, shard_paths
 
-    shards = sorted(folder.glob("*.parquet"))
-    if not shards:
+    if not shard_paths(data, kind):
         if required:
-            raise InputError(f"{folder}: no {what} shards (*.parquet); is this an `autojudge mine` output folder?")
+            raise InputError(f"{data / kind}: no {kind.rstrip('s')} shards (committed *.parquet); is this an `autojudge mine` output folder?")
         return None
-    tables = []
-    for shard in shards:
-        try:
-            tables.append(pq.read_table(shard))
-        except Exception as err:  # a truncated or foreign file
-            raise InputError(f"{shard}: cannot read as Parquet ({err})") from None
-    return pa.concat_tables(tables, promote_options="permissive")
+    return read_table(data, kind)
 
 
 def _fixed_length(table: Any, column: str) -> int | None:
@@ -319,17 +313,21 @@ def export_dataset(config: ExportConfig) -> ExportResult:
     if not 0.0 <= config.val_fraction < 1.0:
         raise InputError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
     out = Path(config.out)
+    check_not_inside("--out", out, "--data", data)  # --overwrite would delete the mining folder
+    if out.exists() and config.overwrite:
+        check_not_protected("--out", out)
     if out.exists() and not config.overwrite:
         raise InputError(f"{out} already exists; pass --overwrite to replace it")
     manifest = read_manifest(data)
 
-    labels = _read_shards(data / "labels", "label", required=True)
-    responses = _read_shards(data / "responses", "response", required=False)
+    labels = _read_shards(data, "labels", required=True)
+    responses = _read_shards(data, "responses", required=False)
     tables = {"labels": (labels, label_features(labels))}
     if responses is not None:
         tables["responses"] = (responses, response_features(responses))
 
     staging = out.with_name(out.name + ".partial")
+    check_not_inside("--out (its staging folder)", staging, "--data", data)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     split_counts: dict[str, dict[str, int]] = {}

@@ -91,10 +91,16 @@ def parse_jsonl_file(file_row: dict[str, Any]) -> list[dict[str, Any]]:
         data = gzip.decompress(data)
     name = PurePosixPath(path).name
     rows = []
-    for line_number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    for line_number, raw in enumerate(data.split(b"\n"), start=1):
+        source = f"{name}:{line_number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            message = f"{source}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+            rows.append(normalize_record(None, source, source) | {"error": message})
+            continue
         if not line.strip():
             continue
-        source = f"{name}:{line_number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
@@ -176,6 +182,29 @@ def _corpus_files(path: str, input_format: str) -> tuple[Any, list[str], str]:
     return fs, files, input_format
 
 
+def check_corpus(path: str, input_format: str = "auto") -> None:
+    """Before Ray starts: the corpus exists, its format is known, and (local files) it has a row."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, files, input_format = _corpus_files(path, input_format)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return  # remote: counted by the job itself
+    for file in files:
+        try:
+            if input_format == "parquet":
+                if pq.ParquetFile(file).metadata.num_rows:
+                    return
+                continue
+            opener = gzip.open if file.endswith(".gz") else open
+            with opener(file, "rb") as handle:
+                if any(line.strip() for line in handle):
+                    return
+        except Exception as err:  # noqa: BLE001 - pyarrow, gzip and OS errors all mean "cannot read"
+            raise InputError(f"{file}: cannot read as {input_format} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    raise InputError(f"{path}: the corpus has no rows")
+
+
 def read_corpus(path: str, input_format: str = "auto", rows_per_block: int = 16, io_cpus: float = 0.25) -> Any:
     """A Ray Dataset of normalized rows {id, source, question, prompt, error}."""
     import ray.data
@@ -212,7 +241,10 @@ def summarize(path: str, wall_s: float, config: InferConfig) -> dict[str, Any]:
 
     fs, inner = _filesystem(path)
     columns = ["id", "error", "new_tokens", "target_calls", "replica"]
-    table = pads.dataset(inner, filesystem=fs, format="parquet").to_table(columns=columns)
+    try:
+        table = pads.dataset(inner, filesystem=fs, format="parquet").to_table(columns=columns)
+    except FileNotFoundError:
+        raise InputError(f"{config.input}: no rows were read from the corpus, nothing was written") from None
     ok = table.filter(pc.is_null(table.column("error")))
     new_tokens = int(pc.sum(ok.column("new_tokens")).as_py() or 0)
     target_calls = int(pc.sum(ok.column("target_calls")).as_py() or 0)

@@ -147,9 +147,9 @@ def mine(config: MineConfig) -> Path:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
     out = Path(config.out)
     check_resumable(config, out)
+    problems = load_problems(config)  # a missing input fails here, before the folder exists
     out.mkdir(parents=True, exist_ok=True)
     shards.clean_orphans(out)
-    problems = load_problems(config)
     done = shards.finished_prompt_ids(out)
     todo = [p for p in problems if p.id not in done]
     chunks = chunked(todo, config.resolved_chunk_size())
@@ -167,16 +167,35 @@ RESUME_KEYS = ("task", "instruction", "target", "draft", "input", "seed", "max_n
 """Settings that must match to resume a folder (the labels would mix otherwise)."""
 
 
-def check_resumable(config: MineConfig, out: Path) -> None:
-    """Refuse to resume a folder mined with other models, task, prompts or budget."""
+def resume_settings(out: Path) -> dict[str, Any] | None:
+    """The settings recorded in `out/manifest.json` (None when there is no manifest);
+    InputError when the manifest is corrupt."""
     import json
 
     from autojudge.tasks import InputError
 
     manifest_path = out / shards.MANIFEST
     if not manifest_path.exists():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise InputError(f"{manifest_path}: corrupt manifest ({err}); move it away to re-mine into {out}, "
+                         "or use a new --out folder") from None
+    before = manifest.get("settings") if isinstance(manifest, dict) else None
+    if not isinstance(before, dict):
+        raise InputError(f"{manifest_path}: corrupt manifest (expected an object with 'settings'); move it away "
+                         f"to re-mine into {out}, or use a new --out folder")
+    return before
+
+
+def check_resumable(config: MineConfig, out: Path) -> None:
+    """Refuse to resume a folder mined with other models, task, prompts or budget."""
+    from autojudge.tasks import InputError
+
+    before = resume_settings(out)
+    if before is None:
         return
-    before = json.loads(manifest_path.read_text(encoding="utf-8")).get("settings", {})
     now = asdict(config)
     changed = [f"{key}: {before[key]!r} -> {now[key]!r}" for key in RESUME_KEYS if key in before and before[key] != now[key]]
     if changed:

@@ -107,13 +107,27 @@ def shard_paths(out_dir: str | Path, kind: str) -> list[Path]:
 
 
 def read_table(out_dir: str | Path, kind: str, columns: list[str] | None = None) -> pa.Table:
-    """All committed shards of one kind as one table (empty table with the schema if none)."""
+    """All committed shards of one kind as one table (an empty table with the schema if none).
+
+    The one reader of a mining folder (train, export, resume and the counts all use it): a shard
+    that is not Parquet, or lacks a column of the schema, is an InputError naming the file."""
+    from autojudge.errors import InputError
+
     schema = LABEL_SCHEMA if kind == LABELS else RESPONSE_SCHEMA
-    paths = shard_paths(out_dir, kind)
-    if not paths:
-        table = schema.empty_table()
-        return table.select(columns) if columns else table
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
+    wanted = list(columns or schema.names)
+    tables = []
+    for path in shard_paths(out_dir, kind):
+        try:
+            names = pq.read_schema(path).names
+            missing = [name for name in wanted if name not in names]
+            if missing:
+                raise InputError(f"{path}: missing column(s) {', '.join(missing)} (not an `autojudge mine` {kind} shard)")
+            tables.append(pq.read_table(path, columns=wanted))
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{path}: cannot read as Parquet ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if not tables:
+        return schema.empty_table().select(wanted)
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def read_labels(out_dir: str | Path, columns: list[str] | None = None) -> pa.Table:

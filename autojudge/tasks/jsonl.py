@@ -10,31 +10,50 @@ from typing import Any, Iterator
 from autojudge.errors import InputError
 
 
-def _open_text(path: Path):
+def _open_bytes(path: Path):
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def _decode_line(raw: bytes, path: Path, line_number: int) -> tuple[str | None, str | None]:
+    """(text, None) for a valid UTF-8 line, else (None, an error naming the file, line and byte)."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as err:
+        return None, f"{path}:{line_number}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
 
 
 def scan_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """Yield (line_number, record, error) for each non-blank line; a bad line has record None
-    and an error naming the file and line. Raises InputError only when the file is missing."""
+    """Yield (line_number, record, error) for each non-blank line; a bad line (not UTF-8, not
+    JSON, not an object) has record None and an error naming the file and line. Raises
+    InputError only when the file is missing or cannot be read."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield line_number, None, f"{path}:{line_number}: not valid JSON ({err.msg})"
-                continue
-            if not isinstance(record, dict):
-                yield line_number, None, f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}"
-                continue
-            yield line_number, record, None
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a JSONL file")
+    try:
+        with _open_bytes(path) as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                line, error = _decode_line(raw, path, line_number)
+                if error is not None:
+                    yield line_number, None, error
+                    continue
+                assert line is not None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield line_number, None, f"{path}:{line_number}: not valid JSON ({err.msg})"
+                    continue
+                if not isinstance(record, dict):
+                    yield line_number, None, f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}"
+                    continue
+                yield line_number, record, None
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise InputError(f"{path}: cannot read ({err})") from None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
