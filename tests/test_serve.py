@@ -78,10 +78,27 @@ def test_text_stream_holds_back_stop_strings_and_cuts_them():
     assert "".join(plain.push([t], False) for t in ids) == tokenizer.decode(ids)
 
 
-def test_serve_cli_rejects_bad_arguments(capsys):
-    assert main(["serve", "--mode", "autojudge"]) == 2
-    assert "needs --judge" in capsys.readouterr().err
-    assert main(["serve", "--max-batch", "0"]) == 2
+@pytest.mark.parametrize("argv,message", [
+    (["--mode", "autojudge"], "needs --judge"),
+    (["--mode", "sampling"], "unknown --mode"),
+    (["--max-batch", "0"], "--max-batch must be >= 1"),
+    (["--window", "-1"], "--window must be >= 0"),
+    (["--threshold", "2"], "--threshold must be <= 1"),
+    (["--judge", "/nonexistent/judge"], "/nonexistent/judge"),
+    (["--target", "toy:nothing"], "toy:nothing"),
+])  # fmt: skip
+def test_serve_cli_rejects_bad_arguments_before_starting_anything(capsys, argv, message):
+    assert main(["serve", "--port", str(free_port()), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_serve_cli_refuses_a_port_in_use(capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert main(["serve", "--port", str(sock.getsockname()[1])]) == 2
+    assert "cannot listen there" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- the server

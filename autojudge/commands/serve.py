@@ -49,30 +49,51 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every option, the pair's tokenizers, the judge (and that it fits the pair) and the cluster
+    address, before Ray or any model starts."""
+    from autojudge import checks
+    from autojudge.decode.acceptance import MODES
+    from autojudge.ray_utils import check_cluster_address
+
+    checks.check_options(args, at_least_1=["max_batch", "num_replicas", "max_tokens", "threads", "top_k", "port",
+                                           "speculation_max_batch"],
+                         at_least_0=["window", "max_waiting", "gpus_per_replica", "cpus_per_replica"],
+                         thresholds=["threshold"])  # fmt: skip
+    if args.mode not in MODES:
+        raise checks.InputError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
+    if args.mode == "autojudge" and not args.judge:
+        raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
+    if args.judge:
+        from autojudge.judge_format import check_judge_folder
+
+        check_judge_folder(args.judge)
+    check_cluster_address(args.address)
+    check_port_free(args.host, args.port)
+    checks.check_pair_tokenizers(args.target, args.draft)
+    if args.judge:
+        from autojudge.judge import Judge, check_judge_for_specs
+
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """The HTTP port can be bound (else Serve's proxy would fail to start, far less clearly)."""
+    import socket
+
+    from autojudge.errors import InputError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise InputError(f"--host {host} --port {port}: cannot listen there ({err.strerror}); choose another --port") from None
+
+
 def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
     from autojudge.actors.server import ReplicaConfig
-    from autojudge.errors import InputError
     from autojudge.pipeline.serve import ServeConfig
 
-    from autojudge.decode.acceptance import MODES
-
-    if args.mode not in MODES:
-        raise InputError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
-    if args.mode == "autojudge" and not args.judge:
-        raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
-    for name in ("max_batch", "num_replicas", "max_tokens", "threads"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.window is not None and args.window < 0:
-        raise InputError("--window must be >= 0 (0: no speculation)")
-    if args.max_waiting < 0:
-        raise InputError("--max-waiting must be >= 0")
-    if args.judge:
-        from autojudge.judge import Judge
-
-        Judge.load(args.judge)  # a bad folder is a one-line error here, not a failed replica
     replica = ReplicaConfig(
         target=args.target, draft=args.draft, judge=args.judge, mode=args.mode, threshold=args.threshold,
         top_k=args.top_k, window=args.window, max_batch=args.max_batch, max_waiting=args.max_waiting,
@@ -87,21 +108,17 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
 
 
 def run(args: argparse.Namespace) -> int:
-    from autojudge.models import ModelPairError, load_tokenizer
+    check_args(args)  # before the heavy imports and any work
     from autojudge.errors import InputError
     from autojudge.pipeline.serve import start_server, stop_server
 
     config = config_from_args(args)
-    try:  # fail fast on a bad pair, before any replica starts
-        load_tokenizer(args.target)
-        load_tokenizer(args.draft)
-    except ModelPairError as err:
-        raise InputError(str(err)) from None
     try:
         url = start_server(config)
-    except Exception as err:  # a replica that cannot start (bad models, judge for another pair, ...)
+    except Exception as err:  # a replica that cannot start (out of memory, no GPU, ...)
         stop_server(config.app_name)
-        raise InputError(f"the server did not start: {err}") from None
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(f"the server did not start: {first_line} (the replicas' logs are in Ray's session folder, logs/serve/)") from None
     model = config.replica.served_name
     print(f"serving {model} (draft {args.draft}, mode {args.mode}) at {url}/v1  (Ctrl-C to stop)", file=sys.stderr)
     try:
