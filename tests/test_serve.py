@@ -397,8 +397,8 @@ def test_client_disconnect_frees_its_row(server):
 
 def test_full_queue_answers_503_then_recovers(server):
     body = {"prompt": QUESTIONS[7], "max_tokens": 200, "speculate": False, "stream": True}
-    with ThreadPoolExecutor(MAX_BATCH + MAX_WAITING + 6) as pool:
-        results = list(pool.map(lambda _: open_stream(server, body), range(MAX_BATCH + MAX_WAITING + 6)))
+    with ThreadPoolExecutor(MAX_BATCH + MAX_WAITING + 10) as pool:
+        results = list(pool.map(lambda _: open_stream(server, body), range(MAX_BATCH + MAX_WAITING + 10)))
     refused = [r for status, r in results if status == 503]
     accepted = [r for status, r in results if status == 200]
     try:
