@@ -116,6 +116,8 @@ class GenerateRequest:
     window: int | None = None
     speculate: bool = True
     model: str | None = None
+    stream: bool = False
+    """The client streams: the replica sends every cycle's tokens; otherwise one chunk at the end."""
 
 
 def _load_json(body: bytes) -> dict[str, Any]:
@@ -166,7 +168,7 @@ def _common_fields(request: _CommonRequest) -> dict[str, Any]:
     return {
         "model": request.model, "max_tokens": request.max_tokens, "stop": stop, "mode": pick("mode"),
         "threshold": None if pick("threshold") is None else float(pick("threshold")), "window": pick("window"),
-        "speculate": True if speculate is None else speculate,
+        "speculate": True if speculate is None else speculate, "stream": request.stream,
     }  # fmt: skip
 
 

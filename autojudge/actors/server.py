@@ -297,8 +297,13 @@ class DecodeReplica:
         self._wake.set()
         yield GenerateChunk(prompt_tokens=len(stream.prompt_ids), prompt_token_ids=stream.prompt_ids)
         try:
+            pending: list[GenerateChunk] = []  # a non-streaming request gets one chunk at the end
             while True:
-                chunk = coalesce([await stream.queue.get()], stream.queue)
+                chunk = coalesce(pending + [await stream.queue.get()], stream.queue)
+                pending = []
+                if not request.stream and chunk.finish_reason is None and chunk.error is None:
+                    pending = [chunk]
+                    continue
                 yield chunk
                 if chunk.finish_reason is not None or chunk.error is not None:
                     return
