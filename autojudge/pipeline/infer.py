@@ -38,13 +38,17 @@ class DecodeStageConfig:
     draft: str = "toy:draft"
     """Draft model spec; must share the target's tokenizer."""
     mode: str = "exact"
-    """Acceptance rule: exact | topk | autojudge."""
+    """Acceptance rule: exact | topk | autojudge | typical | prob."""
     judge: str | None = None
     """Judge folder (mode autojudge); it must match the model pair."""
     threshold: float | None = None
     """Judge threshold tau (default: the judge's default)."""
     top_k: int = 4
     """K of mode topk."""
+    epsilon: float = 0.09
+    """Epsilon of mode typical (delta = sqrt(epsilon))."""
+    min_prob: float = 0.3
+    """Least target probability of a draft token in mode prob."""
     window: int = 4
     """Draft tokens proposed per target call."""
     max_new_tokens: int = 256
@@ -218,7 +222,7 @@ def load_decode_state(config: DecodeStageConfig, num_gpus: float = 0.0) -> Decod
         judge.check_model_pair(pair)
         rule = build_rule("autojudge", judge=judge, threshold=config.threshold)
     else:
-        rule = build_rule(config.mode, top_k=config.top_k)
+        rule = build_rule(config.mode, top_k=config.top_k, epsilon=config.epsilon, min_prob=config.min_prob)
     tokenizer = pair.tokenizer
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     engine = SpeculativeEngine(

@@ -221,6 +221,10 @@ def check_run_config(config: RunConfig) -> None:
     if config.task == "gsm8k":
         for stage in ("mine", "select", "test"):
             stage_problems(config, stage)  # missing file, too few problems, problems without answers
+    from autojudge.models import check_same_tokenizer, load_tokenizer
+
+    # a pair that cannot work is refused before anything is mined (ModelPairError names both)
+    check_same_tokenizer(load_tokenizer(config.target), load_tokenizer(config.draft), config.target, config.draft)
 
 
 def mine_stage(config: RunConfig, out: Path) -> Path:
