@@ -127,3 +127,22 @@ def test_miniature_smollm2_gsm8k_run_end_to_end(tmp_path: Path, capsys: pytest.C
     assert code == 0 and sorted(p.name for p in (out / "eval" / "settings").iterdir()) == stored
     again = json.loads((out / "eval" / "metrics.json").read_text())
     assert [s["tokens_per_target_call"] for s in again["settings"]] == [s["tokens_per_target_call"] for s in metrics["settings"]]
+
+
+def test_real_fetch_without_the_gguf_extra_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """A new user after `pip install -e .` (no extras): transformers would fail deep inside with
+    "Please install torch and gguf>=0.10.0"; fetch names the extra instead, before downloading."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "gguf" else real_find_spec(name, *a, **k))
+    monkeypatch.setenv("AUTOJUDGE_CACHE", str(tmp_path / "cache"))
+    for flags in ([], ["--skip-offline"]):  # a missing extra is never "offline"
+        code = main(["real", "fetch", *flags])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert "gguf" in err and 'pip install -e ".[gguf]"' in err and "make fetch-real" in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "cache" / "downloads").exists()  # nothing was downloaded
