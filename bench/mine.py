@@ -180,13 +180,16 @@ def run_whole_command(args: argparse.Namespace, out: str) -> dict[str, Any]:
 def run_in_process(pair: Any, task: Any, problems: list[Any], args: argparse.Namespace, method: str) -> dict[str, Any]:
     from autojudge.pipeline.mine import mine_problems
     from autojudge.pipeline.search import eos_token_ids
-    from autojudge.pipeline.search_fast import BatchedSearcher
+    from autojudge.pipeline.search_fast import BatchedSearcher, LookaheadSettings
 
     if method == "straightforward":
         return run_straightforward(pair, task, problems, args)
     tokenizer = pair.tokenizer
     eos_ids = eos_token_ids(tokenizer, pair.target)
-    searcher = BatchedSearcher(pair.target, pair.draft, eos_ids, tokenizer.pad_token_id, args.batch_size)
+    settings = LookaheadSettings()
+    if getattr(args, "regen_proposals", None) is not None:
+        settings.regen_proposals = args.regen_proposals
+    searcher = BatchedSearcher(pair.target, pair.draft, eos_ids, tokenizer.pad_token_id, args.batch_size, settings=settings)
     start, cpu_start = time.perf_counter(), time.process_time()
     labels, responses = mine_problems(pair, task, problems, args.max_new_tokens, args.batch_size, method, searcher)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -265,6 +268,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also run the fast miner on these Ray actor counts")
     parser.add_argument("--whole-command", action="store_true", help="also time the whole `autojudge mine` command (1 worker)")
     parser.add_argument("--oracle", action="store_true", help="also run the package's oracle plain_search (uncached features)")
+    parser.add_argument("--regen-proposals", type=int, default=None,
+                        help="fast miner: draft tokens proposed per round of a regeneration that does not re-align (default: the miner's)")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--fast-only", action="store_true", help="skip the baseline (tuning runs)")
     args = parser.parse_args()

@@ -122,6 +122,10 @@ class RunConfig:
     (e.g. "lightgbm:DD-DT", "logreg:DT"), each on a short tau sweep."""
     extra_judge_taus: int = 4
     """Thresholds per extra judge (read off its validation table)."""
+    recall_levels: tuple[float, ...] | None = None
+    """Validation recall levels of important mismatches whose taus join the sweep (None: evaluate.py's default)."""
+    low_taus: tuple[float, ...] | None = None
+    """Fixed small taus added to the sweep (None: evaluate.py's default)."""
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -315,8 +319,11 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
         top_ks=config.top_ks, max_accuracy_drop=config.max_accuracy_drop, device=config.device,
         quality=config.quality,
     )
+    if config.recall_levels is not None:
+        eval_config.recall_levels = config.recall_levels
+    sweep_kwargs = {} if config.low_taus is None else {"low_taus": config.low_taus}
     eval_config.thresholds = tuple(
-        sweep_thresholds(judge.thresholds, eval_config.acceptance_rates, eval_config.recall_levels)
+        sweep_thresholds(judge.thresholds, eval_config.acceptance_rates, eval_config.recall_levels, **sweep_kwargs)
     )
     context = {
         "target / draft": f"`{config.target}` / `{config.draft}`",
