@@ -156,14 +156,17 @@ def run_straightforward(pair: Any, task: Any, problems: list[Any], args: argpars
             "cpu_seconds": cpu_seconds, "labels_per_cpu_s": len(labels) / cpu_seconds, "counters": vars(counters)}
 
 
-def run_whole_command(args: argparse.Namespace, out: str) -> dict[str, Any]:
-    """`autojudge mine` as a user runs it (new interpreter, Ray start, model loading, 1 worker): wall seconds."""
+def run_whole_command(args: argparse.Namespace, out: str, batch_size: int | None = None) -> dict[str, Any]:
+    """`autojudge mine` as a user runs it (new interpreter, Ray start, model loading, 1 worker): wall
+    seconds. batch_size None = the command's default (16)."""
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "autojudge.cli", "mine", "--task", args.task, "--target", args.target,
                "--draft", args.draft, "--limit", str(args.limit), "--max-new-tokens", str(args.max_new_tokens),
                "--workers", "1", "--cpus-per-worker", str(args.threads), "--out", out, "--no-progress"]
+    if batch_size is not None:
+        command += ["--batch-size", str(batch_size)]
     command += ["--seed", str(args.seed)] if args.task == "toy" else ["--input", args.input_slice]
     if args.instruction:
         command += ["--instruction", args.instruction]
@@ -173,7 +176,7 @@ def run_whole_command(args: argparse.Namespace, out: str) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"autojudge mine failed: {done.stderr[-2000:]}")
     counts = json.loads((Path(out) / "manifest.json").read_text())["counts"]
-    return {"command": " ".join(command), "seconds": seconds, "labels": counts["labels"],
+    return {"command": " ".join(command), "batch_size": batch_size or 16, "seconds": seconds, "labels": counts["labels"],
             "labels_per_s": counts["labels"] / seconds}
 
 
@@ -336,7 +339,13 @@ def main() -> None:
     if args.whole_command:
         import tempfile
 
-        figures["whole_command"] = run_whole_command(args, str(Path(tempfile.mkdtemp(prefix="bench-mine-out-")) / "mined"))
+        figures["whole_command"] = [
+            run_whole_command(args, str(Path(tempfile.mkdtemp(prefix="bench-mine-out-")) / "mined"), batch)
+            for batch in (None, args.batch_size)
+        ]
+        small = argparse.Namespace(**{**vars(args), "batch_size": 16})
+        figures["fast_batch_16"] = {k: v for k, v in run_in_process(pair, task, problems, small, "fast").items()
+                                    if k in ("seconds", "labels_per_s", "cpu_seconds", "labels_per_cpu_s")}
     print(f"{args.task}: {args.target} / {args.draft}; prompts {prompts}, mean response {mean_len:.1f} tokens, "
           f"budget {args.max_new_tokens}, threads {args.threads}, models loaded in {load_seconds:.1f}s")
     for name, run in (("straightforward plain", plain), ("fast                 ", fast)) + ((("oracle plain         ", oracle),) if oracle else ()):
@@ -359,11 +368,15 @@ def main() -> None:
     for ray_run in figures["ray"]:
         print(f"fast on {ray_run['workers']} Ray worker(s): {ray_run['labels']} labels in {ray_run['seconds']:.1f}s "
               f"= {ray_run['labels_per_s']:.2f} labels/s")
-    if "whole_command" in figures:
-        whole = figures["whole_command"]
-        print(f"whole `autojudge mine` command (start-up, Ray, model loading, 1 worker): {whole['labels']} labels in "
-              f"{whole['seconds']:.1f}s = {whole['labels_per_s']:.2f} labels/s = {whole['labels_per_s'] / plain['labels_per_s']:.1f}x "
-              f"the straightforward plain search; pipeline only {fast['labels_per_s']:.2f} labels/s")
+    for whole in figures.get("whole_command", []):
+        print(f"whole `autojudge mine --batch-size {whole['batch_size']}` command (start-up, Ray, model loading, 1 worker): "
+              f"{whole['labels']} labels in {whole['seconds']:.1f}s = {whole['labels_per_s']:.2f} labels/s = "
+              f"{whole['labels_per_s'] / plain['labels_per_s']:.1f}x the straightforward plain search")
+    if "fast_batch_16" in figures:
+        f16 = figures["fast_batch_16"]
+        print(f"pipeline only (models loaded): batch {args.batch_size} {fast['labels_per_s']:.2f} labels/s "
+              f"({fast['seconds']:.1f}s), batch 16 {f16['labels_per_s']:.2f} labels/s ({f16['seconds']:.1f}s); "
+              f"model loading in this process {load_seconds:.1f}s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(figures, handle, indent=2)

@@ -110,7 +110,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "window": 4, "compare_windows": (), "top_ks": (2,), "typical_epsilons": (0.3, 0.09),
         "min_probs": (0.3, 0.1), "mine_workers": 0, "mine_batch_size": 16, "eval_batch_size": 32,
         "extra_judges": ("lightgbm:DD-DT",), "extra_judge_taus": 2,
-        "recall_levels": (1.0, 0.95, 0.8), "low_taus": (),
+        "recall_levels": (1.0, 0.9), "low_taus": (),
     },
 }
 """Named settings of `autojudge run`. smollm2-gsm8k: the real pair on GSM8K at the issue's
