@@ -273,6 +273,8 @@ def main() -> None:
     parser.add_argument("--oracle", action="store_true", help="also run the package's oracle plain_search (uncached features)")
     parser.add_argument("--regen-proposals", type=int, default=None,
                         help="fast miner: draft tokens proposed per round of a regeneration that does not re-align (default: the miner's)")
+    parser.add_argument("--plain-limit", type=int, default=None,
+                        help="run the (slow) baseline on only the first N prompts; labels are compared on those")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--fast-only", action="store_true", help="skip the baseline (tuning runs)")
     args = parser.parse_args()
@@ -300,9 +302,12 @@ def main() -> None:
               f"target {c['target_seconds']:.2f}s/{c['target_forwards']} fwd/{c['target_tokens']} tok, "
               f"draft {c['draft_seconds']:.2f}s/{c['draft_forwards']} fwd/{c['draft_tokens']} tok, {c['ticks']} ticks")
         return
-    plain = run_in_process(pair, task, problems, args, "straightforward")
-    oracle = run_in_process(pair, task, problems, args, "plain") if args.oracle else None
-    same = compare_labels(plain["labels"], fast["labels"])
+    plain_problems = problems[: args.plain_limit] if args.plain_limit else problems
+    plain = run_in_process(pair, task, plain_problems, args, "straightforward")
+    oracle = run_in_process(pair, task, plain_problems, args, "plain") if args.oracle else None
+    plain_ids = {str(p.id) for p in plain_problems}
+    fast_common = [row for row in fast["labels"] if str(row["prompt_id"]) in plain_ids]
+    same = compare_labels(plain["labels"], fast_common)
     important = sum(r["important"] for r in plain["labels"])
     prompts = len(plain["responses"])
     mean_len = sum(len(r["initial_response_ids"] or []) for r in plain["responses"]) / max(1, prompts)
@@ -312,7 +317,8 @@ def main() -> None:
     labels = max(1, len(plain["labels"]))
     figures = {
         "task": args.task, "target": args.target, "draft": args.draft,
-        "prompts": prompts,
+        "prompts": len(problems),
+        "plain_prompts": prompts,
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "threads": args.threads,
@@ -329,7 +335,8 @@ def main() -> None:
         "rows_plain_only": same["rows_only_first"],
         "rows_fast_only": same["rows_only_second"],
         "important_fraction": important / labels,
-        "mismatches_per_prompt": len(plain["labels"]) / max(1, prompts),
+        "mismatches_per_prompt": len(fast["labels"]) / max(1, len(problems)),
+        "important_fraction_fast": sum(r["important"] for r in fast["labels"]) / max(1, len(fast["labels"])),
         "mean_initial_response_tokens": mean_len,
         "ray": [run_ray_workers(problems, args, w) for w in args.workers],
     }
@@ -346,7 +353,7 @@ def main() -> None:
         small = argparse.Namespace(**{**vars(args), "batch_size": 16})
         figures["fast_batch_16"] = {k: v for k, v in run_in_process(pair, task, problems, small, "fast").items()
                                     if k in ("seconds", "labels_per_s", "cpu_seconds", "labels_per_cpu_s")}
-    print(f"{args.task}: {args.target} / {args.draft}; prompts {prompts}, mean response {mean_len:.1f} tokens, "
+    print(f"{args.task}: {args.target} / {args.draft}; prompts {len(problems)} (baseline on {prompts}), mean response {mean_len:.1f} tokens, "
           f"budget {args.max_new_tokens}, threads {args.threads}, models loaded in {load_seconds:.1f}s")
     for name, run in (("straightforward plain", plain), ("fast                 ", fast)) + ((("oracle plain         ", oracle),) if oracle else ()):
         print(f"{name}: {len(run['labels'])} labels in {run['seconds']:.1f}s = {run['labels_per_s']:.2f} labels/s wall; "
