@@ -140,7 +140,7 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if args.out:
         checks.check_output_dir("--out", args.out)
-    if args.mine_workers > 0:
+    if args.mine_workers is None or args.mine_workers > 0:  # None: the default, Ray actors
         check_cluster_address(None)
     checks.check_pair_tokenizers(args.target, args.draft)
 
