@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from autojudge.cli import main
-from test_models import save_tiny_model
+from autojudge.testing import save_word_level_model
 
 GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
 
@@ -67,8 +67,8 @@ def test_gsm8k_run_needs_its_files_and_enough_problems(tmp_path: Path, capsys: p
 
 
 def test_pair_whose_tokenizers_differ_is_refused_before_mining(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    target = save_tiny_model(tmp_path / "t", ["a", "b", "c"])
-    draft = save_tiny_model(tmp_path / "d", ["a", "b", "x"])
+    target = save_word_level_model(tmp_path / "t", ["a", "b", "c"])
+    draft = save_word_level_model(tmp_path / "d", ["a", "b", "x"])
     code, err = run_cli(["--target", str(target), "--draft", str(draft), "--out", str(tmp_path / "run")], capsys)
     assert code == 2
     assert "use different tokenizers" in err and "Traceback" not in err
