@@ -129,8 +129,9 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Everything that can be refused before mining starts (autojudge.checks)."""
+def check_args(args: argparse.Namespace, config: "RunConfig") -> None:  # noqa: F821 - lazy import
+    """Everything that can be refused before mining starts (autojudge.checks), on the flags and on
+    the settings the run will use (defaults, then the preset, then the flags)."""
     from autojudge import checks
     from autojudge.ray_utils import check_cluster_address
 
@@ -140,20 +141,21 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if args.out:
         checks.check_output_dir("--out", args.out)
-    if args.mine_workers is None or args.mine_workers > 0:  # None: the default, Ray actors
+    if config.mine_workers > 0:
         check_cluster_address(None)
-    checks.check_pair_tokenizers(args.target, args.draft)
+    checks.check_pair_tokenizers(config.target, config.draft)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_args(args)  # before the heavy imports and any work
     import sys
+
+    config = build_config(args)
+    check_args(args, config)  # before the heavy imports and any work
 
     from autojudge.models import ModelPairError
     from autojudge.pipeline.run import format_summary, run_main
 
     try:
-        config = build_config(args)
         summary = run_main(config)
     except ModelPairError as err:
         print(f"autojudge run: error: {err}", file=sys.stderr)
