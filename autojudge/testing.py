@@ -142,3 +142,22 @@ def write_mining_folder(
     manifest["status"] = "complete"
     (Path(folder) / store.MANIFEST).write_text(json.dumps(manifest))
     return Path(folder)
+
+
+def save_word_level_model(folder: Path, words: list[str]) -> Path:
+    """A 1-layer Llama with a word-level tokenizer over `words`, saved as an HF folder (two such
+    folders with different words make a pair whose tokenizers differ)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(["<unk>", "<eos>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, eos_token_id=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

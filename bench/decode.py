@@ -1,14 +1,19 @@
 """Decode benchmark: target-only greedy vs HF assisted generation vs this engine (exact, top-k).
 
-All methods run on the same held-out toy prompts (world seed 2), greedy, at the same
-window k (HF assisted: `num_assistant_tokens=k`, constant schedule, no confidence
-early-exit). HF assisted generation only supports batch size 1, so the side-by-side
+All methods run on the same held-out prompts (toy world seed 2, or with `--task gsm8k`
+the first GSM8K test problems in the chat template with the real-model instruction;
+the default for `smollm2:*` pairs), greedy, at the same window k (HF assisted:
+`num_assistant_tokens=k`, constant schedule, no confidence early-exit). A second HF
+row runs assisted generation at its *default* settings (what a user gets: 20 assistant
+tokens, constant schedule, and the dynamic lookahead - the draft stops early when its
+confidence is under an adaptive threshold starting at 0.4). HF assisted generation only supports batch size 1, so the side-by-side
 comparison is per prompt, batch 1; the engine is also timed batched. Target calls are
 counted with a forward hook on `target.base_model` (one per forward pass, any method).
 
     PYTHONPATH=. python bench/decode.py          # toy pair (autojudge/toy/weights); or pip install -e .
     PYTHONPATH=. python bench/decode.py --tiny   # random tiny Llama pair, no weights needed
     PYTHONPATH=. python bench/decode.py --target toy:target --draft toy:draft --window 4 --num-prompts 16 --json out.json
+    PYTHONPATH=. python bench/decode.py --target smollm2:target --draft smollm2:draft --window 4 --num-prompts 8
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class BenchConfig:
     batch_size: int = 8  # engine batch size for the batched line
     threads: int = 1  # torch CPU threads
     seed: int = 2  # toy world seed of the prompts (2 = held-out evaluation stream)
+    task: str = ""  # "toy" or "gsm8k" (GSM8K test file, chat template + instruction); "" = gsm8k for smollm2:*, else toy
 
 
 @dataclass
@@ -94,11 +100,22 @@ def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[in
             raise SystemExit(f"{spec}: no weights in {folder} yet (python -m autojudge.toy.train --out "
                              f"autojudge/toy/weights); use --tiny for a random stand-in pair")
     pair = load_pair(config.target, config.draft, device="cpu", dtype=torch.float32)
-    task = get_task("toy")
-    records = generate_problems(config.num_prompts, seed=config.seed)
-    problems = [Problem(id=r["id"], question=r["question"], answer=r["answer"]) for r in records]
+    if bench_task(config) == "gsm8k":
+        from autojudge.commands.run import GSM8K_INSTRUCTION, _gsm8k_file
+        from autojudge.tasks.gsm8k import load_problems
+
+        task = get_task("gsm8k", instruction=GSM8K_INSTRUCTION)
+        problems = load_problems(_gsm8k_file("test"), limit=config.num_prompts)
+    else:
+        task = get_task("toy")
+        records = generate_problems(config.num_prompts, seed=config.seed)
+        problems = [Problem(id=r["id"], question=r["question"], answer=r["answer"]) for r in records]
     prompts = [task.prompt_ids(p, pair.tokenizer) for p in problems]
     return pair.target, pair.draft, prompts, [pair.tokenizer.eos_token_id]
+
+
+def bench_task(config: BenchConfig) -> str:
+    return config.task or ("gsm8k" if config.target.startswith("smollm2:") else "toy")
 
 
 def cut_at_eos(tokens: list[int], eos: list[int]) -> list[int]:
@@ -149,6 +166,15 @@ def assisted_kwargs(draft: Any, window: int) -> dict[str, Any]:
     return {"assistant_model": draft}
 
 
+def assisted_default_kwargs(draft: Any) -> dict[str, Any]:
+    """HF assisted generation as a user gets it: the assistant's generation config left unset, so
+    transformers applies its defaults (20 tokens, constant schedule, adaptive confidence threshold 0.4)."""
+    draft.generation_config.num_assistant_tokens = None
+    draft.generation_config.num_assistant_tokens_schedule = None
+    draft.generation_config.assistant_confidence_threshold = None
+    return {"assistant_model": draft}
+
+
 def benchmark(config: BenchConfig) -> list[MethodResult]:
     from autojudge.decode import ExactRule, TopKRule
 
@@ -158,6 +184,7 @@ def benchmark(config: BenchConfig) -> list[MethodResult]:
     methods: list[tuple[str, Callable[[list[list[int]]], MethodResult]]] = [
         ("target greedy (HF generate)", lambda p: run_hf("target greedy (HF generate)", target, p, config, eos)),
         ("HF assisted generation", lambda p: run_hf("HF assisted generation", target, p, config, eos, **assisted_kwargs(draft, config.window))),
+        ("HF assisted, defaults", lambda p: run_hf("HF assisted, defaults", target, p, config, eos, **assisted_default_kwargs(draft))),
         ("engine exact (batch 1)", lambda p: run_engine("engine exact (batch 1)", target, draft, ExactRule(), p, config, eos, 1)),
         (f"engine topk K={config.top_k} (batch 1)", lambda p: run_engine(f"engine topk K={config.top_k} (batch 1)", target, draft, TopKRule(config.top_k), p, config, eos, 1)),
         (f"engine exact (batch {config.batch_size})", lambda p: run_engine(f"engine exact (batch {config.batch_size})", target, draft, ExactRule(), p, config, eos, config.batch_size)),
@@ -174,7 +201,9 @@ def report(results: list[MethodResult], config: BenchConfig) -> str:
     assisted = results[1]
     lines = [
         f"window k={config.window}, {config.num_prompts} prompts, max_new_tokens={config.max_new_tokens}, "
-        f"threads={config.threads}, pair={'tiny random llama' if config.tiny else config.target + ' / ' + config.draft}",
+        f"threads={config.threads}, pair={'tiny random llama' if config.tiny else config.target + ' / ' + config.draft}, "
+        f"prompts: {'random' if config.tiny else bench_task(config)}; 'HF assisted generation' = fixed window k, "
+        "'HF assisted, defaults' = transformers' defaults (20 tokens, adaptive confidence threshold from 0.4)",
         f"{'method':<28} {'tokens':>7} {'target calls':>12} {'tok/call':>8} {'draft calls':>11} {'wall s':>8} {'tok/s':>8} {'vs greedy':>9} {'vs assisted':>11} {'= greedy':>8}",
     ]
     for r in results:
@@ -200,11 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--task", choices=["toy", "gsm8k"], default="", help="prompts (default: gsm8k for smollm2:* pairs, else toy)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     config = BenchConfig(
         target=args.target, draft=args.draft, tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
+        task=args.task,
     )
     results = benchmark(config)
     print(report(results, config))

@@ -119,3 +119,15 @@ def test_every_module_has_a_place():
 def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert layer("autojudge.decode.core") == "decode" and LAYERS.index("decode") > LAYERS.index("pipeline")
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in conftest.py (fixtures) and autojudge/testing.py, never in a test module."""
+    tests = Path(__file__).resolve().parent
+    names = {path.stem for path in tests.glob("test_*.py")}
+    wrong = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            imported = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            wrong += [f"{path.name} imports {name}" for name in imported if name.split(".")[0] in names]
+    assert wrong == []

@@ -5,25 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from autojudge.models import ModelPairError, load_pair, resolve_spec, tokenizer_fingerprint
-
-
-def save_tiny_model(folder: Path, words: list[str]) -> Path:
-    """A 1-layer Llama with a word-level tokenizer over `words`, saved as an HF folder."""
-    vocab = {word: i for i, word in enumerate(["<unk>", "<eos>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
-    config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, eos_token_id=1,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from autojudge.testing import save_word_level_model
 
 
 def test_resolve_specs(tmp_path: Path) -> None:
@@ -38,16 +22,16 @@ def test_resolve_specs(tmp_path: Path) -> None:
 
 
 def test_pair_with_same_tokenizer_loads(tmp_path: Path) -> None:
-    target = save_tiny_model(tmp_path / "t", ["a", "b", "c"])
-    draft = save_tiny_model(tmp_path / "d", ["a", "b", "c"])
+    target = save_word_level_model(tmp_path / "t", ["a", "b", "c"])
+    draft = save_word_level_model(tmp_path / "d", ["a", "b", "c"])
     pair = load_pair(str(target), str(draft))
     assert pair.target_id == str(target) and pair.tokenizer.pad_token_id is not None
     assert not pair.target.training and not pair.draft.training
 
 
 def test_pair_with_different_tokenizers_is_refused(tmp_path: Path) -> None:
-    target = save_tiny_model(tmp_path / "t", ["a", "b", "c"])
-    draft = save_tiny_model(tmp_path / "d", ["a", "b", "x"])
+    target = save_word_level_model(tmp_path / "t", ["a", "b", "c"])
+    draft = save_word_level_model(tmp_path / "d", ["a", "b", "x"])
     with pytest.raises(ModelPairError, match="use different tokenizers"):
         load_pair(str(target), str(draft))
 
@@ -55,7 +39,7 @@ def test_pair_with_different_tokenizers_is_refused(tmp_path: Path) -> None:
 def test_fingerprint_ignores_object_identity(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    folder = save_tiny_model(tmp_path / "t", ["a", "b"])
+    folder = save_word_level_model(tmp_path / "t", ["a", "b"])
     assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(folder)) == tokenizer_fingerprint(
         AutoTokenizer.from_pretrained(folder)
     )

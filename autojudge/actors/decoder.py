@@ -25,13 +25,17 @@ class DecodeStageConfig:
     draft: str = "toy:draft"
     """Draft model spec; must share the target's tokenizer."""
     mode: str = "exact"
-    """Acceptance rule: exact | topk | autojudge."""
+    """Acceptance rule: exact | topk | autojudge | typical | prob."""
     judge: str | None = None
     """Judge folder (mode autojudge); it must match the model pair."""
     threshold: float | None = None
     """Judge threshold tau (default: the judge's default)."""
     top_k: int = 4
     """K of mode topk."""
+    epsilon: float = 0.09
+    """Epsilon of mode typical (delta = sqrt(epsilon))."""
+    min_prob: float = 0.3
+    """Least target probability of a draft token in mode prob."""
     window: int = 4
     """Draft tokens proposed per target call."""
     batch_size: int = 16
@@ -109,8 +113,9 @@ def load_decode_state(config: DecodeStageConfig, num_gpus: float = 0.0) -> Decod
         judge = Judge.load(config.judge)
         judge.check_model_pair(pair)
     engine = EngineCore.for_pair(pair, judge=judge, default_window=config.window, max_batch=max(1, config.batch_size))
+    threshold = {"typical": config.epsilon, "prob": config.min_prob}.get(config.mode, config.threshold)
     settings = RequestSettings(
-        max_new_tokens=config.max_new_tokens, mode=config.mode, threshold=config.threshold, top_k=config.top_k,
+        max_new_tokens=config.max_new_tokens, mode=config.mode, threshold=threshold, top_k=config.top_k,
         stop_strings=tuple(config.stop),
     )
     engine.rule_for(settings)  # a bad mode or threshold fails here, once per replica

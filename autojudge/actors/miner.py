@@ -101,7 +101,10 @@ class MiningWorker:
     flight. `mine` is thread-safe (a threaded Ray actor calls it concurrently) and blocks until
     its problems are done. Method "plain": the reference algorithm, one prompt at a time."""
 
-    def __init__(self, pair: Any, task: Any, max_new_tokens: int, batch_size: int = 16, method: str = "fast") -> None:
+    def __init__(
+        self, pair: Any, task: Any, max_new_tokens: int, batch_size: int = 16, method: str = "fast", lookahead: Any = None
+    ) -> None:
+        """lookahead: `decode.lookahead.LookaheadSettings` of the fast search (None: its defaults)."""
         import queue
         import threading
 
@@ -114,7 +117,7 @@ class MiningWorker:
         tokenizer = pair.tokenizer
         self.eos_ids = eos_token_ids(tokenizer, pair.target)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.searcher = BatchedSearcher(pair.target, pair.draft, self.eos_ids, self.pad_id, batch_size)
+        self.searcher = BatchedSearcher(pair.target, pair.draft, self.eos_ids, self.pad_id, batch_size, settings=lookahead)
         self.context = min(model_context(pair.target), model_context(pair.draft))
         self.jobs: queue.Queue = queue.Queue()
         self.open_calls: set[_Collector] = set()

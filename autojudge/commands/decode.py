@@ -25,8 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
     parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
     parser.add_argument(
-        "--mode", choices=["exact", "topk", "autojudge"], default="exact",
-        help="acceptance rule: exact (lossless), topk (draft token in target's top-K), autojudge (trained judge)",
+        "--mode", choices=["exact", "topk", "autojudge", "typical", "prob"], default="exact",
+        help="acceptance rule: exact (lossless), topk (draft token in target's top-K), autojudge (trained judge), "
+        "typical (training-free typical acceptance: p_T(token) > min(epsilon, sqrt(epsilon) * exp(-entropy))), "
+        "prob (training-free: p_T(token) >= --min-prob)",
     )
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder from `autojudge train` (mode autojudge)")
     parser.add_argument(
@@ -34,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="judge threshold: accept a mismatch when p(important) < TAU (default: the judge's default)",
     )
     parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
+    parser.add_argument("--epsilon", type=float, default=0.09,
+                        help="mode typical: posterior threshold epsilon (default 0.09, Medusa's and vLLM's; delta = sqrt(epsilon))")
+    parser.add_argument("--min-prob", type=float, default=0.3, help="mode prob: least target probability of a draft token (default 0.3)")
     parser.add_argument("--window", type=int, default=None, metavar="K",
                         help="draft tokens per target call (default: the judge's window in mode autojudge, else 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
@@ -56,7 +61,8 @@ def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
     if args.mode != "autojudge":
         if args.judge:
             print(f"autojudge decode: note: --judge is ignored in mode {args.mode}", file=sys.stderr)
-        return build_rule(args.mode, top_k=args.top_k), None
+        check_rule_parameters(args.mode, args.epsilon, args.min_prob)
+        return build_rule(args.mode, top_k=args.top_k, epsilon=args.epsilon, min_prob=args.min_prob), None
     if not args.judge:
         raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
     from autojudge.judge import Judge  # lazy: only this mode needs it
@@ -64,6 +70,16 @@ def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
     judge = Judge.load(args.judge)
     judge.check_model_pair(pair)
     return build_rule("autojudge", judge=judge, threshold=args.threshold), judge
+
+
+def check_rule_parameters(mode: str, epsilon: float, min_prob: float) -> None:
+    """InputError for a typical / prob parameter outside (0, 1]."""
+    from autojudge.tasks import InputError
+
+    if mode == "typical" and not 0.0 < epsilon <= 1.0:
+        raise InputError(f"--epsilon must be in (0, 1], got {epsilon}")
+    if mode == "prob" and not 0.0 < min_prob <= 1.0:
+        raise InputError(f"--min-prob must be in (0, 1], got {min_prob}")
 
 
 def check_args(args: argparse.Namespace) -> None:

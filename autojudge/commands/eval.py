@@ -40,7 +40,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="autojudge thresholds, e.g. 0.1,0.3,0.5 (default: read off the judge's validation table: taus keeping "
         "recall of important at 1.0..0.8, reaching acceptance 0.5, and 1.0)",
     )
-    parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a recommended threshold may lose")
+    parser.add_argument("--max-drop", type=float, default=1.0, help="points of --quality a recommended threshold may lose")
+    parser.add_argument("--quality", choices=["accuracy", "agreement"], default="accuracy",
+                        help="what --max-drop is measured on: accuracy (ground truth) or agreement with the target's own answer")
+    parser.add_argument("--typical-epsilons", type=_floats, default=(), metavar="E,E",
+                        help="epsilons of the training-free typical-acceptance baseline, e.g. 0.03,0.09,0.3 (default none)")
+    parser.add_argument("--min-probs", type=_floats, default=(), metavar="P,P",
+                        help="thresholds of the training-free prob baseline, e.g. 0.5,0.3,0.1 (default none)")
     parser.add_argument(
         "--set-default", action="store_true",
         help="write the recommended threshold into the judge as its default (use on validation problems, not test)",
@@ -115,10 +121,13 @@ def _run(args: argparse.Namespace) -> int:
     config = EvalConfig(
         window=default_window(judge) if args.window is None else args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,
-        max_accuracy_drop=args.max_drop / 100.0, device=args.device,
+        max_accuracy_drop=args.max_drop / 100.0, device=args.device, quality=args.quality,
+        typical_epsilons=args.typical_epsilons, min_probs=args.min_probs,
     )
+    if any(not 0.0 < x <= 1.0 for x in (*args.typical_epsilons, *args.min_probs)):
+        raise InputError("--typical-epsilons and --min-probs must lie in (0, 1]")
     results = evaluate_modes(pair, task, problems, judge, config)
-    chosen = recommend_threshold(results, config.max_accuracy_drop) if judge else None
+    chosen = recommend_threshold(results, config.max_accuracy_drop, config.quality) if judge else None
     source = args.input or f"{args.task} seed {args.seed}"
     context = {
         "problems": f"{len(problems)} from {source}",
@@ -128,7 +137,8 @@ def _run(args: argparse.Namespace) -> int:
         "max new tokens": config.max_new_tokens,
         "device": args.device,
     }
-    paths = write_eval_outputs(results, args.out, "AutoJudge evaluation", context, config.max_accuracy_drop, chosen)
+    paths = write_eval_outputs(results, args.out, "AutoJudge evaluation", context, config.max_accuracy_drop, chosen,
+                               config.quality)
     if args.set_default and judge is not None and chosen is not None:
         judge.set_default_threshold(
             float(chosen.param), f"autojudge eval on {source}: max tokens/target call within {args.max_drop:g} point",

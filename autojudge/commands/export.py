@@ -27,6 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-shard-rows", type=int, default=100_000, help="rows per Parquet file")
     parser.add_argument("--save-to-disk", action="store_true", help="also write Dataset.save_to_disk copies")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--no-text", action="store_true",
+                        help="no decoded text columns (by default the target's tokenizer decodes the tokens and a context)")
+    parser.add_argument("--context-tokens", type=int, default=24, help="tokens of decoded context before each position")
     parser.add_argument("--push", action="store_true", help="upload to the Hugging Face Hub (needs --repo-id, HF_TOKEN)")
     parser.add_argument("--repo-id", default=None, metavar="ORG/NAME", help="Hub dataset repository for --push")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
@@ -61,14 +64,17 @@ def run(args: argparse.Namespace) -> int:
     config = ExportConfig(
         data=Path(args.data), out=Path(args.out), val_fraction=args.val_fraction, license=args.license,
         pretty_name=args.name, max_shard_rows=args.max_shard_rows, save_to_disk=args.save_to_disk,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, readable=not args.no_text, context_tokens=args.context_tokens,
     )
+    if args.context_tokens < 1:
+        raise InputError(f"--context-tokens must be >= 1, got {args.context_tokens}")
     result = export_dataset(config)
     counts = result.counts
     print(
         f"exported {counts['labels']['total']} labels ({counts['important']} important) from "
         f"{counts['prompts']} prompts to {result.out}/ "
         + ", ".join(f"{name}: {splits}" for name, splits in counts["splits"].items())
+        + f"; decoded text columns: {counts['readable']}"
     )
     if args.push:
         try:

@@ -53,13 +53,16 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from autojudge.real.smollm2 import RealModelUnavailable
+    from autojudge.real.smollm2 import MissingDependency, RealModelUnavailable
     from autojudge.real.specs import resolve_real_spec
 
     try:
         print(f"target: {resolve_real_spec('smollm2:target')}")
         if not args.no_draft:
             print(f"draft:  {resolve_real_spec('smollm2:draft')}")
+    except MissingDependency as err:  # never skipped: installing the extra fixes it
+        print(f"autojudge real fetch: error: {err}", file=sys.stderr)
+        return 1
     except RealModelUnavailable as err:
         if args.skip_offline:
             print(f"autojudge real fetch: skipped: {err}", file=sys.stderr)

@@ -1,4 +1,10 @@
-"""`autojudge run`: the main job on the built-in toy world (mine, train, choose threshold, evaluate)."""
+"""`autojudge run`: the main job (mine, train, choose threshold, evaluate) on the toy world or GSM8K.
+
+`--preset smollm2-gsm8k` fills in the real-model run (SmolLM2 pair, GSM8K files, agreement
+as quality measure, the training-free baselines and the extra judges); any flag given
+explicitly overrides the preset. Flags default to None here so that a preset can tell
+"not given" from "given the default value".
+"""
 
 from __future__ import annotations
 
@@ -8,44 +14,111 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="main job: mine, train and evaluate on the built-in toy world",
+        help="main job: mine, train and evaluate (toy world, or GSM8K with a real pair)",
         description=(
             "End to end on the built-in toy world with the shipped toy:target / toy:draft pair: mine labels and "
             "features (seed 1), train the judge, choose its threshold on unseen seed-1 problems, and evaluate "
             "exact / topk / autojudge on held-out seed-2 problems. Writes a run folder with the labels, the "
-            "judge, report.md, metrics.json and pareto.png. Defaults take a few minutes on 2 CPU cores."
+            "judge, report.md, metrics.json and pareto.png. Defaults take a few minutes on 2 CPU cores. "
+            "With --task gsm8k (or --preset smollm2-gsm8k) the same on GSM8K train/test files; rerunning "
+            "the same command on the same --out resumes."
         ),
     )
     from autojudge.pipeline.run import RunConfig
 
     defaults = RunConfig()
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="named settings; explicit flags override them. smollm2-gsm8k: "
+                        + ", ".join(f"{k}={v}" for k, v in PRESETS["smollm2-gsm8k"].items() if k not in ("train_input", "test_input")))
+    parser.add_argument("--task", choices=["toy", "gsm8k"], default=None, help="toy (default) or gsm8k")
+    parser.add_argument("--train-input", metavar="FILE", default=None,
+                        help="task gsm8k: train JSONL (mined problems, then selection problems)")
+    parser.add_argument("--train-offset", type=int, default=None,
+                        help="task gsm8k: train problems skipped first (default 0; the preset skips those the draft was fitted on)")
+    parser.add_argument("--test-input", metavar="FILE", default=None, help="task gsm8k: held-out test JSONL")
+    parser.add_argument("--instruction", default=None, help="task gsm8k: text appended to every question")
+    parser.add_argument("--quality", choices=["accuracy", "agreement"], default=None,
+                        help="what the chosen tau may lose --max-drop points of: accuracy (ground truth, default) or "
+                        "agreement (same final answer as the target's own greedy decoding)")
+    parser.add_argument("--typical-epsilons", type=_float_list, default=None, metavar="E,E",
+                        help="epsilons of the training-free typical-acceptance baseline on the test curve ('' for none)")
+    parser.add_argument("--min-probs", type=_float_list, default=None, metavar="P,P",
+                        help="thresholds of the training-free prob baseline on the test curve ('' for none)")
+    parser.add_argument("--extra-judges", type=_str_list, default=None, metavar="MODEL:FEATURES,...",
+                        help="other judges on the test curve, e.g. lightgbm:DD-DT,logreg:DT ('' for none)")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>)")
-    parser.add_argument("--mine-problems", type=int, default=defaults.mine_problems,
+    parser.add_argument("--mine-problems", type=int, default=None,
                         help=f"seed-1 problems to mine (default {defaults.mine_problems})")
-    parser.add_argument("--select-problems", type=int, default=defaults.select_problems,
+    parser.add_argument("--select-problems", type=int, default=None,
                         help=f"seed-1 problems after the mined ones to choose tau on (default {defaults.select_problems})")
-    parser.add_argument("--test-problems", type=int, default=defaults.test_problems,
+    parser.add_argument("--test-problems", type=int, default=None,
                         help=f"held-out seed-2 problems (default {defaults.test_problems})")
-    parser.add_argument("--window", type=int, default=defaults.window,
+    parser.add_argument("--window", type=int, default=None,
                         help=f"draft tokens per cycle in evaluation, every mode (default {defaults.window})")
-    parser.add_argument("--compare-windows", type=_int_list, default=defaults.compare_windows, metavar="K,K",
+    parser.add_argument("--compare-windows", type=_int_list, default=None, metavar="K,K",
                         help="other windows at which exact and the chosen tau also run on the test problems "
                         f"(default {','.join(map(str, defaults.compare_windows))}; '' for none)")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+    parser.add_argument("--max-new-tokens", type=int, default=None,
                         help=f"generation budget per problem (default {defaults.max_new_tokens}; toy answers need <= ~92)")
-    parser.add_argument("--judge-model", choices=["logreg", "lightgbm"], default=defaults.judge_model,
+    parser.add_argument("--judge-model", choices=["logreg", "lightgbm"], default=None,
                         help="judge classifier")
-    parser.add_argument("--features", choices=["DT", "DD-DT"], default=defaults.feature_setup, help="judge feature setup")
-    parser.add_argument("--max-drop", type=float, default=100 * defaults.max_accuracy_drop,
+    parser.add_argument("--features", choices=["DT", "DD-DT"], default=None, help="judge feature setup")
+    parser.add_argument("--max-drop", type=float, default=None,
                         help=f"accuracy points the chosen tau may lose (default {100 * defaults.max_accuracy_drop:g})")
-    parser.add_argument("--mine-workers", type=int, default=defaults.mine_workers,
+    parser.add_argument("--mine-workers", type=int, default=None,
                         help=f"Ray mining actors (default {defaults.mine_workers}; 0 = mine in this process, no Ray)")
-    parser.add_argument("--threads", type=int, default=defaults.threads,
+    parser.add_argument("--threads", type=int, default=None,
                         help=f"torch CPU threads (default {defaults.threads})")
-    parser.add_argument("--device", default=defaults.device, help="torch device")
-    parser.add_argument("--target", default=defaults.target, help=f"target model spec (default {defaults.target})")
-    parser.add_argument("--draft", default=defaults.draft, help=f"draft model spec (default {defaults.draft})")
+    parser.add_argument("--device", default=None, help="torch device")
+    parser.add_argument("--target", default=None, help=f"target model spec (default {defaults.target})")
+    parser.add_argument("--draft", default=None, help=f"draft model spec (default {defaults.draft})")
     parser.set_defaults(func=run)
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    """'0.1,0.3' -> (0.1, 0.3); '' -> ()."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _str_list(text: str) -> tuple[str, ...]:
+    """'a,b' -> ('a', 'b'); '' -> ()."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _gsm8k_file(split: str) -> str:
+    """$AUTOJUDGE_DATA/gsm8k/<split>.jsonl, else ../shared/data/gsm8k/<split>.jsonl next to the repo."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("AUTOJUDGE_DATA"):
+        return str(Path(os.environ["AUTOJUDGE_DATA"]) / "gsm8k" / f"{split}.jsonl")
+    return str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / f"{split}.jsonl")
+
+
+GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final answer is N".'
+"""The instruction of the real-model set-up (`autojudge.real.measure.GSM8K_INSTRUCTION`)."""
+
+PRESETS: dict[str, dict[str, object]] = {
+    "smollm2-gsm8k": {
+        "target": "smollm2:target", "draft": "smollm2:draft", "task": "gsm8k",
+        "train_input": "gsm8k:train", "test_input": "gsm8k:test", "train_offset": 400,
+        "instruction": GSM8K_INSTRUCTION, "quality": "agreement",
+        "mine_problems": 300, "select_problems": 100, "test_problems": 200, "max_new_tokens": 192,
+        "window": 4, "compare_windows": (), "top_ks": (2,), "typical_epsilons": (0.3, 0.09),
+        "min_probs": (0.3, 0.1), "mine_workers": 0, "mine_batch_size": 16, "eval_batch_size": 32,
+        "extra_judges": ("lightgbm:DD-DT",), "extra_judge_taus": 2,
+        "recall_levels": (1.0, 0.9), "low_taus": (),
+    },
+}
+"""Named settings of `autojudge run`. smollm2-gsm8k: the real pair on GSM8K at the issue's
+sizes (300 mined train problems, budget 192, 200 test problems; hours on one CPU core - the
+README section "AutoJudge on SmolLM2 / GSM8K" gives the measured costs and the smaller run
+that fits a shared 2-core machine). The train slice starts at 400, after the problems the
+default draft was fitted on (0..347). Window 4: the fitted draft's exact acceptance is ~1.9
+tokens per call at k=4 and ~2.0 at k=8, and a window-4 cycle costs about half as much CPU."""
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -56,8 +129,9 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Everything that can be refused before mining starts (autojudge.checks)."""
+def check_args(args: argparse.Namespace, config: "RunConfig") -> None:  # noqa: F821 - lazy import
+    """Everything that can be refused before mining starts (autojudge.checks), on the flags and on
+    the settings the run will use (defaults, then the preset, then the flags)."""
     from autojudge import checks
     from autojudge.ray_utils import check_cluster_address
 
@@ -67,25 +141,20 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if args.out:
         checks.check_output_dir("--out", args.out)
-    if args.mine_workers > 0:
+    if config.mine_workers > 0:
         check_cluster_address(None)
-    checks.check_pair_tokenizers(args.target, args.draft)
+    checks.check_pair_tokenizers(config.target, config.draft)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_args(args)  # before the heavy imports and any work
     import sys
 
-    from autojudge.models import ModelPairError
-    from autojudge.pipeline.run import RunConfig, format_summary, run_main
+    config = build_config(args)
+    check_args(args, config)  # before the heavy imports and any work
 
-    config = RunConfig(
-        out=args.out, target=args.target, draft=args.draft, mine_problems=args.mine_problems,
-        select_problems=args.select_problems, test_problems=args.test_problems, window=args.window,
-        compare_windows=args.compare_windows,
-        max_new_tokens=args.max_new_tokens, judge_model=args.judge_model, feature_setup=args.features,
-        mine_workers=args.mine_workers, max_accuracy_drop=args.max_drop / 100.0, threads=args.threads, device=args.device,
-    )
+    from autojudge.models import ModelPairError
+    from autojudge.pipeline.run import format_summary, run_main
+
     try:
         summary = run_main(config)
     except ModelPairError as err:
@@ -93,3 +162,35 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(format_summary(summary))
     return 0
+
+
+def build_config(args: argparse.Namespace) -> "RunConfig":  # noqa: F821 - lazy import below
+    """RunConfig from the defaults, then the preset, then the flags given explicitly."""
+    from autojudge.pipeline.run import RunConfig
+    from autojudge.tasks import InputError
+
+    values: dict[str, object] = {}
+    if args.preset is not None:
+        if args.preset not in PRESETS:
+            raise InputError(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
+        values.update(PRESETS[args.preset])
+    flags = {
+        "out": args.out, "target": args.target, "draft": args.draft, "task": args.task,
+        "train_input": args.train_input, "train_offset": args.train_offset, "test_input": args.test_input,
+        "instruction": args.instruction, "quality": args.quality, "mine_problems": args.mine_problems,
+        "select_problems": args.select_problems, "test_problems": args.test_problems, "window": args.window,
+        "compare_windows": args.compare_windows, "max_new_tokens": args.max_new_tokens,
+        "judge_model": args.judge_model, "feature_setup": args.features, "mine_workers": args.mine_workers,
+        "threads": args.threads, "device": args.device, "typical_epsilons": args.typical_epsilons,
+        "min_probs": args.min_probs, "extra_judges": args.extra_judges,
+        "max_accuracy_drop": None if args.max_drop is None else args.max_drop / 100.0,
+    }
+    values.update({key: value for key, value in flags.items() if value is not None})
+    for key in ("train_input", "test_input"):  # preset shorthands for the shared GSM8K files
+        if isinstance(values.get(key), str) and str(values[key]).startswith("gsm8k:"):
+            values[key] = _gsm8k_file(str(values[key]).split(":", 1)[1])
+    if values.get("task", "toy") == "gsm8k":
+        for key in ("train_input", "test_input"):
+            if not values.get(key):
+                raise InputError(f"--task gsm8k needs --{key.replace('_', '-')} FILE (or --preset smollm2-gsm8k)")
+    return RunConfig(**values)  # type: ignore[arg-type]

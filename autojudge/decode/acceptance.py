@@ -12,6 +12,10 @@ the first unaccepted position on; an exact match is always accepted.
   (`p_important < threshold`). `judge(h_target [n, Ht], h_draft [n, Hd]) -> prob [n]` is any
   callable (a trained `autojudge.judge.Judge`, or a function in a test); it is only
   evaluated on mismatching positions.
+- `TypicalRule(epsilon, delta)`: training-free typical acceptance (Medusa, vLLM): exact match,
+  or target probability of c_i > min(epsilon, delta * exp(-H)), H the entropy of the target
+  distribution at that position. Defaults: epsilon 0.09, delta sqrt(epsilon) = 0.3.
+- `ProbRule(min_prob)`: training-free: exact match, or target probability of c_i >= min_prob.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Callable, Container, Sequence
 import torch
 
 Judge = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-MODES = ("exact", "topk", "autojudge")
+MODES = ("exact", "topk", "autojudge", "typical", "prob")
 
 
 def accepted_lengths(mask: torch.Tensor) -> torch.Tensor:
@@ -125,13 +129,74 @@ class JudgeRule(AcceptanceRule):
         return {"mode": "autojudge", "threshold": self.threshold}
 
 
-def build_rule(mode: str, judge: Judge | None = None, threshold: float | None = None, top_k: int = 4) -> AcceptanceRule:
+def draft_token_probs(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target probability of each draft token `[batch, k]`, entropy of the target distribution
+    `[batch, k]`, in nats), at temperature 1, computed in float32."""
+    log_probs = torch.log_softmax(target_logits.float(), dim=-1)  # [batch, k, vocab]
+    token_log_probs = log_probs.gather(-1, draft_tokens[..., None].long()).squeeze(-1)  # [batch, k]
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)  # [batch, k]
+    return token_log_probs.exp(), entropy
+
+
+TYPICAL_EPSILON = 0.09
+"""Default posterior threshold epsilon of typical acceptance (Medusa's and vLLM's 0.09)."""
+
+
+class TypicalRule(AcceptanceRule):
+    """Typical acceptance (Medusa; vLLM's TypicalAcceptanceSampler): accept c_i when it is the
+    target's argmax or p_T(c_i) > min(epsilon, delta * exp(-H(p_T))).
+
+    delta defaults to sqrt(epsilon) (vLLM's convention: 0.3 at its default epsilon 0.09, which
+    is also Medusa's pair), so one number sweeps the rule. Training-free: no mined labels."""
+
+    def __init__(self, epsilon: float = TYPICAL_EPSILON, delta: float | None = None):
+        if not 0.0 < epsilon <= 1.0:
+            raise ValueError(f"typical acceptance epsilon must be in (0, 1], got {epsilon}")
+        self.epsilon = float(epsilon)
+        self.delta = float(delta) if delta is not None else self.epsilon ** 0.5
+        if self.delta <= 0.0:
+            raise ValueError(f"typical acceptance delta must be > 0, got {self.delta}")
+
+    def __call__(self, draft_tokens, target_logits, h_target=None, h_draft=None):
+        probs, entropy = draft_token_probs(draft_tokens, target_logits)  # [batch, k] each
+        threshold = torch.minimum(torch.full_like(entropy, self.epsilon), self.delta * torch.exp(-entropy))
+        return (probs > threshold) | exact_matches(draft_tokens, target_logits)
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "typical", "epsilon": self.epsilon, "delta": self.delta}
+
+
+class ProbRule(AcceptanceRule):
+    """Accept c_i when it is the target's argmax or the target gives it probability >= min_prob
+    (temperature 1). Training-free."""
+
+    def __init__(self, min_prob: float = 0.3):
+        if not 0.0 < min_prob <= 1.0:
+            raise ValueError(f"min_prob must be in (0, 1], got {min_prob}")
+        self.min_prob = float(min_prob)
+
+    def __call__(self, draft_tokens, target_logits, h_target=None, h_draft=None):
+        probs, _ = draft_token_probs(draft_tokens, target_logits)  # [batch, k]
+        return (probs >= self.min_prob) | exact_matches(draft_tokens, target_logits)
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "prob", "min_prob": self.min_prob}
+
+
+def build_rule(
+    mode: str, judge: Judge | None = None, threshold: float | None = None, top_k: int = 4,
+    epsilon: float = TYPICAL_EPSILON, min_prob: float = 0.3,
+) -> AcceptanceRule:
     """The rule for a decode mode: "exact" | "topk" | "autojudge" (needs `judge`; threshold
-    defaults to `judge.default_threshold`)."""
+    defaults to `judge.default_threshold`) | "typical" (epsilon) | "prob" (min_prob)."""
     if mode == "exact":
         return ExactRule()
     if mode == "topk":
         return TopKRule(top_k)
+    if mode == "typical":
+        return TypicalRule(epsilon)
+    if mode == "prob":
+        return ProbRule(min_prob)
     if mode == "autojudge":
         if judge is None:
             raise ValueError("mode 'autojudge' needs a judge")

@@ -45,7 +45,8 @@ class RequestSettings:
     mode: str = "exact"
     """Acceptance rule: "exact", "topk", "autojudge" (needs the engine's judge) or another mode of `build_rule`."""
     threshold: float | None = None
-    """The lossy rule's parameter (autojudge: tau; None: the judge's default)."""
+    """The lossy rule's parameter: autojudge tau (None: the judge's default), typical epsilon, prob
+    least probability (None: the rule's default)."""
     top_k: int = 4
     """K of the "topk" rule."""
     window: int | None = None
@@ -185,7 +186,7 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
     for members in groups.values():
         rule = rows[members[0]].rule
         width = max(len(proposal.tokens[i]) for i in members)
-        drafted = torch.full((len(members), width), -1, dtype=torch.long)  # [b, k]; -1 never matches
+        drafted = torch.zeros((len(members), width), dtype=torch.long)  # [b, k]; padding is masked below
         logits = torch.zeros((len(members), width, verification[members[0]].logits.shape[-1]))  # type: ignore[union-attr]
         h_target = torch.zeros((len(members), width, verification[members[0]].hidden.shape[-1]))
         h_draft = None
@@ -303,7 +304,10 @@ class EngineCore:
             return settings.rule
         key = (settings.mode, settings.threshold, settings.top_k)
         if key not in self._rules:
-            self._rules[key] = build_rule(settings.mode, judge=self.judge, threshold=settings.threshold, top_k=settings.top_k)
+            parameter = {} if settings.threshold is None else {"typical": {"epsilon": settings.threshold}, "prob": {"min_prob": settings.threshold}}.get(settings.mode, {})
+            self._rules[key] = build_rule(
+                settings.mode, judge=self.judge, threshold=settings.threshold, top_k=settings.top_k, **parameter
+            )
         return self._rules[key]
 
     def abort(self, request_id: int) -> None:

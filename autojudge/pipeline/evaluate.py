@@ -1,17 +1,22 @@
 """Evaluating decoding modes on held-out problems: accuracy vs tokens per target call.
 
-For each setting (`exact`; `topk` for several K; `autojudge` over a sweep of
-thresholds) the held-out problems are decoded with the speculative engine at the
+For each setting (`exact`; `topk` for several K; the training-free `typical` and
+`prob` rules over sweeps of epsilon / p; `autojudge` over a sweep of thresholds, and
+optionally other judges `judge:<name>` on a short sweep) the held-out problems are decoded with the speculative engine at the
 same window, and we record
 - accuracy: `task.is_correct(problem, text)` against the ground-truth answers;
 - agreement: share of problems whose answer equals the `exact` (= target greedy) answer;
 - tokens per target call (emitted tokens / target forward passes), draft calls,
   mean accepted length, wall time and tokens/s.
 
-`recommend_threshold` picks the largest-throughput autojudge threshold whose accuracy
-is at most `max_accuracy_drop` below `exact` on the problems it is given; `autojudge
+`recommend_threshold` picks the largest-throughput autojudge threshold whose quality
+(`accuracy`, or `agreement` with the target's own greedy answer - the right measure
+for a weak target that is rarely right) is at most `max_accuracy_drop` below `exact`
+on the problems it is given; `autojudge
 run` applies it on selection problems distinct from the test problems, so the test
-curve is an honest estimate. Outputs: `metrics.json`, `report.md`, `pareto.png`.
+curve is an honest estimate. Outputs: `metrics.json`, `report.md`, `pareto.png`. With a `cache_dir`, each finished
+setting is stored there (answers included) and not decoded again on a rerun, so an
+interrupted evaluation resumes.
 """
 
 from __future__ import annotations
@@ -51,9 +56,15 @@ class EvalConfig:
     acceptance_rates: tuple[float, ...] = DEFAULT_ACCEPTANCE_RATES
     """Validation acceptance rates of mismatches whose (smallest) thresholds join the sweep."""
     max_accuracy_drop: float = 0.01
-    """Accuracy (fraction) a recommended threshold may lose against `exact`."""
+    """Quality (fraction; accuracy or agreement, see `quality`) a recommended threshold may lose against `exact`."""
     device: str = "cpu"
     """Torch device of the models."""
+    typical_epsilons: tuple[float, ...] = ()
+    """Epsilons of the training-free `typical` acceptance baseline (delta = sqrt(epsilon)); () = not run."""
+    min_probs: tuple[float, ...] = ()
+    """Thresholds p of the training-free `prob` baseline (accept when p_T(draft token) >= p); () = not run."""
+    quality: str = "accuracy"
+    """What `max_accuracy_drop` is measured on: "accuracy" (ground truth) or "agreement" (with exact's answer)."""
 
 
 @dataclass
@@ -73,7 +84,7 @@ class SettingResult:
     num_problems: int
     """Problems decoded."""
     agreement_with_target: float | None
-    """Share of problems with the same answer as exact decoding (None for exact itself)."""
+    """Share of problems with the same answer as exact decoding (1.0 for exact itself, None when unknown)."""
     tokens_per_target_call: float
     """Emitted tokens / target forward passes (over all problems)."""
     new_tokens: int
@@ -150,9 +161,15 @@ def evaluate_setting(
     if mode == "topk":
         rule = build_rule("topk", top_k=int(param))  # type: ignore[arg-type]
         label = f"topk K={int(param)}"  # type: ignore[arg-type]
-    elif mode == "autojudge":
+    elif mode == "autojudge" or mode.startswith("judge:"):
         rule = build_rule("autojudge", judge=judge, threshold=float(param))  # type: ignore[arg-type]
-        label = f"autojudge tau={param:g}"
+        label = f"{'autojudge' if mode == 'autojudge' else mode} tau={param:g}"
+    elif mode == "typical":
+        rule = build_rule("typical", epsilon=float(param))  # type: ignore[arg-type]
+        label = f"typical eps={param:g}"
+    elif mode == "prob":
+        rule = build_rule("prob", min_prob=float(param))  # type: ignore[arg-type]
+        label = f"prob p={param:g}"
     else:
         rule = build_rule("exact")
         label = "exact"
@@ -162,7 +179,7 @@ def evaluate_setting(
     texts, metrics, wall_s = decode_problems(engine, settings, tokenizer, task, problems, progress)
     answers = [task.answer(problem, text) for problem, text in zip(problems, texts)]
     correct = [task.is_correct(problem, text) for problem, text in zip(problems, texts)]
-    agreement = None
+    agreement = 1.0 if mode == "exact" else None
     if reference_answers is not None:
         agreement = sum(a == b for a, b in zip(answers, reference_answers)) / max(len(problems), 1)
     new_tokens = sum(m.new_tokens for m in metrics)
@@ -178,14 +195,48 @@ def evaluate_setting(
     )
 
 
+def quality_of(result: SettingResult, quality: str = "accuracy") -> float:
+    """The setting's accuracy, or its agreement with exact's answers (exact itself: 1.0)."""
+    if quality == "accuracy":
+        return result.accuracy
+    if quality == "agreement":
+        return 1.0 if result.agreement_with_target is None else result.agreement_with_target
+    raise ValueError(f"unknown quality measure {quality!r}: use accuracy or agreement")
+
+
+def setting_cache_path(cache_dir: str | Path, mode: str, param: float | None, config: EvalConfig, num_problems: int) -> Path:
+    """File holding one finished setting: mode, parameter, window, budget and problem count in the name."""
+    name = f"{mode.replace(':', '_')}-{'none' if param is None else f'{param:g}'}-k{config.window}-L{config.max_new_tokens}-n{num_problems}"
+    return Path(cache_dir) / f"{name}.json"
+
+
+def load_cached_setting(path: Path) -> SettingResult | None:
+    """A setting stored by `store_setting`, or None."""
+    if not path.exists():
+        return None
+    return SettingResult(**json.loads(path.read_text()))
+
+
+def store_setting(result: SettingResult, path: Path) -> None:
+    """Write a finished setting (answers included) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(asdict(result)))
+    partial.rename(path)
+
+
 def evaluate_modes(
     pair: Any, task: Task, problems: Sequence[Problem], judge: Any, config: EvalConfig, show_progress: bool = True,
-    stop_after_drop: bool = False,
+    stop_after_drop: bool = False, extra_judges: dict[str, tuple[Any, Sequence[float]]] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[SettingResult]:
-    """exact, topk for each K, autojudge for each threshold (ascending), on the same problems and window.
+    """exact, topk for each K, typical for each epsilon, prob for each p, autojudge for each
+    threshold (ascending), then each extra judge (`judge:<name>`, its own thresholds), on the
+    same problems and window.
 
     stop_after_drop: skip the remaining (larger) thresholds once one loses more than
-    `config.max_accuracy_drop` against exact — all that threshold selection needs.
+    `config.max_accuracy_drop` of `config.quality` against exact — all that threshold selection needs.
+    cache_dir: reuse settings finished by an earlier (interrupted) call; store new ones there.
     """
     from tqdm.auto import tqdm
 
@@ -194,78 +245,121 @@ def evaluate_modes(
         thresholds = sorted(
             config.thresholds or sweep_thresholds(judge.thresholds, config.acceptance_rates, config.recall_levels)
         )
-    settings: list[tuple[str, float | None]] = [("exact", None)]
-    settings += [("topk", float(k)) for k in config.top_ks]
-    settings += [("autojudge", tau) for tau in thresholds]
+    settings: list[tuple[str, float | None, Any]] = [("exact", None, None)]
+    settings += [("topk", float(k), None) for k in config.top_ks]
+    settings += [("typical", float(eps), None) for eps in config.typical_epsilons]
+    settings += [("prob", float(p), None) for p in config.min_probs]
+    settings += [("autojudge", tau, judge) for tau in thresholds]
+    for name, (other, taus) in (extra_judges or {}).items():
+        settings += [(f"judge:{name}", float(tau), other) for tau in sorted(taus)]
     results: list[SettingResult] = []
     bar = tqdm(total=len(settings) * len(problems), desc="eval", unit="problem", disable=not show_progress)
-    reference, exact_accuracy = None, 0.0
-    for mode, param in settings:
+    reference, exact_quality = None, 0.0
+    stopped: set[str] = set()
+    for mode, param, setting_judge in settings:
+        if mode in stopped:
+            bar.update(len(problems))
+            continue
         bar.set_postfix_str(mode if param is None else f"{mode} {param:g}")
-        result = evaluate_setting(pair, task, problems, mode, param, config, judge, reference, bar.update)
+        path = setting_cache_path(cache_dir, mode, param, config, len(problems)) if cache_dir else None
+        result = load_cached_setting(path) if path else None
+        if result is None:
+            result = evaluate_setting(pair, task, problems, mode, param, config, setting_judge, reference, bar.update)
+            if path:
+                store_setting(result, path)
+        else:
+            bar.update(len(problems))
         if mode == "exact":
-            reference, exact_accuracy = result.answers, result.accuracy
+            reference, exact_quality = result.answers, quality_of(result, config.quality)
         results.append(result)
-        log.info("%s: accuracy %.3f, %.2f tokens/target call", result.label, result.accuracy, result.tokens_per_target_call)
-        if stop_after_drop and mode == "autojudge" and result.accuracy < exact_accuracy - config.max_accuracy_drop - 1e-12:
-            break
+        log.info("%s: accuracy %.3f, agreement %s, %.2f tokens/target call", result.label, result.accuracy,
+                 result.agreement_with_target, result.tokens_per_target_call)
+        judged = mode == "autojudge" or mode.startswith("judge:")
+        if stop_after_drop and judged and quality_of(result, config.quality) < exact_quality - config.max_accuracy_drop - 1e-12:
+            stopped.add(mode)
     bar.close()
     return results
 
 
-def recommend_threshold(results: Sequence[SettingResult], max_accuracy_drop: float) -> SettingResult | None:
-    """The autojudge setting with the most tokens per target call among the thresholds that,
-    from the smallest up, all stay within `max_accuracy_drop` of exact accuracy.
+def recommend_threshold(
+    results: Sequence[SettingResult], max_accuracy_drop: float, quality: str = "accuracy", mode: str = "autojudge",
+) -> SettingResult | None:
+    """The `mode` setting with the most tokens per target call among the parameters that,
+    from the most conservative up, all stay within `max_accuracy_drop` of exact's `quality`
+    ("accuracy", or "agreement" with exact's answers).
 
     Walking up from small tau and stopping at the first failure keeps a lucky high-tau
     point past a breakdown (small sets are noisy) from being recommended. None when even
-    the smallest threshold loses too much.
+    the smallest threshold loses too much. For `prob` and `typical` (a larger p / epsilon is
+    more conservative) the walk goes from large down.
     """
     exact = next(r for r in results if r.mode == "exact")
-    floor = exact.accuracy - max_accuracy_drop - 1e-12
+    floor = quality_of(exact, quality) - max_accuracy_drop - 1e-12
     qualifying: list[SettingResult] = []
-    for result in sorted((r for r in results if r.mode == "autojudge"), key=lambda r: r.param or 0.0):
-        if result.accuracy < floor:
+    descending = mode in ("prob", "typical")
+    for result in sorted((r for r in results if r.mode == mode), key=lambda r: r.param or 0.0, reverse=descending):
+        if quality_of(result, quality) < floor:
             break
         qualifying.append(result)
-    return max(qualifying, key=lambda r: (r.tokens_per_target_call, -(r.param or 0.0))) if qualifying else None
+    if not qualifying:
+        return None
+    return max(qualifying, key=lambda r: (r.tokens_per_target_call, (r.param or 0.0) if descending else -(r.param or 0.0)))
 
 
 # --------------------------------------------------------------------------- outputs
 
 
+MODE_STYLES: dict[str, tuple[str, str]] = {
+    "exact": ("black", "s"), "topk": ("tab:orange", "^"), "autojudge": ("tab:blue", "o"),
+    "typical": ("tab:green", "v"), "prob": ("tab:purple", "D"),
+}
+"""Colour and marker per mode in `pareto.png`; other judges (`judge:<name>`) cycle through the rest."""
+
+OTHER_JUDGE_STYLES: tuple[tuple[str, str], ...] = (("tab:cyan", "P"), ("tab:brown", "X"), ("tab:pink", "*"), ("tab:olive", "h"))
+
+
+def _point_label(result: SettingResult) -> str:
+    if result.mode == "topk":
+        return f"K={int(result.param)}"  # type: ignore[arg-type]
+    if result.mode == "typical":
+        return f"ε={result.param:.2g}"
+    if result.mode == "prob":
+        return f"p={result.param:.2g}"
+    return f"τ={result.param:.2g}"
+
+
 def plot_pareto(results: Sequence[SettingResult], path: str | Path, title: str, max_accuracy_drop: float,
-                chosen: SettingResult | None = None) -> Path:
-    """Accuracy vs tokens per target call, one curve per mode; a dashed line at exact - max drop."""
+                chosen: SettingResult | None = None, quality: str = "accuracy") -> Path:
+    """Quality (accuracy or agreement with the target) vs tokens per target call, one curve per
+    mode; a dashed line at exact - max drop."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9.0, 5.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 5.2), dpi=120)
     exact = next(r for r in results if r.mode == "exact")
-    styles = {"exact": ("black", "s"), "topk": ("tab:orange", "^"), "autojudge": ("tab:blue", "o")}
-    for mode in ("topk", "autojudge"):
+    modes = [m for m in ("topk", "typical", "prob", "autojudge") if any(r.mode == m for r in results)]
+    modes += sorted({r.mode for r in results if r.mode.startswith("judge:")})
+    others = iter(OTHER_JUDGE_STYLES * 4)
+    for number, mode in enumerate(modes):
         points = sorted((r for r in results if r.mode == mode), key=lambda r: r.tokens_per_target_call)
-        if not points:
-            continue
-        color, marker = styles[mode]
-        ax.plot([r.tokens_per_target_call for r in points], [100 * r.accuracy for r in points],
-                marker=marker, color=color, label=mode)
+        color, marker = MODE_STYLES.get(mode) or next(others)
+        ax.plot([r.tokens_per_target_call for r in points], [100 * quality_of(r, quality) for r in points],
+                marker=marker, color=color, label=mode, linewidth=1.2, markersize=5)
         for index, r in enumerate(points):
-            text = f"K={int(r.param)}" if mode == "topk" else f"τ={r.param:.2g}"  # type: ignore[arg-type]
-            above = (index % 2 == 0) != (mode == "topk")  # alternate so neighbouring labels do not collide
-            ax.annotate(text, (r.tokens_per_target_call, 100 * r.accuracy), textcoords="offset points",
-                        xytext=(3, 6 if above else -12), fontsize=7, color=color)
-    ax.scatter([exact.tokens_per_target_call], [100 * exact.accuracy], color="black", marker="s", s=50,
+            above = (index + number) % 2 == 0  # alternate so neighbouring labels do not collide
+            ax.annotate(_point_label(r), (r.tokens_per_target_call, 100 * quality_of(r, quality)), textcoords="offset points",
+                        xytext=(3, 6 if above else -12), fontsize=6, color=color)
+    ax.scatter([exact.tokens_per_target_call], [100 * quality_of(exact, quality)], color="black", marker="s", s=50,
                zorder=5, label="exact (speculative, lossless)")
-    ax.axhline(100 * (exact.accuracy - max_accuracy_drop), color="grey", linestyle="--", linewidth=1,
+    ax.axhline(100 * (quality_of(exact, quality) - max_accuracy_drop), color="grey", linestyle="--", linewidth=1,
                label=f"exact − {100 * max_accuracy_drop:g} point")
     if chosen is not None:
-        ax.scatter([chosen.tokens_per_target_call], [100 * chosen.accuracy], s=160, facecolors="none",
+        ax.scatter([chosen.tokens_per_target_call], [100 * quality_of(chosen, quality)], s=160, facecolors="none",
                    edgecolors="tab:red", linewidths=2, zorder=6, label=f"chosen τ={chosen.param:.3g}")
     ax.set_xlabel("tokens per target call (higher = fewer target passes)")
-    ax.set_ylabel("accuracy vs ground truth (%)")
+    ax.set_ylabel("accuracy vs ground truth (%)" if quality == "accuracy" else "same final answer as the target's greedy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
@@ -276,9 +370,26 @@ def plot_pareto(results: Sequence[SettingResult], path: str | Path, title: str, 
     return path
 
 
+def best_within_drop(results: Sequence[SettingResult], max_drop: float, quality: str) -> list[tuple[str, SettingResult | None]]:
+    """Per lossy mode, its setting with the most tokens per target call whose `quality` is
+    within `max_drop` of exact on these problems (None when no setting is): the comparison
+    at equal quality. Any setting counts here (no walk from the safe end)."""
+    exact = next(r for r in results if r.mode == "exact")
+    floor = quality_of(exact, quality) - max_drop - 1e-12
+    modes: list[str] = []
+    for r in results:
+        if r.mode != "exact" and r.mode not in modes:
+            modes.append(r.mode)
+    best: list[tuple[str, SettingResult | None]] = []
+    for mode in modes:
+        keeping = [r for r in results if r.mode == mode and quality_of(r, quality) >= floor]
+        best.append((mode, max(keeping, key=lambda r: r.tokens_per_target_call) if keeping else None))
+    return best
+
+
 def format_eval_report(
     results: Sequence[SettingResult], title: str, context: dict[str, Any], chosen: SettingResult | None,
-    max_accuracy_drop: float,
+    max_accuracy_drop: float, quality: str = "accuracy",
 ) -> str:
     """Markdown: the setting table, the chosen threshold, and where the judge breaks down."""
     exact = next(r for r in results if r.mode == "exact")
@@ -300,29 +411,44 @@ def format_eval_report(
         )
     lines.append("")
     judged = [r for r in results if r.mode == "autojudge"]
+    name = "accuracy" if quality == "accuracy" else "agreement with the target"
     if chosen is not None:
         lines.append(
             f"Chosen threshold tau = {chosen.param:g}: {chosen.tokens_per_target_call / exact.tokens_per_target_call:.2f}x "
-            f"the tokens per target call of exact speculative decoding, accuracy {100 * chosen.accuracy:.1f}% vs "
-            f"{100 * exact.accuracy:.1f}% ({100 * (chosen.accuracy - exact.accuracy):+.1f} points)."
+            f"the tokens per target call of exact speculative decoding, {name} {100 * quality_of(chosen, quality):.1f}% vs "
+            f"{100 * quality_of(exact, quality):.1f}% ({100 * (quality_of(chosen, quality) - quality_of(exact, quality)):+.1f} points), "
+            f"accuracy {100 * chosen.accuracy:.1f}% vs {100 * exact.accuracy:.1f}%."
         )
     elif judged:
-        lines.append(f"No autojudge threshold stays within {100 * max_accuracy_drop:g} point of exact here.")
-    broken = [r for r in judged if r.accuracy < exact.accuracy - max_accuracy_drop - 1e-12]
+        lines.append(f"No autojudge threshold stays within {100 * max_accuracy_drop:g} point of exact's {name} here.")
+    broken = [r for r in judged if quality_of(r, quality) < quality_of(exact, quality) - max_accuracy_drop - 1e-12]
     if broken:
         first = min(broken, key=lambda r: r.param or 0.0)
+        last = max(judged, key=lambda r: r.param or 0.0)
         lines.append(
-            f"Breakdown: from tau = {first.param:g} on, accuracy falls more than {100 * max_accuracy_drop:g} point "
-            f"below exact ({100 * first.accuracy:.1f}%); at the largest tau ({max(judged, key=lambda r: r.param or 0.0).label}) "
-            f"the judge accepts almost every mismatch and accuracy is "
-            f"{100 * max(judged, key=lambda r: r.param or 0.0).accuracy:.1f}%."
+            f"Breakdown: from tau = {first.param:g} on, {name} falls more than {100 * max_accuracy_drop:g} point "
+            f"below exact ({100 * quality_of(first, quality):.1f}%); at the largest tau ({last.label}) "
+            f"{name} is {100 * quality_of(last, quality):.1f}%."
         )
+    lossy = [r for r in results if r.mode != "exact"]
+    if lossy:
+        lines += ["", f"Best tokens per target call within {100 * max_accuracy_drop:g} point of exact's {name} "
+                  "(on these problems, any setting of the mode):", ""]
+        for mode, best in best_within_drop(results, max_accuracy_drop, quality):
+            if best is None:
+                lines.append(f"- {mode}: no setting stays within the drop")
+            else:
+                lines.append(
+                    f"- {mode}: {best.label}, {best.tokens_per_target_call:.2f} tokens/target call "
+                    f"({best.tokens_per_target_call / exact.tokens_per_target_call:.2f}x exact), {name} "
+                    f"{100 * quality_of(best, quality):.1f}%"
+                )
     return "\n".join(lines) + "\n"
 
 
 def write_eval_outputs(
     results: Sequence[SettingResult], out_dir: str | Path, title: str, context: dict[str, Any],
-    max_accuracy_drop: float, chosen: SettingResult | None = None,
+    max_accuracy_drop: float, chosen: SettingResult | None = None, quality: str = "accuracy",
 ) -> dict[str, Path]:
     """Write metrics.json, report.md and pareto.png into `out_dir`; return their paths."""
     out_dir = Path(out_dir)
@@ -332,6 +458,7 @@ def write_eval_outputs(
         "title": title,
         "context": context,
         "max_accuracy_drop": max_accuracy_drop,
+        "quality": quality,
         "chosen": None if chosen is None else chosen.summary(),
         "settings": [
             dict(r.summary(), speedup_vs_exact=r.tokens_per_target_call / exact.tokens_per_target_call)
@@ -340,6 +467,6 @@ def write_eval_outputs(
     }
     paths = {"metrics": out_dir / "metrics.json", "report": out_dir / "report.md", "plot": out_dir / "pareto.png"}
     paths["metrics"].write_text(json.dumps(payload, indent=2))
-    paths["report"].write_text(format_eval_report(results, title, context, chosen, max_accuracy_drop))
-    plot_pareto(results, paths["plot"], title, max_accuracy_drop, chosen)
+    paths["report"].write_text(format_eval_report(results, title, context, chosen, max_accuracy_drop, quality))
+    plot_pareto(results, paths["plot"], title, max_accuracy_drop, chosen, quality)
     return paths

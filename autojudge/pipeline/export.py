@@ -13,7 +13,13 @@ Output folder, laid out exactly as `DatasetDict.push_to_hub` lays out a Hub repo
 
 Columns are cast to typed Features (int32 token ids, fixed-length float32 hidden
 states, `important` as a ClassLabel); any extra columns the miner wrote pass through
-with their Arrow types. The train/validation split is by prompt (a prompt's labels
+with their Arrow types. When the pair's tokenizer can be loaded (`readable`, on by
+default), decoded text columns are added next to the token ids so that someone
+browsing the dataset sees what was judged: `target_text` / `draft_text` (the two
+tokens) and `context_text` (the last `context_tokens` tokens before the position) per
+label, and `prompt_text` / `initial_response_text` / `final_response_text` per prompt.
+The context comes from the final response: the search moves left to right, so the
+tokens before a visited position never change afterwards. The train/validation split is by prompt (a prompt's labels
 and its response are on one side) and stable: it hashes the prompt id, so the same
 prompt lands in the same split in every export.
 
@@ -64,6 +70,10 @@ class ExportConfig:
     """Also write `Dataset.save_to_disk` copies under OUT/save_to_disk/."""
     overwrite: bool = False
     """Replace OUT when it already exists."""
+    readable: bool = True
+    """Add decoded text columns (needs the target's tokenizer; skipped with a note when it cannot be loaded)."""
+    context_tokens: int = 24
+    """Tokens of decoded context before each labelled position."""
 
 
 @dataclass
@@ -144,6 +154,58 @@ def response_features(table: Any) -> Any:
         if name in features:
             features[name] = feature
     return features
+
+
+def load_export_tokenizer(manifest: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the target's tokenizer, None), or (None, why not) when it cannot be loaded."""
+    from autojudge.errors import ModelPairError
+    from autojudge.models import load_tokenizer, tokenizer_fingerprint
+
+    spec = manifest.get("target")
+    if not spec:
+        return None, "the manifest names no target model"
+    try:
+        tokenizer = load_tokenizer(str(spec))
+    except (ModelPairError, OSError, ValueError) as err:
+        return None, f"the tokenizer of {spec!r} could not be loaded ({err})"
+    expected = manifest.get("tokenizer_fingerprint")
+    if expected and tokenizer_fingerprint(tokenizer) != expected:
+        return None, f"the tokenizer of {spec!r} is not the one the labels were mined with (fingerprint differs)"
+    return tokenizer, None
+
+
+def add_readable_columns(labels: Any, responses: Any, tokenizer: Any, context_tokens: int) -> tuple[Any, Any]:
+    """Label and response tables with decoded text columns appended (see the module docstring)."""
+    import pyarrow as pa
+
+    def decode(ids: list[int] | None) -> str | None:
+        return None if ids is None else tokenizer.decode(ids, skip_special_tokens=False)
+
+    prompts: dict[str, list[int]] = {}
+    finals: dict[str, list[int]] = {}
+    if responses is not None:
+        for row in responses.select(["prompt_id", "prompt_token_ids", "final_response_ids"]).to_pylist():
+            prompts[str(row["prompt_id"])] = row["prompt_token_ids"] or []
+            finals[str(row["prompt_id"])] = row["final_response_ids"] or []
+        texts = {
+            name: [decode(ids) for ids in responses.column(column).to_pylist()]
+            for name, column in (("prompt_text", "prompt_token_ids"), ("initial_response_text", "initial_response_ids"),
+                                 ("final_response_text", "final_response_ids"))
+            if column in responses.column_names
+        }
+        for name, values in texts.items():
+            responses = responses.append_column(name, pa.array(values, pa.string()))
+    rows = labels.select(["prompt_id", "position", "target_token", "draft_token"]).to_pylist()
+    target_text = [decode([row["target_token"]]) for row in rows]
+    draft_text = [decode([row["draft_token"]]) for row in rows]
+    context_text = []
+    for row in rows:
+        pid, position = str(row["prompt_id"]), int(row["position"])
+        before = prompts.get(pid, []) + finals.get(pid, [])[:position]
+        context_text.append(decode(before[-context_tokens:]) if pid in finals else None)
+    for name, values in (("target_text", target_text), ("draft_text", draft_text), ("context_text", context_text)):
+        labels = labels.append_column(name, pa.array(values, pa.string()))
+    return labels, responses
 
 
 def _to_dataset_dict(table: Any, features: Any, val_fraction: float) -> Any:
@@ -282,6 +344,12 @@ Mining settings:
 `responses`: `prompt_id`, `prompt_token_ids`, `initial_response_ids` (target greedy),
 `final_response_ids` (after accepted swaps), `target_answer`, `num_labels`, `error`.
 
+Decoded text columns ({counts.get("readable", "not requested")}): in `labels`, `target_text` and
+`draft_text` (the two tokens as text, e.g. `" 12"` vs `" twelve"`) and `context_text` (the
+last {counts.get("context_tokens", 24)} tokens before the position, prompt included: what the
+models saw); in `responses`, `prompt_text`, `initial_response_text` and `final_response_text`.
+Special tokens are kept in the text (the chat template's `<|im_start|>` markers show the turns).
+
 ## Use
 
 ```python
@@ -322,6 +390,14 @@ def export_dataset(config: ExportConfig) -> ExportResult:
 
     labels = _read_shards(data, "labels", required=True)
     responses = _read_shards(data, "responses", required=False)
+    readable_note = "not requested (--no-text)"
+    if config.readable:
+        tokenizer, why_not = load_export_tokenizer(manifest)
+        if tokenizer is None:
+            readable_note = f"not added: {why_not}"
+        else:
+            labels, responses = add_readable_columns(labels, responses, tokenizer, config.context_tokens)
+            readable_note = "added"
     tables = {"labels": (labels, label_features(labels))}
     if responses is not None:
         tables["responses"] = (responses, response_features(responses))
@@ -351,6 +427,8 @@ def export_dataset(config: ExportConfig) -> ExportResult:
         "labels": {"total": labels.num_rows},
         "important": important,
         "splits": split_counts,
+        "readable": readable_note,
+        "context_tokens": config.context_tokens,
     }
     card = build_card(manifest, counts, config, list(tables))
     (staging / "README.md").write_text(card, encoding="utf-8")

@@ -1,9 +1,25 @@
-"""The main job on the built-in toy world: mine -> train -> choose threshold -> evaluate.
+"""The main job: mine -> train -> choose threshold -> evaluate, on the toy world or on GSM8K.
 
-Problem sets never overlap:
+Problem sets never overlap. Toy world (`task="toy"`):
 - mining: the first `mine_problems` problems of seed 1;
 - threshold selection: the next `select_problems` problems of seed 1 (never mined);
 - test: `test_problems` problems of seed 2 (the held-out evaluation seed).
+GSM8K (`task="gsm8k"`, e.g. the `smollm2-gsm8k` preset): the same split over the
+*train* file (first `mine_problems` mined, the next `select_problems` for selection)
+and the first `test_problems` of the *test* file, each question in the chat template
+with `instruction` appended.
+
+`quality` says what the threshold may lose at most `max_accuracy_drop` of: "accuracy"
+(ground truth) or "agreement" (same final answer as the target's own greedy decoding;
+exact agrees 100% by construction). A weak target (SmolLM2-135M rarely solves GSM8K)
+cannot lose much accuracy, so agreement is the measure there.
+
+Every stage resumes: mining skips finished prompts, training loads a judge already in
+RUN/judge, and each evaluated setting is stored under RUN/{select,eval}/settings/ and
+not decoded again. The training-free baselines `typical` and `prob` and the extra
+judges (`extra_judges`, e.g. lightgbm and the DT feature setup, each on a short tau
+sweep) run on the same test problems, so the curve answers whether the learned judge
+beats rules that need no mining at equal quality.
 
 The judge's default threshold is the one the selection sweep recommends (most tokens
 per target call within `max_accuracy_drop` of exact); the test sweep then reports the
@@ -84,6 +100,32 @@ class RunConfig:
     threads made mining 24x slower (378 s vs 16 s for 64 problems)."""
     seed: int = 0
     """Seed of the judge's prompt split and classifier."""
+    task: str = "toy"
+    """"toy" (generated problems) or "gsm8k" (`train_input` / `test_input` files)."""
+    train_input: str | None = None
+    """GSM8K-format JSONL whose problems from `train_offset` on are mined (`mine_problems`), the next
+    `select_problems` used for selection (task gsm8k)."""
+    train_offset: int = 0
+    """Train-file problems skipped first (e.g. those the draft was fitted on)."""
+    test_input: str | None = None
+    """GSM8K-format JSONL of the held-out test problems (task gsm8k)."""
+    instruction: str | None = None
+    """Text appended to every question in the user turn (task gsm8k)."""
+    quality: str = "accuracy"
+    """What the chosen threshold may lose `max_accuracy_drop` of: "accuracy" or "agreement" (with the target's answer)."""
+    typical_epsilons: tuple[float, ...] = ()
+    """Epsilons of the training-free typical-acceptance baseline on the test curve (() = not run)."""
+    min_probs: tuple[float, ...] = ()
+    """Thresholds p of the training-free `prob` baseline on the test curve (() = not run)."""
+    extra_judges: tuple[str, ...] = ()
+    """Other judges trained on the same labels and put on the test curve, as "model:features"
+    (e.g. "lightgbm:DD-DT", "logreg:DT"), each on a short tau sweep."""
+    extra_judge_taus: int = 4
+    """Thresholds per extra judge (read off its validation table)."""
+    recall_levels: tuple[float, ...] | None = None
+    """Validation recall levels of important mismatches whose taus join the sweep (None: evaluate.py's default)."""
+    low_taus: tuple[float, ...] | None = None
+    """Fixed small taus added to the sweep (None: evaluate.py's default)."""
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -113,17 +155,125 @@ class StageTimer:
         return result
 
 
+def file_problems(path: str | None, start: int, count: int, what: str) -> list[Problem]:
+    """Problems start..start+count-1 of a GSM8K-format file; every one must have a ground-truth answer."""
+    from autojudge.tasks import InputError
+    from autojudge.tasks.gsm8k import load_problems
+
+    if not path:
+        raise InputError(f"task gsm8k needs {what} (a GSM8K-format JSONL file)")
+    if not Path(path).exists():
+        raise InputError(f"{path}: {what} not found")
+    problems = load_problems(path, limit=start + count)[start:]
+    if len(problems) < count:
+        raise InputError(f"{path}: {what} has {start + len(problems)} problems, the run needs {start + count}")
+    unanswered = [p.id for p in problems if not p.answer]
+    if unanswered:
+        raise InputError(
+            f"{path}: {len(unanswered)} of the {what} problems have no 'answer' (first: {unanswered[0]}); "
+            "the run needs ground-truth answers ending in '#### N'"
+        )
+    return problems
+
+
+def stage_problems(config: RunConfig, stage: str) -> list[Problem]:
+    """The problems of a stage ("mine", "select" or "test"); the three sets never overlap."""
+    if config.task == "toy":
+        if stage == "mine":
+            return toy_problems(config.mine_seed, 0, config.mine_problems)
+        if stage == "select":
+            return toy_problems(config.mine_seed, config.mine_problems, config.select_problems)
+        return toy_problems(config.test_seed, 0, config.test_problems)
+    if stage == "mine":
+        return file_problems(config.train_input, config.train_offset, config.mine_problems, "the train file")
+    if stage == "select":
+        start = config.train_offset + config.mine_problems
+        return file_problems(config.train_input, start, config.select_problems, "the train file")
+    return file_problems(config.test_input, 0, config.test_problems, "the test file")
+
+
+def stage_description(config: RunConfig, stage: str) -> str:
+    """Where a stage's problems come from, for the reports."""
+    if config.task == "toy":
+        if stage == "select":
+            return f"{config.select_problems} problems of seed {config.mine_seed} after the {config.mine_problems} mined"
+        return f"{config.test_problems} held-out problems of seed {config.test_seed}"
+    if stage == "select":
+        start = config.train_offset + config.mine_problems
+        return f"{config.train_input} problems {start}..{start + config.select_problems - 1} (after the mined {config.train_offset}..{start - 1})"
+    return f"the first {config.test_problems} problems of {config.test_input}"
+
+
+def check_run_config(config: RunConfig) -> None:
+    """Clear errors for settings the run cannot use (before any model is loaded)."""
+    from autojudge.tasks import InputError
+
+    if config.task not in ("toy", "gsm8k"):
+        raise InputError(f"autojudge run supports --task toy or gsm8k, got {config.task!r}")
+    if config.quality not in ("accuracy", "agreement"):
+        raise InputError(f"--quality must be accuracy or agreement, got {config.quality!r}")
+    if config.train_offset < 0:
+        raise InputError(f"--train-offset must be >= 0, got {config.train_offset}")
+    if min(config.mine_problems, config.select_problems, config.test_problems, config.max_new_tokens, config.window) < 1:
+        raise InputError("--mine-problems, --select-problems, --test-problems, --max-new-tokens and --window must be >= 1")
+    for spec in config.extra_judges:
+        model, _, features = spec.partition(":")
+        if model not in ("logreg", "lightgbm") or features not in ("DT", "DD-DT"):
+            raise InputError(f"extra judge {spec!r}: use MODEL:FEATURES with MODEL logreg|lightgbm and FEATURES DT|DD-DT")
+    if any(not 0.0 < x <= 1.0 for x in (*config.typical_epsilons, *config.min_probs)):
+        raise InputError("--typical-epsilons and --min-probs must lie in (0, 1]")
+    if config.task == "gsm8k":
+        for stage in ("mine", "select", "test"):
+            stage_problems(config, stage)  # missing file, too few problems, problems without answers
+    from autojudge.models import check_same_tokenizer, load_tokenizer
+
+    # a pair that cannot work is refused before anything is mined (ModelPairError names both)
+    check_same_tokenizer(load_tokenizer(config.target), load_tokenizer(config.draft), config.target, config.draft)
+
+
 def mine_stage(config: RunConfig, out: Path) -> Path:
-    """Mine labels + features for the first `mine_problems` problems of the mining seed."""
+    """Mine labels + features for the mining problems (toy seed, or the head of the train file)."""
     from autojudge.pipeline.mine import MineConfig, mine
 
+    where: dict[str, Any] = {"task": "toy", "seed": config.mine_seed}
+    if config.task == "gsm8k":  # the mined slice of the train file, ids kept ("train-<line index>")
+        from autojudge.tasks import write_jsonl
+
+        slice_path = out.parent / "inputs" / "mine.jsonl"
+        slice_path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(slice_path, [{"id": p.id, "question": p.question, "answer": p.answer} for p in stage_problems(config, "mine")])
+        where = {"task": "gsm8k", "input": str(slice_path), "instruction": config.instruction}
     mine_config = MineConfig(
-        task="toy", target=config.target, draft=config.draft, limit=config.mine_problems, seed=config.mine_seed,
+        target=config.target, draft=config.draft, limit=config.mine_problems,
         out=str(out), max_new_tokens=config.max_new_tokens, batch_size=config.mine_batch_size,
         workers=config.mine_workers, cpus_per_worker=config.threads,
-        gpus_per_worker=1.0 if config.device.startswith("cuda") else 0.0,
+        gpus_per_worker=1.0 if config.device.startswith("cuda") else 0.0, **where,
     )
     return Path(mine(mine_config))
+
+
+def train_or_load(data: Any, config: RunConfig, folder: Path, model: str, features: str) -> Any:
+    """The judge in `folder` when a finished run left one there (resume), else train and save it."""
+    from autojudge.judge import Judge
+    from autojudge.pipeline.train import TrainConfig, format_report, train_judge
+
+    if (folder / "judge.json").exists() and (folder / "train_report.md").exists():
+        return Judge.load(folder)
+    judge = train_judge(data, TrainConfig(model=model, feature_setup=features, seed=config.seed))
+    judge.save(folder)
+    (folder / "train_report.md").write_text(format_report(judge))
+    return judge
+
+
+def extra_judge_taus(judge: Any, count: int) -> list[float]:
+    """A short tau sweep of an extra judge: from its validation table, the largest tau keeping
+    recall of important mismatches at 0.99 / 0.95 / 0.9 / 0.8 (the first `count` found), plus
+    the smallest reaching acceptance of half the mismatches."""
+    from autojudge.pipeline.evaluate import sweep_thresholds
+
+    safe = sweep_thresholds(judge.thresholds, acceptance_rates=(), recall_levels=(0.99, 0.95, 0.9, 0.8), low_taus=())
+    wide = sweep_thresholds(judge.thresholds, acceptance_rates=(0.5,), recall_levels=(), low_taus=())
+    return sorted(set(safe[: max(count - 1, 1)]) | set(wide))
 
 
 def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -135,9 +285,9 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
     from autojudge.pipeline.evaluate import (
         EvalConfig, evaluate_modes, recommend_threshold, sweep_thresholds, write_eval_outputs,
     )
-    from autojudge.pipeline.train import TrainConfig, format_report, train_judge
-    from autojudge.tasks import get_task
+    from autojudge.tasks import build_task
 
+    check_run_config(config)
     torch.set_num_threads(config.threads)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,50 +298,63 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
     data = read_mined(mined_dir)
     echo(f"{len(data)} mismatches ({int(data.important.sum())} important) from {len(set(data.prompt_ids.tolist()))} prompts")
 
-    def train() -> Any:
-        judge = train_judge(data, TrainConfig(model=config.judge_model, feature_setup=config.feature_setup, seed=config.seed))
-        judge.save(run_dir / "judge")
-        (run_dir / "judge" / "train_report.md").write_text(format_report(judge))
-        return judge
+    def train() -> tuple[Any, dict[str, Any]]:
+        main = train_or_load(data, config, run_dir / "judge", config.judge_model, config.feature_setup)
+        others = {
+            spec.replace(":", "-"): train_or_load(data, config, run_dir / "judges" / spec.replace(":", "-"), *spec.split(":"))
+            for spec in config.extra_judges
+        }
+        return main, others
 
-    judge = timer.run("train", train)
+    judge, extra = timer.run("train", train)
     echo(f"validation ROC AUC {judge.metrics['val_roc_auc']:.4f}, PR AUC {judge.metrics['val_pr_auc']:.4f}")
+    for name, other in extra.items():
+        echo(f"  {name}: validation ROC AUC {other.metrics['val_roc_auc']:.4f}, PR AUC {other.metrics['val_pr_auc']:.4f}")
 
     pair = load_pair(config.target, config.draft, device=config.device)
     judge.check_model_pair(pair)
-    task = get_task("toy")
+    task = build_task(config.task, instruction=config.instruction if config.task == "gsm8k" else None)
     eval_config = EvalConfig(
         window=config.window, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
         top_ks=config.top_ks, max_accuracy_drop=config.max_accuracy_drop, device=config.device,
+        quality=config.quality,
     )
+    if config.recall_levels is not None:
+        eval_config.recall_levels = config.recall_levels
+    sweep_kwargs = {} if config.low_taus is None else {"low_taus": config.low_taus}
     eval_config.thresholds = tuple(
-        sweep_thresholds(judge.thresholds, eval_config.acceptance_rates, eval_config.recall_levels)
+        sweep_thresholds(judge.thresholds, eval_config.acceptance_rates, eval_config.recall_levels, **sweep_kwargs)
     )
     context = {
         "target / draft": f"`{config.target}` / `{config.draft}`",
         "judge": f"{judge.kind} {judge.feature_setup}, validation ROC AUC {judge.metrics['val_roc_auc']:.3f}",
         "window": config.window,
         "max new tokens": config.max_new_tokens,
+        "quality measure for the threshold": config.quality,
+        "mined": f"{len(data)} mismatches ({int(data.important.sum())} important) from {len(set(data.prompt_ids.tolist()))} prompts",
     }
+    if config.task == "gsm8k":
+        context["task"] = f"gsm8k, instruction {config.instruction!r}"
 
-    select_problems = toy_problems(config.mine_seed, config.mine_problems, config.select_problems)
+    select_problems = stage_problems(config, "select")
 
     def select() -> Any:
         select_config = EvalConfig(**dict(asdict(eval_config), top_ks=()))  # exact vs autojudge only
-        results = evaluate_modes(pair, task, select_problems, judge, select_config, stop_after_drop=True)
-        chosen = recommend_threshold(results, config.max_accuracy_drop)
-        where = f"{len(select_problems)} problems of seed {config.mine_seed} after the {config.mine_problems} mined"
+        results = evaluate_modes(pair, task, select_problems, judge, select_config, stop_after_drop=True,
+                                 cache_dir=run_dir / "select" / "settings")
+        chosen = recommend_threshold(results, config.max_accuracy_drop, config.quality)
+        where = stage_description(config, "select")
         write_eval_outputs(results, run_dir / "select", "Threshold selection", dict(context, problems=where),
-                           config.max_accuracy_drop, chosen)
+                           config.max_accuracy_drop, chosen, config.quality)
         if chosen is not None:
             judge.set_default_threshold(
                 float(chosen.param),
                 f"selection sweep on {where}: most tokens/target call within "
-                f"{100 * config.max_accuracy_drop:g} point of exact",
+                f"{100 * config.max_accuracy_drop:g} point of exact's {config.quality}",
                 window=config.window,
             )
         else:
-            echo("no threshold kept accuracy within the allowed drop on the selection problems; "
+            echo(f"no threshold kept {config.quality} within the allowed drop on the selection problems; "
                  f"keeping the validation default tau={judge.default_threshold:g}")
         judge.save(run_dir / "judge")
         return chosen
@@ -199,17 +362,21 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
     timer.run("select threshold", select)
     echo(f"default threshold tau = {judge.default_threshold:g} ({judge.threshold_source})")
 
-    test_problems = toy_problems(config.test_seed, 0, config.test_problems)
+    test_problems = stage_problems(config, "test")
 
     def test() -> Any:
         thresholds = tuple(sorted(set(eval_config.thresholds or ()) | {round(judge.default_threshold, 4)}))
-        test_config = EvalConfig(**dict(asdict(eval_config), thresholds=thresholds))
-        results = evaluate_modes(pair, task, test_problems, judge, test_config)
+        test_config = EvalConfig(**dict(asdict(eval_config), thresholds=thresholds,
+                                        typical_epsilons=config.typical_epsilons, min_probs=config.min_probs))
+        others = {name: (other, extra_judge_taus(other, config.extra_judge_taus)) for name, other in extra.items()}
+        results = evaluate_modes(pair, task, test_problems, judge, test_config, extra_judges=others,
+                                 cache_dir=run_dir / "eval" / "settings")
         chosen = next(r for r in results if r.mode == "autojudge" and r.param == round(judge.default_threshold, 4))
-        where = f"{len(test_problems)} held-out problems of seed {config.test_seed}"
-        paths = write_eval_outputs(results, run_dir / "eval", "AutoJudge on held-out toy problems",
+        where = stage_description(config, "test")
+        title = "AutoJudge on held-out toy problems" if config.task == "toy" else f"AutoJudge on held-out GSM8K test problems ({config.target} / {config.draft})"
+        paths = write_eval_outputs(results, run_dir / "eval", title,
                                    dict(context, problems=where, **{"chosen tau (from selection)": judge.default_threshold}),
-                                   config.max_accuracy_drop, chosen)
+                                   config.max_accuracy_drop, chosen, config.quality)
         return results, chosen, paths
 
     results, chosen, eval_paths = timer.run("evaluate", test)
@@ -217,7 +384,8 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
 
     def other_windows() -> list[dict[str, Any]]:
         return [
-            window_comparison(pair, task, test_problems, judge, dict(asdict(eval_config), window=window))
+            window_comparison(pair, task, test_problems, judge, dict(asdict(eval_config), window=window),
+                              run_dir / "eval" / "settings")
             for window in config.compare_windows if window != config.window
         ]
 
@@ -228,6 +396,10 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
         "stage_seconds": timer.times,
         "total_seconds": sum(timer.times.values()),
         "judge": {key: judge.metrics[key] for key in ("val_roc_auc", "val_pr_auc", "val_important_rate", "num_train", "num_val")},
+        "extra_judges": {name: {key: other.metrics[key] for key in ("val_roc_auc", "val_pr_auc")} for name, other in extra.items()},
+        "mined": {"mismatches": int(len(data)), "important": int(data.important.sum()),
+                  "prompts": int(len(set(data.prompt_ids.tolist())))},
+        "quality": config.quality,
         "default_threshold": judge.default_threshold,
         "test": compare_with_exact(exact, chosen),
         "other_windows": by_window,
@@ -247,14 +419,15 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
     return summary
 
 
-def window_comparison(pair: Any, task: Any, problems: list[Problem], judge: Any, eval_fields: dict[str, Any]) -> dict[str, Any]:
+def window_comparison(pair: Any, task: Any, problems: list[Problem], judge: Any, eval_fields: dict[str, Any],
+                      cache_dir: Path | None = None) -> dict[str, Any]:
     """Exact and autojudge at the judge's default threshold on `problems` at another window."""
-    from autojudge.pipeline.evaluate import EvalConfig, evaluate_setting
+    from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes
 
-    config = EvalConfig(**eval_fields)
-    exact = evaluate_setting(pair, task, problems, "exact", None, config)
     tau = round(judge.default_threshold, 4)  # as in the test sweep
-    judged = evaluate_setting(pair, task, problems, "autojudge", tau, config, judge, exact.answers)
+    config = EvalConfig(**dict(eval_fields, top_ks=(), typical_epsilons=(), min_probs=(), thresholds=(tau,)))
+    results = evaluate_modes(pair, task, problems, judge, config, show_progress=False, cache_dir=cache_dir)
+    exact, judged = results[0], results[1]
     return {"window": config.window, **compare_with_exact(exact, judged)}
 
 
@@ -264,9 +437,11 @@ def compare_with_exact(exact: Any, chosen: Any) -> dict[str, float]:
         "exact_accuracy": exact.accuracy,
         "exact_tokens_per_target_call": exact.tokens_per_target_call,
         "chosen_accuracy": chosen.accuracy,
+        "chosen_agreement": chosen.agreement_with_target,
         "chosen_tokens_per_target_call": chosen.tokens_per_target_call,
         "speedup_tokens_per_target_call": chosen.tokens_per_target_call / exact.tokens_per_target_call,
         "accuracy_drop_points": 100 * (exact.accuracy - chosen.accuracy),
+        "agreement_drop_points": 100 * (1.0 - (chosen.agreement_with_target if chosen.agreement_with_target is not None else 1.0)),
     }
 
 
@@ -280,7 +455,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"held-out test, window {summary['config']['window']}: exact {test['exact_tokens_per_target_call']:.2f} "
         f"tokens/target call at {100 * test['exact_accuracy']:.1f}% accuracy; autojudge tau={summary['default_threshold']:g} "
         f"{test['chosen_tokens_per_target_call']:.2f} tokens/target call ({test['speedup_tokens_per_target_call']:.2f}x) "
-        f"at {100 * test['chosen_accuracy']:.1f}% ({-test['accuracy_drop_points']:+.1f} points)",
+        f"at {100 * test['chosen_accuracy']:.1f}% ({-test['accuracy_drop_points']:+.1f} points)"
+        + (f", agreement with the target {100 - test.get('agreement_drop_points', 0.0):.1f}%" if "agreement_drop_points" in test else ""),
     ]
     lines += [
         f"  same problems, window {w['window']}: exact {w['exact_tokens_per_target_call']:.2f}, autojudge "

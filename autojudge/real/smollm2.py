@@ -48,6 +48,27 @@ class RealModelUnavailable(RuntimeError):
     """The real model is not in the cache and cannot be fetched (e.g. offline)."""
 
 
+class MissingDependency(RealModelUnavailable):
+    """A package the set-up needs (the `gguf` extra) is not installed."""
+
+
+GGUF_EXTRA_HINT = 'pip install -e ".[gguf]" (or `make fetch-real`, which installs the dev extras)'
+"""What to run when the GGUF reader is missing."""
+
+
+def require_gguf_packages() -> None:
+    """Raise MissingDependency naming the extra when `gguf` or `accelerate` is missing
+    (transformers would otherwise fail deep inside with "Please install torch and gguf>=0.10.0")."""
+    import importlib.util
+
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependency(
+            f"converting the SmolLM2 GGUF needs the package(s) {', '.join(missing)}, which are not installed; "
+            f"install the gguf extra: {GGUF_EXTRA_HINT}"
+        )
+
+
 def cache_root() -> Path:
     """`$AUTOJUDGE_CACHE`, else `~/.cache/autojudge`."""
     return Path(os.environ.get("AUTOJUDGE_CACHE") or Path.home() / ".cache" / "autojudge")
@@ -116,6 +137,7 @@ def convert_target(cache: Path | None = None, force: bool = False) -> Path:
     folder = model_root(cache) / "target"
     if is_hf_folder(folder) and not force:
         return folder
+    require_gguf_packages()  # before the download: a missing extra is the user's first problem
     gguf_path = fetch_gguf(cache)
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
