@@ -322,6 +322,10 @@ def test_per_request_mode_threshold_and_window(server, reference):
     assert strict["choices"][0]["token_ids"] == exact["choices"][0]["token_ids"]  # tau = 0: lossless
     status, default_tau = post(f"{server}/v1/chat/completions", prompt | {"mode": "autojudge"})
     assert status == 200 and default_tau["speculative"]["threshold"] == 0.5  # the judge's default
+    for mode in ("topk", "typical", "prob"):  # the training-free lossy rules, each with its parameter
+        status, lossy = post(f"{server}/v1/chat/completions", prompt | {"autojudge": {"mode": mode, "threshold": 0.2, "window": 6}})
+        assert status == 200 and check_stats(lossy)["mode"] == mode, lossy
+        assert lossy["speculative"]["threshold"] == (None if mode == "topk" else 0.2)
 
 
 def test_stop_strings_are_cut_from_the_text(server):
@@ -342,7 +346,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x", "max_tokens": 1000}, 400, "maximum context length"),
     ("/v1/completions", {"prompt": "x", "model": "gpt-17"}, 404, "does not exist"),
     ("/v1/completions", {"prompt": "x", "temperature": 0.8}, 400, "temperature must be 0"),
-    ("/v1/completions", {"prompt": "x", "mode": "typical"}, 400, "unknown or unavailable mode"),
+    ("/v1/completions", {"prompt": "x", "mode": "sampling"}, 400, "unknown or unavailable mode"),
     ("/v1/completions", {"prompt": [100000]}, 400, "token ids"),
 ]
 
