@@ -7,7 +7,9 @@ passed (no new request after that; the ones in flight finish). Reported per leve
 requests/s, completion tokens/s (over the level's wall time), p50/p95 time to first token
 (request sent -> first text chunk) and inter-token latency (the gap between two chunks of a
 request divided by the tokens of the later chunk, one sample per token), and tokens per
-target call from the responses' speculative stats.
+target call from the responses' speculative stats; from the replica (`/debug/engine`), the
+share of wall time spent inside `step()` and the mean rows per cycle. `--engine-level` also
+runs the same closed loop on the engine core alone (no HTTP, no Ray) for comparison.
 
 Settings (two Serve applications on one local Ray cluster, up at once; the levels run
 interleaved, every setting at one concurrency before the next concurrency):
@@ -16,7 +18,7 @@ interleaved, every setting at one concurrency before the next concurrency):
 - `continuous-autojudge`: the same server, requests in mode autojudge (needs --judge).
 
     PYTHONPATH=. python bench/serve.py                                   # toy pair, exact
-    PYTHONPATH=. python bench/serve.py --judge runs/X/judge --json out.json
+    PYTHONPATH=. python bench/serve.py --judge runs/X/judge --window 8 --requests-per-client 4 --engine-level --json out.json
 """
 
 from __future__ import annotations
