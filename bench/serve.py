@@ -42,6 +42,7 @@ class BenchConfig:
     threshold: float | None = None  # autojudge tau (None: the judge's default)
     window: int = 8  # draft tokens per cycle, every setting
     max_batch: int = 32  # rows of the continuous-batching server
+    speculation_max_batch: int = 0  # continuous server: no speculation for requests arriving at this many rows (0: never)
     concurrency: tuple[int, ...] = (1, 4, 16, 32)  # closed-loop clients per level
     requests_per_client: int = 3  # requests each client sends per level (bound in count)
     min_requests: int = 8  # at least this many requests per level (more per client at low concurrency)
@@ -205,6 +206,7 @@ def deploy(setting: str, config: BenchConfig) -> str:
     replica = ReplicaConfig(
         target=config.target, draft=config.draft, judge=config.judge, window=config.window, max_batch=batch,
         max_waiting=max(config.concurrency) + 8, default_max_tokens=config.max_tokens,
+        speculation_max_batch=(config.speculation_max_batch or None) if batch > 1 else None,
     )  # fmt: skip
     serve_config = ServeConfig(replica=replica, port=config.port, address="local", access_log=False, app_name=setting, route_prefix=f"/{setting}")
     return start_server(serve_config)
