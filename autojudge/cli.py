@@ -13,7 +13,7 @@ import sys
 
 from autojudge.errors import InputError, ModelPairError
 
-COMMANDS = ["run", "toy", "mine", "train", "decode", "eval", "infer", "export", "real"]
+COMMANDS = ["run", "toy", "mine", "train", "decode", "eval", "infer", "export", "real", "hogwild"]
 
 
 def build_parser() -> argparse.ArgumentParser:
