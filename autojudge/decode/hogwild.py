@@ -393,7 +393,12 @@ class HogwildConfig:
 
 def collaboration_system_prompt(names: Sequence[str]) -> str:
     """The system prompt that tells the workers they share their work (after the paper's rules, shortened)."""
-    others = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+    if len(names) == 1:
+        return (
+            f"You are {names[0]}, an assistant. Your text appears after your name; continue it. "
+            'When the problem is solved, write "The final answer is N".'
+        )
+    others = ", ".join(names[:-1]) + f" and {names[-1]}"
     return (
         f"You are one of {len(names)} assistants ({others}) solving the same problem together, at the same time. "
         "You all write in parallel and see each other's work as it is written: the other assistants' text "
