@@ -104,13 +104,23 @@ class RopeDecoder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate `x` `[rows, heads, n, head_dim]` to `positions` `[rows, n]` with the model's own rotary module."""
-        cos, sin = self.model.model.rotary_emb(x, positions)  # [rows, n, head_dim] each
-        cos, sin = cos[:, None], sin[:, None]  # [rows, 1, n, head_dim]
+    def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin `[rows, 1, n, head_dim]` of the model's own rotary module at `positions` `[rows, n]`."""
+        probe = torch.empty(0, dtype=self.dtype, device=self.device)  # the module reads only dtype and device
+        cos, sin = self.model.model.rotary_emb(probe, positions)  # [rows, n, head_dim] each
+        return cos[:, None], sin[:, None]
+
+    @staticmethod
+    def rotate(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Apply a rotation from `rotation()` to `x` `[rows, heads, n, head_dim]` (transformers' apply_rotary_pos_emb)."""
+        cos, sin = rotation
         half = x.shape[-1] // 2
-        rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # rotate_half of transformers
+        rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated_half * sin
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate `x` `[rows, heads, n, head_dim]` to `positions` `[rows, n]`."""
+        return self.rotate(x, self.rotation(positions))
 
 
 def check_supported(model: Any, name: str = "model") -> None:
@@ -260,6 +270,7 @@ def forward_feeds(cache: SharedCache, feeds: Sequence[Feed]) -> torch.Tensor:
     for feed in feeds:
         lengths_after[feed.block] += len(feed.token_ids)
     layout = _view_layout(cache, feeds, lengths_after, relative)
+    key_rotation = d.rotation(relative)  # computed once per step, shared by all layers (as transformers does)
 
     hidden = d.model.model.embed_tokens(ids)  # [rows, width, hidden]
     for layer_index, layer in enumerate(d.layers):
@@ -268,7 +279,7 @@ def forward_feeds(cache: SharedCache, feeds: Sequence[Feed]) -> torch.Tensor:
         q = attention.q_proj(x).view(rows, width, d.num_heads, d.head_dim).transpose(1, 2)  # [rows, H, width, hd]
         k = attention.k_proj(x).view(rows, width, d.num_kv_heads, d.head_dim).transpose(1, 2)  # [rows, KVH, width, hd]
         v = attention.v_proj(x).view(rows, width, d.num_kv_heads, d.head_dim).transpose(1, 2)
-        k = d.rope(k, relative)  # keys at block-relative positions
+        k = d.rotate(k, key_rotation)  # keys at block-relative positions
         _write_keys_values(cache, feeds, starts, layer_index, k, v)
         context = _view_attention(cache, layout, layer_index, q, lengths_after)  # [rows, width, H * hd]
         hidden = hidden + attention.o_proj(context)
@@ -286,10 +297,10 @@ class _Layout:
 
     blocks: list[int]
     """Blocks visible to at least one row (the order of the key columns)."""
-    query_shift: list[torch.Tensor]
-    """Per visible block, `[rows, width]`: the position to rotate the queries to (query position - block offset)."""
-    mask: torch.Tensor
-    """`[rows, width, total_keys]` bool: the query may attend to the key column."""
+    query_rotation: list[tuple[torch.Tensor, torch.Tensor]]
+    """Per visible block, cos/sin that rotate the queries to (query position - block offset)."""
+    bias: torch.Tensor
+    """`[rows, 1, 1, width, total_keys]`: 0 where the query may attend to the key column, -inf elsewhere."""
 
 
 def _view_layout(cache: SharedCache, feeds: Sequence[Feed], lengths_after: list[int], relative: torch.Tensor) -> _Layout:
@@ -319,7 +330,10 @@ def _view_layout(cache: SharedCache, feeds: Sequence[Feed], lengths_after: list[
                 mask[row] = True  # another block of the view: all of it, this step's tokens included
         query_shift.append(shift)
         masks.append(mask)
-    return _Layout(blocks=visible, query_shift=query_shift, mask=torch.cat(masks, dim=-1))
+    rotations = [cache.decoder.rotation(shift) for shift in query_shift]
+    mask = torch.cat(masks, dim=-1)  # [rows, width, total_keys]
+    bias = torch.zeros(mask.shape, dtype=cache.decoder.dtype, device=device).masked_fill(~mask, float("-inf"))
+    return _Layout(blocks=visible, query_rotation=rotations, bias=bias[:, None, None])
 
 
 def _write_keys_values(
@@ -342,14 +356,13 @@ def _view_attention(
     rows, heads, width, head_dim = q.shape
     groups = heads // d.num_kv_heads
     scores, values = [], []
-    for index, shift in zip(layout.blocks, layout.query_shift):
+    for index, rotation in zip(layout.blocks, layout.query_rotation):
         block = cache.blocks[index]
         keys = block.keys[layer, :, : lengths_after[index]]  # [KVH, T_b, hd]
-        rotated = d.rope(q, shift).view(rows, d.num_kv_heads, groups, width, head_dim)  # [rows, KVH, G, width, hd]
+        rotated = d.rotate(q, rotation).view(rows, d.num_kv_heads, groups, width, head_dim)  # [rows, KVH, G, width, hd]
         scores.append(torch.einsum("rkgwd,ktd->rkgwt", rotated, keys))  # [rows, KVH, G, width, T_b]
         values.append(block.values[layer, :, : lengths_after[index]])
-    score = torch.cat(scores, dim=-1) * d.scaling  # [rows, KVH, G, width, T]
-    score = score.masked_fill(~layout.mask[:, None, None], float("-inf"))
+    score = torch.cat(scores, dim=-1) * d.scaling + layout.bias  # [rows, KVH, G, width, T]
     weights = torch.softmax(score, dim=-1, dtype=torch.float32).to(q.dtype)
     context = torch.einsum("rkgwt,ktd->rkgwd", weights, torch.cat(values, dim=1))  # [rows, KVH, G, width, hd]
     return context.reshape(rows, heads, width, head_dim).transpose(1, 2).reshape(rows, width, heads * head_dim)
