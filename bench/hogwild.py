@@ -1,6 +1,7 @@
 """Hogwild! benchmark: N = 1, 2, 4 workers of one model against plain greedy generation of that model.
 
-Same problems, same model, greedy, side by side in one process:
+Same problems, same model, greedy, side by side in one process (the methods take turns on
+each problem, so a busy machine slows them alike):
 - `greedy (generate)`: transformers `generate(do_sample=False)` on the task's plain prompt
   (no collaboration prompt), batch 1 - the baseline;
 - `hogwild N=1 plain`: this module's block forward with one worker and no collaboration
@@ -99,59 +100,48 @@ def load_problems(config: BenchConfig) -> list[Any]:
     return build_task("gsm8k", instruction=INSTRUCTION).load(config.input or str(GSM8K_TEST), limit=config.num)
 
 
-def run_greedy(model: Any, tokenizer: Any, task: Any, problems: list[Any], config: BenchConfig, eos: list[int]) -> MethodResult:
+def run_greedy(model: Any, tokenizer: Any, task: Any, problem: Any, config: BenchConfig, eos: list[int],
+               result: MethodResult) -> None:
     """transformers `generate`, batch 1, on the plain task prompt; the answer time is the time to the end of
     the text (the answer comes last)."""
     from autojudge.decode.hogwild import marked_final_answer
 
-    result = MethodResult("greedy (generate)")
-    for problem in problems:
-        ids = tokenizer(task.render_prompt(problem, tokenizer), add_special_tokens=False, return_tensors="pt").input_ids
-        started = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=config.max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
-        wall = time.perf_counter() - started
-        tokens = [t for t in out if t not in eos]
-        result.new_tokens += len(tokens)
-        result.forwards += len(out) - 1  # after the prompt forward, as Hogwild! steps count
-        result.wall_s += wall
-        answer = marked_final_answer(tokenizer.decode(tokens, skip_special_tokens=True), finished=True)
-        if answer is not None:
-            result.answered += 1
-            result.answer_wall_s.append(wall)
-            result.correct += int(answer == _truth(problem))
-    return result
+    ids = tokenizer(task.render_prompt(problem, tokenizer), add_special_tokens=False, return_tensors="pt").input_ids
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=config.max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+    wall = time.perf_counter() - started
+    tokens = [t for t in out if t not in eos]
+    result.new_tokens += len(tokens)
+    result.forwards += len(out) - 1  # after the prompt forward, as Hogwild! steps count
+    result.wall_s += wall
+    answer = marked_final_answer(tokenizer.decode(tokens, skip_special_tokens=True), finished=True)
+    if answer is not None:
+        result.answered += 1
+        result.answer_wall_s.append(wall)
+        result.correct += int(answer == _truth(problem))
 
 
-def run_hogwild(model: Any, tokenizer: Any, task: Any, problems: list[Any], config: BenchConfig, eos: list[int],
-                workers: int, collaborate: bool) -> MethodResult:
-    from autojudge.decode.hogwild import HogwildConfig, HogwildGenerator
-
-    name = f"hogwild N={workers}" + ("" if collaborate else " plain")
-    result = MethodResult(name)
-    generator = HogwildGenerator(
-        model, tokenizer, HogwildConfig(workers=workers, max_new_tokens=config.max_new_tokens, collaborate=collaborate),
-        eos,
-    )
-    for problem in problems:
-        if collaborate:
-            message = problem.question if not task.instruction else f"{problem.question}\n{task.instruction}"
-            text = generator.render_prompt(message)
-        else:
-            text = task.render_prompt(problem, tokenizer)
-        prompt = tokenizer(text, add_special_tokens=False).input_ids
-        if config.agreement and workers > 1:
-            _measure_agreement(model, generator, prompt, result)
-        out = generator.generate(prompt)
-        result.new_tokens += out.new_tokens
-        result.forwards += out.steps
-        result.wall_s += out.wall_s
-        if out.answer is not None:
-            result.answered += 1
-            result.answer_wall_s.append(out.answer_wall_s)
-            result.correct += int(out.answer == _truth(problem))
-    return result
+def run_hogwild(generator: Any, model: Any, tokenizer: Any, task: Any, problem: Any, config: BenchConfig,
+                result: MethodResult) -> None:
+    """One problem through a HogwildGenerator (the collaboration prompt when it collaborates)."""
+    if generator.config.collaborate:
+        message = problem.question if not task.instruction else f"{problem.question}\n{task.instruction}"
+        text = generator.render_prompt(message)
+    else:
+        text = task.render_prompt(problem, tokenizer)
+    prompt = tokenizer(text, add_special_tokens=False).input_ids
+    if config.agreement and generator.config.workers > 1:
+        _measure_agreement(model, generator, prompt, result)
+    out = generator.generate(prompt)
+    result.new_tokens += out.new_tokens
+    result.forwards += out.steps
+    result.wall_s += out.wall_s
+    if out.answer is not None:
+        result.answered += 1
+        result.answer_wall_s.append(out.answer_wall_s)
+        result.correct += int(out.answer == _truth(problem))
 
 
 def _measure_agreement(model: Any, generator: Any, prompt: list[int], result: MethodResult) -> None:
@@ -188,6 +178,7 @@ def _truth(problem: Any) -> str | None:
 
 
 def run(config: BenchConfig) -> list[dict[str, Any]]:
+    from autojudge.decode.hogwild import HogwildConfig, HogwildGenerator
     from autojudge.models import eos_token_ids, load_model, load_tokenizer
     from autojudge.tasks import build_task
 
@@ -197,11 +188,20 @@ def run(config: BenchConfig) -> list[dict[str, Any]]:
     task = build_task(config.task, seed=3 if config.task == "toy" else None,
                       instruction=None if config.task == "toy" else INSTRUCTION)
     problems = load_problems(config)
-    baseline = run_greedy(model, tokenizer, task, problems, config, eos)
-    results = [baseline, run_hogwild(model, tokenizer, task, problems, config, eos, 1, collaborate=False)]
-    for workers in config.workers:
-        results.append(run_hogwild(model, tokenizer, task, problems, config, eos, workers, collaborate=True))
-    return [r.row(baseline) for r in results]
+    settings = [(1, False)] + [(workers, True) for workers in config.workers]
+    generators = [
+        HogwildGenerator(model, tokenizer, HogwildConfig(workers=n, max_new_tokens=config.max_new_tokens,
+                                                         collaborate=collaborate), eos)
+        for n, collaborate in settings
+    ]
+    baseline = MethodResult("greedy (generate)")
+    results = [MethodResult(f"hogwild N={n}" + ("" if collaborate else " plain")) for n, collaborate in settings]
+    for index, problem in enumerate(problems):  # methods alternate per problem: a busy machine slows all alike
+        run_greedy(model, tokenizer, task, problem, config, eos, baseline)
+        for generator, result in zip(generators, results):
+            run_hogwild(generator, model, tokenizer, task, problem, config, result)
+        print(f"problem {index + 1}/{len(problems)} done", flush=True)
+    return [r.row(baseline) for r in [baseline] + results]
 
 
 def main() -> None:
