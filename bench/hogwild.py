@@ -154,7 +154,7 @@ def _measure_agreement(model: Any, generator: Any, prompt: list[int], result: Me
     blocks = [cache.add_block(name) for name in generator.names]
     views = [[prompt_block] + [o for o in blocks if o != b] + [b] for b in blocks]
     forward_feeds(cache, [Feed(prompt_block, list(prompt), [prompt_block])])
-    headers = [generator._encode(worker_header(n, generator.config.separator)) for n in generator.names]
+    headers = [generator._encode(worker_header(n, generator.config.separator, generator.config.header)) for n in generator.names]
     active = list(range(len(blocks)))
     logits = forward_feeds(cache, [Feed(blocks[i], headers[i], views[i]) for i in active])
     for _ in range(generator.config.max_new_tokens):

@@ -268,6 +268,8 @@ def test_bad_settings_and_models_are_refused_with_clear_errors():
         HogwildGenerator(model, ToyTokenizer(), HogwildConfig(workers=0))
     with pytest.raises(InputError, match="max-new-tokens"):
         HogwildGenerator(model, ToyTokenizer(), HogwildConfig(max_new_tokens=0))
+    with pytest.raises(InputError, match="must contain"):
+        HogwildGenerator(model, ToyTokenizer(), HogwildConfig(header="Worker: "))
     with pytest.raises(InputError, match="empty prompt"):
         HogwildGenerator(model, ToyTokenizer(), HogwildConfig()).generate([])
     with pytest.raises(UnsupportedModelError, match="rotary.*gpt2.*learned absolute positions"):

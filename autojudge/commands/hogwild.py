@@ -30,6 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="generation budget per worker (default 256)")
     parser.add_argument("--no-collaborate", dest="collaborate", action="store_false",
                         help="no collaboration system prompt and no worker headers (1 worker = plain greedy)")
+    parser.add_argument("--header", default="**{name}:** ",
+                        help="header that opens each worker's block, {name} = the worker's name (default '**{name}:** ')")
     parser.add_argument("--check-every", type=int, default=None, metavar="T",
                         help="every T generated tokens (at a line break) ask the worker whether another one "
                              "is already doing this (default: never)")

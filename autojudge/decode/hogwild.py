@@ -386,6 +386,8 @@ class HogwildConfig:
     Off: the prompt is used as given and worker blocks start empty (one worker = plain greedy)."""
     separator: str = "\n\n"
     """Text at the start of every worker block, before its header (collaborate mode)."""
+    header: str = "**{name}:** "
+    """The header that introduces a worker's block; `{name}` is the worker's name (the paper: "**Alice [1]:** ")."""
     check_every: int | None = None
     """Every this many generated tokens (at the next line break), insert `check_prompt` into the worker's text."""
     check_prompt: str = "Quick check: is another worker already doing this? (yes/no): "
@@ -400,6 +402,8 @@ class HogwildConfig:
             raise InputError(f"hogwild supports at most {len(WORKER_NAMES)} workers, got {self.workers}")
         if self.max_new_tokens < 1:
             raise InputError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if "{name}" not in self.header:
+            raise InputError(f"the worker header must contain {{name}}, got {self.header!r}")
         if self.check_every is not None and self.check_every < 1:
             raise InputError(f"check_every must be >= 1 when given, got {self.check_every}")
 
@@ -423,9 +427,9 @@ def collaboration_system_prompt(names: Sequence[str]) -> str:
     )
 
 
-def worker_header(name: str, separator: str) -> str:
-    """The text that opens a worker's block."""
-    return f"{separator}**{name}:** "
+def worker_header(name: str, separator: str, header: str = "**{name}:** ") -> str:
+    """The text that opens a worker's block: the separator, then the header with the worker's name."""
+    return separator + header.replace("{name}", name)
 
 
 _MARKER = re.compile(r"(?:final answer is|####)\s*:?\s*(?:\*\*)?\s*(-?\$?\s?[\d,]*\.?\d+)", re.IGNORECASE)
@@ -551,7 +555,7 @@ class HogwildGenerator:
         logits = forward_feeds(cache, [Feed(prompt_block, list(prompt_ids), [prompt_block])])  # [1, vocab]
         forwards = 1
         if config.collaborate:
-            headers = [self._encode(worker_header(w.name, config.separator)) for w in workers]
+            headers = [self._encode(worker_header(w.name, config.separator, config.header)) for w in workers]
             logits = forward_feeds(cache, [Feed(w.block, h, w.view) for w, h in zip(workers, headers)])
             forwards += 1
         else:
@@ -591,7 +595,7 @@ class HogwildGenerator:
     def _header_text(self, name: str) -> str:
         """A worker's block header as shown in the transcript (a plain label without the collaboration prompt)."""
         if self.config.collaborate:
-            return worker_header(name, self.config.separator)
+            return worker_header(name, self.config.separator, self.config.header)
         return f"\n\n[{name}]\n"
 
     def _accept_token(self, worker: _Worker, token: int) -> Feed | None:
