@@ -343,8 +343,8 @@ def test_smollm2_hogwild_views_and_cli(tmp_path):
     from autojudge.models import load_model
 
     model = load_model("smollm2:target")
-    run_workers(model, 1, steps=6, finish_early={}, reference=from_scratch_logits, atol=2e-3)
-    run_workers(model, 2, steps=10, finish_early={1: 4}, reference=laid_out_logits, atol=2e-3)
+    run_workers(model, 1, steps=6, finish_early={}, reference=from_scratch_logits, atol=2e-4)
+    run_workers(model, 2, steps=10, finish_early={1: 4}, reference=laid_out_logits, atol=2e-4)
     prompts = _write(tmp_path / "p.jsonl", {"id": "q", "question": "Tom has 3 apples and buys 4 more. How many now?"})
     out = tmp_path / "out.jsonl"
     done = _cli("--model", "smollm2:target", "--workers", "2", "--max-new-tokens", "24", "--threads", "1",
