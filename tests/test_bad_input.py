@@ -122,6 +122,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     judge_variant("wrong_type", lambda f: edit_json(f, lambda m: m["pair"].update(target_hidden_size="128")))
     judge_variant("threshold_5", lambda f: edit_json(f, lambda m: m.update(default_threshold=5)))
     judge_variant("window_0", lambda f: edit_json(f, lambda m: m.update(default_window=0)))
+    def lightgbm_garbage(folder: Path) -> None:
+        edit_json(folder, lambda m: m.update(kind="lightgbm", weights_file="model.txt"))
+        (folder / "model.txt").write_text("tree\nthis is not a model\n")
+
+    judge_variant("lightgbm_garbage", lightgbm_garbage)
     judge_variant("weights_garbage", lambda f: (f / "weights.safetensors").write_bytes(b"\x00garbage" * 10))
 
     def wrong_shape(folder: Path) -> None:
@@ -207,6 +212,7 @@ CHEAP_CASES: list[Case] = [
     ("judge-window-0", judge_decode("judge_window_0"), r"'default_window' must be >= 1"),
     ("judge-weights-garbage", judge_decode("judge_weights_garbage"), r"weights\.safetensors: not a readable safetensors"),
     ("judge-weights-shape", judge_decode("judge_weights_shape"), r"'scaler_mean' has shape \[7\], expected \[128\]"),
+    ("judge-lightgbm-garbage", judge_decode("judge_lightgbm_garbage"), r"model\.txt: not a LightGBM model"),
     ("judge-folder-missing", command("decode", "--mode", "autojudge", "--judge", "{base}/no-judge", "--input", "{good}",
                                      "--output", "{base}/o.jsonl"), r"judge folder not found"),
     # eval
@@ -272,6 +278,8 @@ CHEAP_CASES: list[Case] = [
     ("run-out-is-file", command("run", "--out", "{afile}"), r"is a file, expected a folder"),
     ("toy-num-negative", command("toy", "--num", "-1", "--out", "{base}/t.jsonl"), r"--num must be >= 0"),
     ("toy-out-is-dir", command("toy", "--out", "{adir}"), r"is a folder, expected a file"),
+    ("real-draft-layers-0", command("real", "draft", "--layers", "0"), r"--layers must be >= 1"),
+    ("real-measure-window-0", command("real", "measure", "--windows", "8", "0"), r"--windows must be >= 1"),
 ]
 
 MODEL_CASES: list[Case] = [  # these load the toy pair first (a few seconds each)
