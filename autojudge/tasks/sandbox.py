@@ -292,7 +292,7 @@ def _child_setup(limits: dict[str, tuple[int, int]], uid: int | None, group: Pro
 def _command(python: str, program: Path, namespaces: bool, config: dict[str, Any]) -> list[str]:
     """The launcher (namespaces) or the program itself."""
     if namespaces:
-        return [sys.executable, "-I", str(INIT_SCRIPT), json.dumps(config)]
+        return [sys.executable, "-I", "-S", str(INIT_SCRIPT), json.dumps(config)]  # -S: stdlib only, fast start
     return [python, "-I", str(program)]
 
 

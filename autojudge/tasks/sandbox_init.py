@@ -1,6 +1,6 @@
 """The sandbox's launcher: runs as root, builds the program's namespaces, then runs it unprivileged.
 
-Started by `autojudge.tasks.sandbox.run_python` as `python -I sandbox_init.py CONFIG_JSON`
+Started by `autojudge.tasks.sandbox.run_python` as `python -I -S sandbox_init.py CONFIG_JSON`
 (stdlib only: with -I this file's folder is not on sys.path). Steps:
 
 1. `unshare` new mount, network, PID, IPC and UTS namespaces, then fork: the child is
