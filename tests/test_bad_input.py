@@ -224,6 +224,7 @@ CHEAP_CASES: list[Case] = [
     ("eval-max-drop", command("eval", "--max-drop", "-3", "--out", "{base}/e"), r"--max-drop must be >= 0"),
     ("eval-out-is-file", command("eval", "--out", "{afile}"), r"is a file, expected a folder"),
     ("eval-input-utf8", command("eval", "--input", "{utf8}", "--out", "{base}/e"), r"bad-utf8\.jsonl:2: not valid UTF-8"),
+    ("eval-empty-input", command("eval", "--input", "{empty}", "--out", "{base}/e"), r"no problems to evaluate"),
     ("eval-broken-judge", command("eval", "--judge", "{judge_threshold_5}", "--out", "{base}/e"), r"default_threshold"),
     # mine
     ("mine-batch-0", command("mine", *TOY, "--out", "{base}/m", "--batch-size", "0"), r"--batch-size must be >= 1"),
@@ -282,13 +283,12 @@ CHEAP_CASES: list[Case] = [
     ("real-measure-window-0", command("real", "measure", "--windows", "8", "0"), r"--windows must be >= 1"),
 ]
 
-MODEL_CASES: list[Case] = [  # these load the toy pair first (a few seconds each)
+MODEL_CASES: list[Case] = [  # these read the pair's tokenizers and configs first (no weights; a few seconds each)
     ("decode-prompt-too-long", command("decode", "--task", "toy", "--input", "{long}", "--output", "{base}/o.jsonl"),
      r"long\.jsonl: record 'long-1': prompt has \d+ tokens, the models' context is 256 tokens"),
     ("eval-prompt-too-long", command("eval", "--input", "{long}", "--out", "{base}/e"),
      r"problem 'long-1': prompt has \d+ tokens, the models' context is 256"),
     ("decode-judge-other-pair", judge_decode("judge_other_pair"), r"this judge does not fit the model pair"),
-    ("eval-empty-input", command("eval", "--input", "{empty}", "--out", "{base}/e"), r"no problems to evaluate"),
 ]
 
 
@@ -312,9 +312,8 @@ def assert_clean_refusal(argv: list[str], pattern: str, env: dict[str, str] | No
     return err, wall
 
 
-SLOW_CASES = {"infer-tokenizers-differ", "infer-judge-other-pair", "eval-prompt-too-long", "decode-judge-other-pair",
-              "eval-empty-input"}
-"""Cases that import transformers or load the pair (5-15 s each on a loaded 2-core machine): `pytest -m slow`."""
+SLOW_CASES = {"infer-tokenizers-differ", "infer-judge-other-pair", "eval-prompt-too-long", "decode-judge-other-pair"}
+"""Cases that read a second tokenizer and the models' configs (5-20 s each on a loaded 2-core machine): `pytest -m slow`."""
 
 
 def params(cases: list[Case]) -> list[Any]:
@@ -331,7 +330,7 @@ def test_bad_input_is_a_clear_error_before_any_work(world: dict[str, Path], case
 
 
 @pytest.mark.parametrize("case", params(MODEL_CASES))
-def test_bad_input_found_after_loading_the_pair_is_a_clear_error(world: dict[str, Path], case: Case) -> None:
+def test_bad_input_found_from_the_tokenizers_and_configs_is_a_clear_error(world: dict[str, Path], case: Case) -> None:
     name, argv, pattern = case
     assert_clean_refusal(argv(world), pattern)
     assert not (world["base"] / "e").exists() and not (world["base"] / "o.jsonl").exists()

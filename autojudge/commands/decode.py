@@ -81,13 +81,6 @@ def check_args(args: argparse.Namespace) -> None:
         check_judge_folder(args.judge)  # a broken judge is refused before torch or the models load
 
 
-def pair_context(pair: Any) -> int:
-    """The shorter context of the two models."""
-    from autojudge.pipeline.mine import model_context
-
-    return min(model_context(pair.target), model_context(pair.draft))
-
-
 def run(args: argparse.Namespace) -> int:
     check_args(args)  # before the heavy imports: a bad option fails in a blink
     from autojudge.tasks import InputError, build_task, write_jsonl
@@ -96,9 +89,21 @@ def run(args: argparse.Namespace) -> int:
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
     if not problems:
         raise InputError(f"--input {args.input}: no records")
+    from autojudge import checks
+
+    # the pair, the judge and the prompts' lengths from tokenizers and configs, before any weights load
+    tokenizer = checks.check_pair_tokenizers(args.target, args.draft)
+    prompts = [tokenizer(task.render_prompt(p, tokenizer), add_special_tokens=False).input_ids for p in problems]
+    checks.check_prompt_lengths(
+        ((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)),
+        checks.context_of_specs(args.target, args.draft), args.input,
+    )
+    if args.mode == "autojudge":
+        from autojudge.pipeline.judge import Judge, check_judge_for_specs
+
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
     import torch
 
-    from autojudge.checks import check_prompt_lengths
     from autojudge.decode import SpeculativeEngine, aggregate
     from autojudge.models import ModelPairError, eos_token_ids, load_pair
 
@@ -116,10 +121,6 @@ def run(args: argparse.Namespace) -> int:
     eos = eos_token_ids(tokenizer, pair.target, pair.draft)
     engine = SpeculativeEngine(
         pair.target, pair.draft, rule, window=args.window, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id or 0
-    )
-    prompts = [tokenizer(task.render_prompt(p, tokenizer), add_special_tokens=False).input_ids for p in problems]
-    check_prompt_lengths(
-        ((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)), pair_context(pair), args.input
     )
     records, metrics, total_wall = [], [], 0.0
     for start in range(0, len(problems), args.batch_size):
