@@ -191,6 +191,14 @@ def warn(command: str, message: str) -> None:
     print(f"autojudge {command}: warning: {message}", file=sys.stderr)
 
 
+def warn_if_mining_running(command: str, manifest: dict[str, Any], data: str | os.PathLike[str]) -> None:
+    """Say so when a mining folder's manifest says the mining has not finished (readers use its
+    committed shards only: `pipeline/shards.py`)."""
+    if manifest.get("status") == "running":
+        warn(command, f"{data}/manifest.json says the mining is still running (or was interrupted); "
+                      "using its committed shards only")
+
+
 def check_prompt_lengths(prompts: Iterable[tuple[str, int]], context: int, where: str) -> None:
     """Every (record label, token count) fits the models' context (an InputError names the first that does not)."""
     for label, length in prompts:

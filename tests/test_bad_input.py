@@ -393,14 +393,16 @@ def test_train_and_export_read_committed_shards_only(world: dict[str, Path], tmp
     assert f"Labelled mismatches: {committed};" in (tmp_path / "export" / "README.md").read_text()
 
 
-def test_train_warns_when_the_mining_is_still_running(world: dict[str, Path], tmp_path: Path) -> None:
+def test_train_and_export_warn_when_the_mining_is_still_running(world: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "mined"
     shutil.copytree(world["mined"], data)
     manifest = json.loads((data / "manifest.json").read_text())
     (data / "manifest.json").write_text(json.dumps(dict(manifest, status="running")))
     rc, out, err, _ = run_cli(["export", "--data", str(data), "--out", str(tmp_path / "x")])
     assert rc == 0, err
-    assert "warning:" in err and "still running" in err and "committed shards only" in err
+    assert "autojudge export: warning:" in err and "still running" in err and "committed shards only" in err
+    rc, out, err, _ = run_cli(["train", "--data", str(data), "--out", str(tmp_path / "j")])
+    assert "autojudge train: warning:" in err and "still running" in err and "Traceback" not in out + err
 
 
 def test_the_cli_turns_an_unexpected_exception_into_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
