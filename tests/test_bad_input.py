@@ -95,6 +95,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["long"] = base / "long.jsonl"
     long_question = " ".join(str(i % 10) for i in range(400))
     w["long"].write_text(json.dumps({"id": "long-1", "question": long_question, "answer": "x\n#### 1"}) + "\n")
+    w["bad_parquet"] = base / "corpus.parquet"
+    w["bad_parquet"].write_bytes(b"PAR1 not really parquet PAR1")
+    w["bad_gz"] = base / "prompts.jsonl.gz"
+    w["bad_gz"].write_bytes(b"\x1f\x8b\x08 truncated")
     w["afile"] = base / "a-file"
     w["afile"].write_text("not a folder")
     w["adir"] = base / "a-dir"
@@ -242,6 +246,10 @@ CHEAP_CASES: list[Case] = [
     ("infer-batch-0", command("infer", "--input", "{good}", "--output", "{base}/i", "--batch-size", "0"),
      r"--batch-size must be >= 1"),
     ("infer-empty-corpus", command("infer", "--input", "{empty}", "--output", "{base}/i"), r"the corpus has no rows"),
+    ("infer-corrupt-parquet", command("infer", "--input", "{bad_parquet}", "--output", "{base}/i"),
+     r"corpus\.parquet: cannot read as parquet"),
+    ("decode-corrupt-gzip", command("decode", "--input", "{bad_gz}", "--output", "{base}/o.jsonl"),
+     r"prompts\.jsonl\.gz: cannot read"),
     ("infer-corpus-missing", command("infer", "--input", "{base}/none.jsonl", "--output", "{base}/i"), r"corpus not found"),
     ("infer-output-inside-input", command("infer", "--input", "{corpus_dir}", "--output", "{corpus_dir}/out"),
      r"is inside --input"),
