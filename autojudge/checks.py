@@ -191,6 +191,14 @@ def warn(command: str, message: str) -> None:
     print(f"autojudge {command}: warning: {message}", file=sys.stderr)
 
 
+def warn_if_mining_running(command: str, manifest: dict[str, Any], data: str | os.PathLike[str]) -> None:
+    """Say so when a mining folder's manifest says the mining has not finished (readers use its
+    committed shards only: `pipeline/shards.py`)."""
+    if manifest.get("status") == "running":
+        warn(command, f"{data}/manifest.json says the mining is still running (or was interrupted); "
+                      "using its committed shards only")
+
+
 def check_prompt_lengths(prompts: Iterable[tuple[str, int]], context: int, where: str) -> None:
     """Every (record label, token count) fits the models' context (an InputError names the first that does not)."""
     for label, length in prompts:
@@ -212,3 +220,27 @@ def check_pair_tokenizers(target: str, draft: str) -> Any:
     except ModelPairError as err:
         raise InputError(f"cannot use --target {target} / --draft {draft}: {err}") from None
     return target_tokenizer
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+"""Config fields that state a model's context length (the first one set counts)."""
+
+
+def context_of_specs(*specs: str) -> int:
+    """The shortest context length of the models named by `specs`, read from their configs
+    (no weights); a very large number when no config states one."""
+    from transformers import AutoConfig
+
+    from autojudge.models import resolve_spec
+
+    contexts = []
+    for spec in specs:
+        location, gguf_file = resolve_spec(spec)
+        try:
+            config = AutoConfig.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read the config of {spec!r}: {str(err).splitlines()[0]}") from None
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        values = [getattr(config, key, None) for key in CONTEXT_KEYS]
+        contexts.append(next((v for v in values if isinstance(v, int) and v > 0), 1 << 30))
+    return min(contexts)

@@ -14,7 +14,7 @@ import sys
 
 from autojudge.errors import InputError, ModelPairError
 
-COMMANDS = ["run", "toy", "mine", "train", "decode", "eval", "infer", "export", "real", "serve"]
+COMMANDS = ["run", "toy", "mine", "train", "decode", "eval", "infer", "export", "real", "serve", "hogwild"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 
 from autojudge.models import ModelPairError, resolve_spec
-from autojudge.tasks.jsonl import InputError
-
 from autojudge.judge_format import (  # noqa: F401 - re-exported: the format lives there
     FEATURE_SETUPS, FORMAT_VERSION, JSON_NAME, KINDS, LIGHTGBM_NAME, WEIGHTS_NAME, JudgeFormatError,
-    load_logreg_weights, read_judge_meta,
+    load_logreg_weights, num_features, parse_lightgbm, read_judge_meta,
 )
+from autojudge.tasks.jsonl import InputError
 
 
 def build_features(h_target: np.ndarray, h_draft: np.ndarray, feature_setup: str) -> np.ndarray:
@@ -297,28 +296,15 @@ class Judge:
             metrics=meta.get("metrics", {}),
             settings=meta.get("settings", {}),
         )
-        features = pair.target_hidden_size if meta["feature_setup"] == "DT" else pair.target_hidden_size + pair.draft_hidden_size
+        features = num_features(meta)
         if meta["kind"] == "logreg":
             tensors = load_logreg_weights(folder / WEIGHTS_NAME, features)
             return cls(
                 "logreg", meta["feature_setup"], scaler_mean=tensors["scaler_mean"], scaler_scale=tensors["scaler_scale"],
                 coef=tensors["coef"], intercept=meta["intercept"], **common,
             )
-        model_path = folder / LIGHTGBM_NAME
-        if not model_path.is_file():
-            raise JudgeFormatError(f"{folder}: {LIGHTGBM_NAME} is missing")
-        try:
-            booster_text = model_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise JudgeFormatError(f"{model_path}: cannot read ({err})") from None
-        judge = cls(meta["kind"], meta["feature_setup"], booster_text=booster_text, **common)
-        try:
-            num_features = judge.booster.num_feature()
-        except Exception as err:  # noqa: BLE001 - LightGBM raises its own error type on a bad model
-            raise JudgeFormatError(f"{model_path}: not a LightGBM model ({str(err).splitlines()[0] if str(err) else err})") from None
-        if num_features != features:
-            raise JudgeFormatError(f"{model_path}: the model has {num_features} features, judge.json states {features}")
-        return judge
+        booster_text = parse_lightgbm(folder / LIGHTGBM_NAME, features)
+        return cls(meta["kind"], meta["feature_setup"], booster_text=booster_text, **common)
 
     def __repr__(self) -> str:
         auc = self.metrics.get("val_roc_auc")

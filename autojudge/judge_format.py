@@ -166,7 +166,25 @@ def check_judge_folder(folder: str | Path) -> dict[str, Any]:
     if meta["kind"] == "logreg":
         load_logreg_weights(folder / WEIGHTS_NAME, num_features(meta))
         return meta
-    model_path = folder / LIGHTGBM_NAME
-    if not model_path.is_file():
-        raise JudgeFormatError(f"{folder}: {LIGHTGBM_NAME} is missing")
+    parse_lightgbm(folder / LIGHTGBM_NAME, num_features(meta))
     return meta
+
+
+def parse_lightgbm(path: Path, features: int) -> str:
+    """The text of a LightGBM model file that LightGBM parses and whose feature count is `features`."""
+    if not path.is_file():
+        raise JudgeFormatError(f"{path.parent}: {path.name} is missing")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise JudgeFormatError(f"{path}: cannot read ({err})") from None
+    import lightgbm
+
+    try:
+        found = lightgbm.Booster(model_str=text).num_feature()
+    except Exception as err:  # noqa: BLE001 - LightGBM raises its own error type on a bad model
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise JudgeFormatError(f"{path}: not a LightGBM model ({reason})") from None
+    if found != features:
+        raise JudgeFormatError(f"{path}: the model has {found} features, judge.json states {features}")
+    return text

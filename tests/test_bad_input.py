@@ -95,6 +95,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["long"] = base / "long.jsonl"
     long_question = " ".join(str(i % 10) for i in range(400))
     w["long"].write_text(json.dumps({"id": "long-1", "question": long_question, "answer": "x\n#### 1"}) + "\n")
+    w["bad_parquet"] = base / "corpus.parquet"
+    w["bad_parquet"].write_bytes(b"PAR1 not really parquet PAR1")
+    w["bad_gz"] = base / "prompts.jsonl.gz"
+    w["bad_gz"].write_bytes(b"\x1f\x8b\x08 truncated")
     w["afile"] = base / "a-file"
     w["afile"].write_text("not a folder")
     w["adir"] = base / "a-dir"
@@ -122,6 +126,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     judge_variant("wrong_type", lambda f: edit_json(f, lambda m: m["pair"].update(target_hidden_size="128")))
     judge_variant("threshold_5", lambda f: edit_json(f, lambda m: m.update(default_threshold=5)))
     judge_variant("window_0", lambda f: edit_json(f, lambda m: m.update(default_window=0)))
+    def lightgbm_garbage(folder: Path) -> None:
+        edit_json(folder, lambda m: m.update(kind="lightgbm", weights_file="model.txt"))
+        (folder / "model.txt").write_text("tree\nthis is not a model\n")
+
+    judge_variant("lightgbm_garbage", lightgbm_garbage)
     judge_variant("weights_garbage", lambda f: (f / "weights.safetensors").write_bytes(b"\x00garbage" * 10))
 
     def wrong_shape(folder: Path) -> None:
@@ -207,6 +216,7 @@ CHEAP_CASES: list[Case] = [
     ("judge-window-0", judge_decode("judge_window_0"), r"'default_window' must be >= 1"),
     ("judge-weights-garbage", judge_decode("judge_weights_garbage"), r"weights\.safetensors: not a readable safetensors"),
     ("judge-weights-shape", judge_decode("judge_weights_shape"), r"'scaler_mean' has shape \[7\], expected \[128\]"),
+    ("judge-lightgbm-garbage", judge_decode("judge_lightgbm_garbage"), r"model\.txt: not a LightGBM model"),
     ("judge-folder-missing", command("decode", "--mode", "autojudge", "--judge", "{base}/no-judge", "--input", "{good}",
                                      "--output", "{base}/o.jsonl"), r"judge folder not found"),
     # eval
@@ -218,6 +228,7 @@ CHEAP_CASES: list[Case] = [
     ("eval-max-drop", command("eval", "--max-drop", "-3", "--out", "{base}/e"), r"--max-drop must be >= 0"),
     ("eval-out-is-file", command("eval", "--out", "{afile}"), r"is a file, expected a folder"),
     ("eval-input-utf8", command("eval", "--input", "{utf8}", "--out", "{base}/e"), r"bad-utf8\.jsonl:2: not valid UTF-8"),
+    ("eval-empty-input", command("eval", "--input", "{empty}", "--out", "{base}/e"), r"no problems to evaluate"),
     ("eval-broken-judge", command("eval", "--judge", "{judge_threshold_5}", "--out", "{base}/e"), r"default_threshold"),
     # mine
     ("mine-batch-0", command("mine", *TOY, "--out", "{base}/m", "--batch-size", "0"), r"--batch-size must be >= 1"),
@@ -235,6 +246,10 @@ CHEAP_CASES: list[Case] = [
     ("infer-batch-0", command("infer", "--input", "{good}", "--output", "{base}/i", "--batch-size", "0"),
      r"--batch-size must be >= 1"),
     ("infer-empty-corpus", command("infer", "--input", "{empty}", "--output", "{base}/i"), r"the corpus has no rows"),
+    ("infer-corrupt-parquet", command("infer", "--input", "{bad_parquet}", "--output", "{base}/i"),
+     r"corpus\.parquet: cannot read as parquet"),
+    ("decode-corrupt-gzip", command("decode", "--input", "{bad_gz}", "--output", "{base}/o.jsonl"),
+     r"prompts\.jsonl\.gz: cannot read"),
     ("infer-corpus-missing", command("infer", "--input", "{base}/none.jsonl", "--output", "{base}/i"), r"corpus not found"),
     ("infer-output-inside-input", command("infer", "--input", "{corpus_dir}", "--output", "{corpus_dir}/out"),
      r"is inside --input"),
@@ -272,15 +287,16 @@ CHEAP_CASES: list[Case] = [
     ("run-out-is-file", command("run", "--out", "{afile}"), r"is a file, expected a folder"),
     ("toy-num-negative", command("toy", "--num", "-1", "--out", "{base}/t.jsonl"), r"--num must be >= 0"),
     ("toy-out-is-dir", command("toy", "--out", "{adir}"), r"is a folder, expected a file"),
+    ("real-draft-layers-0", command("real", "draft", "--layers", "0"), r"--layers must be >= 1"),
+    ("real-measure-window-0", command("real", "measure", "--windows", "8", "0"), r"--windows must be >= 1"),
 ]
 
-MODEL_CASES: list[Case] = [  # these load the toy pair first (a few seconds each)
+MODEL_CASES: list[Case] = [  # these read the pair's tokenizers and configs first (no weights; a few seconds each)
     ("decode-prompt-too-long", command("decode", "--task", "toy", "--input", "{long}", "--output", "{base}/o.jsonl"),
      r"long\.jsonl: record 'long-1': prompt has \d+ tokens, the models' context is 256 tokens"),
     ("eval-prompt-too-long", command("eval", "--input", "{long}", "--out", "{base}/e"),
      r"problem 'long-1': prompt has \d+ tokens, the models' context is 256"),
     ("decode-judge-other-pair", judge_decode("judge_other_pair"), r"this judge does not fit the model pair"),
-    ("eval-empty-input", command("eval", "--input", "{empty}", "--out", "{base}/e"), r"no problems to evaluate"),
 ]
 
 
@@ -304,9 +320,8 @@ def assert_clean_refusal(argv: list[str], pattern: str, env: dict[str, str] | No
     return err, wall
 
 
-SLOW_CASES = {"infer-tokenizers-differ", "infer-judge-other-pair", "eval-prompt-too-long", "decode-judge-other-pair",
-              "eval-empty-input"}
-"""Cases that import transformers or load the pair (5-15 s each on a loaded 2-core machine): `pytest -m slow`."""
+SLOW_CASES = {"infer-tokenizers-differ", "infer-judge-other-pair", "eval-prompt-too-long", "decode-judge-other-pair"}
+"""Cases that read a second tokenizer and the models' configs (5-20 s each on a loaded 2-core machine): `pytest -m slow`."""
 
 
 def params(cases: list[Case]) -> list[Any]:
@@ -323,7 +338,7 @@ def test_bad_input_is_a_clear_error_before_any_work(world: dict[str, Path], case
 
 
 @pytest.mark.parametrize("case", params(MODEL_CASES))
-def test_bad_input_found_after_loading_the_pair_is_a_clear_error(world: dict[str, Path], case: Case) -> None:
+def test_bad_input_found_from_the_tokenizers_and_configs_is_a_clear_error(world: dict[str, Path], case: Case) -> None:
     name, argv, pattern = case
     assert_clean_refusal(argv(world), pattern)
     assert not (world["base"] / "e").exists() and not (world["base"] / "o.jsonl").exists()
@@ -386,14 +401,16 @@ def test_train_and_export_read_committed_shards_only(world: dict[str, Path], tmp
     assert f"Labelled mismatches: {committed};" in (tmp_path / "export" / "README.md").read_text()
 
 
-def test_train_warns_when_the_mining_is_still_running(world: dict[str, Path], tmp_path: Path) -> None:
+def test_train_and_export_warn_when_the_mining_is_still_running(world: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "mined"
     shutil.copytree(world["mined"], data)
     manifest = json.loads((data / "manifest.json").read_text())
     (data / "manifest.json").write_text(json.dumps(dict(manifest, status="running")))
     rc, out, err, _ = run_cli(["export", "--data", str(data), "--out", str(tmp_path / "x")])
     assert rc == 0, err
-    assert "warning:" in err and "still running" in err and "committed shards only" in err
+    assert "autojudge export: warning:" in err and "still running" in err and "committed shards only" in err
+    rc, out, err, _ = run_cli(["train", "--data", str(data), "--out", str(tmp_path / "j")])
+    assert "autojudge train: warning:" in err and "still running" in err and "Traceback" not in out + err
 
 
 def test_the_cli_turns_an_unexpected_exception_into_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -338,3 +338,31 @@ def test_without_a_cgroup_processes_times_address_space_stay_within_the_bound():
     assert not result.cgroup and result.memory_peak_bytes is None
     assert result.passed, result.stderr
     assert eval(result.stdout.strip()) == [3, 3, 3, 3]  # each child's 200 MB exceeds its 32 MB address space
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists() or not Path("/usr/bin/python3").exists(),
+                    reason="needs root to start a non-root caller (setpriv) and a system python3")
+def test_a_non_root_caller_gets_the_rlimit_guarantees():
+    """Started by an ordinary user (nobody), the sandbox has no uid drop, namespaces or cgroup, but
+    processes x address space still bound the memory: a 300 MB allocation fails against 128 MB."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "from autojudge.tasks.sandbox import run_python\n"
+        "r = run_python('import os; print(os.getuid())')\n"
+        "print(r.status, r.stdout.strip(), r.namespaces, r.cgroup, r.memory_bound_bytes)\n"
+        "r = run_python('b = bytearray(300 << 20)')\n"
+        "print(r.status, 'MemoryError' in r.stderr)\n"
+    )
+    done = subprocess.run(
+        ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script],
+        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(root), "HOME": "/tmp", "PATH": "/usr/bin:/bin"},
+        cwd="/tmp",
+    )
+    if done.returncode != 0 and ("Permission denied" in done.stderr or "ModuleNotFoundError" in done.stderr):
+        pytest.skip(f"the repository is not importable by nobody here: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first == f"ok 65534 False False {1 << 30}"
+    assert second == "failed True"

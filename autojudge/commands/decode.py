@@ -98,13 +98,6 @@ def check_args(args: argparse.Namespace) -> None:
         check_judge_folder(args.judge)  # a broken judge is refused before torch or the models load
 
 
-def pair_context(pair: Any) -> int:
-    """The shorter context of the two models."""
-    from autojudge.models import model_context
-
-    return min(model_context(pair.target), model_context(pair.draft))
-
-
 def run(args: argparse.Namespace) -> int:
     check_args(args)  # before the heavy imports: a bad option fails in a blink
     from autojudge.tasks import InputError, build_task, write_jsonl
@@ -113,9 +106,21 @@ def run(args: argparse.Namespace) -> int:
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
     if not problems:
         raise InputError(f"--input {args.input}: no records")
+    from autojudge import checks
+
+    # the pair, the judge and the prompts' lengths from tokenizers and configs, before any weights load
+    tokenizer = checks.check_pair_tokenizers(args.target, args.draft)
+    prompts = [task.prompt_ids(p, tokenizer) for p in problems]
+    checks.check_prompt_lengths(
+        ((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)),
+        checks.context_of_specs(args.target, args.draft), args.input,
+    )
+    if args.mode == "autojudge":
+        from autojudge.judge import Judge, check_judge_for_specs
+
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
     import torch
 
-    from autojudge.checks import check_prompt_lengths
     from autojudge.decode import EngineCore, RequestSettings, aggregate
     from autojudge.models import ModelPairError, load_pair
 
@@ -132,10 +137,6 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = pair.tokenizer
     engine = EngineCore.for_pair(pair, judge=judge, default_window=args.window, max_batch=args.batch_size)
     settings = RequestSettings(max_new_tokens=args.max_new_tokens, stop_strings=tuple(args.stop), rule=rule)
-    prompts = [task.prompt_ids(p, tokenizer) for p in problems]
-    check_prompt_lengths(
-        ((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)), pair_context(pair), args.input
-    )
     start = time.perf_counter()
     results = engine.generate(prompts, settings)
     total_wall = time.perf_counter() - start

@@ -107,17 +107,22 @@ def _run(args: argparse.Namespace) -> int:
     judge = Judge.load(args.judge) if args.judge else None
     target = args.target or (judge.pair.target_id if judge else "toy:target")
     draft = args.draft or (judge.pair.draft_id if judge else "toy:draft")
+    from autojudge import checks
+
+    # the pair, the judge and the prompts' lengths from tokenizers and configs, before any weights load
+    tokenizer = checks.check_pair_tokenizers(target, draft)
+    checks.check_prompt_lengths(
+        ((f"problem {p.id!r}", len(task.prompt_ids(p, tokenizer)))
+         for p in problems),
+        checks.context_of_specs(target, draft), args.input or args.task,
+    )
+    if judge is not None:
+        from autojudge.judge import check_judge_for_specs
+
+        check_judge_for_specs(judge, target, draft)
     pair = load_pair(target, draft, device=args.device)
     if judge is not None:
         judge.check_model_pair(pair)
-    from autojudge.checks import check_prompt_lengths
-    from autojudge.commands.decode import pair_context
-
-    check_prompt_lengths(
-        ((f"problem {p.id!r}", len(pair.tokenizer(task.render_prompt(p, pair.tokenizer), add_special_tokens=False).input_ids))
-         for p in problems),
-        pair_context(pair), args.input or args.task,
-    )
     config = EvalConfig(
         window=default_window(judge) if args.window is None else args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,

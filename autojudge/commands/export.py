@@ -39,7 +39,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before reading the data (autojudge.checks)."""
     from autojudge import checks
-    from autojudge.commands.train import warn_if_running
     from autojudge.pipeline.dataset import read_manifest
 
     checks.check_options(args, at_least_1=["max_shard_rows"])
@@ -49,7 +48,7 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_output_dir("--out", args.out)
     if args.overwrite:
         checks.check_not_protected("--out", args.out)
-    warn_if_running("export", read_manifest(args.data), args.data)
+    checks.warn_if_mining_running("export", read_manifest(args.data), args.data)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -73,6 +73,13 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_draft(args: argparse.Namespace) -> int:
+    from autojudge.checks import check_options
+
+    check_options(args, at_least_1=["layers", "train_layers", "prompts", "epochs"], at_least_0=["reference_answers"])
+    if args.train_layers > args.layers:
+        from autojudge.errors import InputError
+
+        raise InputError(f"--train-layers ({args.train_layers}) cannot exceed --layers ({args.layers})")
     import shutil
 
     from autojudge.real.smollm2 import build_draft, model_root
@@ -94,6 +101,9 @@ def run_draft(args: argparse.Namespace) -> int:
 
 
 def run_measure(args: argparse.Namespace) -> int:
+    from autojudge.checks import check_options
+
+    check_options(args, at_least_1=["prompts", "max_new_tokens", "windows", "threads"])
     import torch
 
     from autojudge.real.measure import measure_drafts

@@ -44,16 +44,7 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_number("--val-fraction", args.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
     checks.check_input_dir("--data", args.data)
     checks.check_output_dir("--out", args.out)
-    warn_if_running("train", read_manifest(args.data), args.data)
-
-
-def warn_if_running(command: str, manifest: dict, data: str) -> None:
-    """Say so when the manifest says the mining has not finished (only committed shards are read)."""
-    from autojudge.checks import warn
-
-    if manifest.get("status") == "running":
-        warn(command, f"{data}/manifest.json says the mining is still running (or was interrupted); "
-                      "using its committed shards only")
+    checks.warn_if_mining_running("train", read_manifest(args.data), args.data)
 
 
 def run(args: argparse.Namespace) -> int:

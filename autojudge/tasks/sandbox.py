@@ -161,7 +161,8 @@ _NAMESPACES_WORK: bool | None = None
 
 def namespaces_available() -> bool:
     """Whether this process may create mount + net + PID namespaces, make mounts read-only and
-    mount tmpfs and proc (probed once, in a child)."""
+    mount tmpfs and proc (probed once, in a child, then one trial run of the launcher; where
+    either fails, programs run without namespaces)."""
     global _NAMESPACES_WORK
     if _NAMESPACES_WORK is None:
         if os.geteuid() != 0 or not INIT_SCRIPT.exists():
@@ -183,6 +184,9 @@ def namespaces_available() -> bool:
                 finally:
                     os._exit(code)
             _NAMESPACES_WORK = os.waitpid(probe, 0)[1] == 0
+            if _NAMESPACES_WORK:  # the whole launcher once (read-only remounts can fail on odd hosts)
+                trial = run_python("pass", SandboxLimits(timeout_s=30.0, use_cgroup=False))
+                _NAMESPACES_WORK = trial.passed and trial.namespaces
     return _NAMESPACES_WORK
 
 
@@ -292,7 +296,7 @@ def _child_setup(limits: dict[str, tuple[int, int]], uid: int | None, group: Pro
 def _command(python: str, program: Path, namespaces: bool, config: dict[str, Any]) -> list[str]:
     """The launcher (namespaces) or the program itself."""
     if namespaces:
-        return [sys.executable, "-I", str(INIT_SCRIPT), json.dumps(config)]
+        return [sys.executable, "-I", "-S", str(INIT_SCRIPT), json.dumps(config)]  # -S: stdlib only, fast start
     return [python, "-I", str(program)]
 
 

@@ -1,6 +1,6 @@
 """The sandbox's launcher: runs as root, builds the program's namespaces, then runs it unprivileged.
 
-Started by `autojudge.tasks.sandbox.run_python` as `python -I sandbox_init.py CONFIG_JSON`
+Started by `autojudge.tasks.sandbox.run_python` as `python -I -S sandbox_init.py CONFIG_JSON`
 (stdlib only: with -I this file's folder is not on sys.path). Steps:
 
 1. `unshare` new mount, network, PID, IPC and UTS namespaces, then fork: the child is
@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import resource
 import signal
 import struct
@@ -63,7 +64,7 @@ def mount_points() -> list[tuple[str, int]]:
     with open("/proc/self/mountinfo", encoding="utf-8") as handle:
         for line in handle:
             fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")  # \040 -> space
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 -> space
             flags = 0
             for option in fields[5].split(","):
                 flags |= OPTION_FLAGS.get(option, 0)
