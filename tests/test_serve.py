@@ -101,6 +101,31 @@ def test_serve_cli_refuses_a_port_in_use(capsys):
     assert "cannot listen there" in capsys.readouterr().err
 
 
+def test_a_failed_engine_cycle_fails_its_requests_and_the_replica_keeps_serving():
+    """The decode replica in this process (no Serve): a cycle that raises answers 500 to the
+    requests in it, and a fresh engine core serves the next request."""
+    import asyncio
+
+    from autojudge.actors.openai_api import GenerateRequest
+    from autojudge.actors.server import DecodeReplica
+
+    replica = DecodeReplica(ReplicaConfig(max_batch=4))
+    request = GenerateRequest("completion", prompt_text="Tom has 3 apples.", max_tokens=8)
+
+    async def run() -> list[list]:
+        outputs = []
+        for broken in (True, False):
+            if broken:
+                replica.core.step = lambda: (_ for _ in ()).throw(RuntimeError("injected"))
+            outputs.append([chunk async for chunk in replica.generate(request)])
+        return outputs
+
+    failed, served = asyncio.run(run())
+    assert failed[-1].error["status"] == 500 and "injected" in failed[-1].error["message"]
+    assert served[-1].finish_reason in ("stop", "length") and served[-1].token_ids  # one chunk: not streamed
+    assert len(served) == 2 and served[0].prompt_tokens > 0
+
+
 # --------------------------------------------------------------------------- the server
 
 

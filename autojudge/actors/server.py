@@ -23,6 +23,7 @@ Metrics: the replica records the project's counters and histograms with `ray.ser
 Prometheus text from that agent.
 """
 
+# No `from __future__ import annotations` here: FastAPI reads the route signatures (`request: Request`) at run time.
 
 import asyncio
 import logging
@@ -46,7 +47,6 @@ from autojudge.actors.openai_api import (
     parse_completion,
     sse,
 )
-
 from autojudge.decode.acceptance import MODES
 from autojudge.decode.core import EngineCore, RequestSettings
 
@@ -395,23 +395,26 @@ class DecodeReplica:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            started = time.perf_counter()
             try:
-                output = await loop.run_in_executor(self._executor, self.core.step)
-            except Exception as err:  # a bug in the engine: fail the active requests, keep serving
-                log.exception("engine step failed")
+                await self._cycle(loop)
+            except Exception as err:  # a bug in the engine or the delivery: fail the active requests, keep serving
+                log.exception("engine cycle failed")
                 self._fail_all(f"decode failed: {type(err).__name__}: {err}")
-                continue
-            now = time.perf_counter()
-            self._steps, self._step_s = self._steps + 1, self._step_s + now - started
-            self._row_steps += len(output.updates)
-            emitted = 0
-            for update in output.updates:
-                stream = self._streams.get(update.request_id)
-                if stream is not None:
-                    self._deliver(stream, update, now)
-                    emitted += len(update.new_token_ids)
-            self.metrics.count("emitted", emitted)
+
+    async def _cycle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One `core.step()` in the worker thread, then every row's tokens to its request."""
+        started = time.perf_counter()
+        output = await loop.run_in_executor(self._executor, self.core.step)
+        now = time.perf_counter()
+        self._steps, self._step_s = self._steps + 1, self._step_s + now - started
+        self._row_steps += len(output.updates)
+        emitted = 0
+        for update in output.updates:
+            stream = self._streams.get(update.request_id)
+            if stream is not None:
+                self._deliver(stream, update, now)
+                emitted += len(update.new_token_ids)
+        self.metrics.count("emitted", emitted)
 
     def _apply_arrivals_and_aborts(self) -> None:
         for stream in self._aborted:
