@@ -325,7 +325,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x", "max_tokens": 1000}, 400, "maximum context length"),
     ("/v1/completions", {"prompt": "x", "model": "gpt-17"}, 404, "does not exist"),
     ("/v1/completions", {"prompt": "x", "temperature": 0.8}, 400, "temperature must be 0"),
-    ("/v1/completions", {"prompt": "x", "mode": "typical"}, 400, "unknown or unavailable mode"),
+    ("/v1/completions", {"prompt": "x", "mode": "sampling"}, 400, "unknown or unavailable mode"),
     ("/v1/completions", {"prompt": [100000]}, 400, "token ids"),
 ]
 
