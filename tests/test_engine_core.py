@@ -187,3 +187,24 @@ def test_bad_requests_are_refused_and_leave_the_engine_usable():
         engine.add_request([1, 2], RequestSettings(stop_strings=("x",)))
     assert not engine.has_unfinished()
     assert engine.generate([PROMPTS[1]], RequestSettings(max_new_tokens=5))[0].token_ids == hf_greedy(target, [PROMPTS[1]], 5)[0]
+
+
+def test_training_free_rules_per_request_in_a_mixed_batch():
+    from autojudge.decode.acceptance import ProbRule, TypicalRule
+
+    target, draft = pair("llama")
+    engine = EngineCore(target, draft, eos_token_ids=[], default_window=4)
+    reference = hf_greedy(target, PROMPTS, 16, eos=None)
+    settings = [
+        RequestSettings(max_new_tokens=16),
+        RequestSettings(max_new_tokens=16, mode="typical", threshold=0.05, window=2),
+        RequestSettings(max_new_tokens=16, mode="prob", threshold=1.0, window=3),  # a mismatch never has p >= 1
+        RequestSettings(max_new_tokens=16, mode="prob"),
+    ]
+    typical, strict, default = (engine.rule_for(s) for s in settings[1:])
+    assert isinstance(typical, TypicalRule) and typical.epsilon == 0.05
+    assert isinstance(strict, ProbRule) and strict.min_prob == 1.0 and default.min_prob == 0.3
+    results = engine.generate(PROMPTS, settings)
+    assert results[0].token_ids == reference[0] and results[2].token_ids == reference[2]
+    assert all(len(r.token_ids) == 16 for r in results)
+    assert len(results[1].metrics.accepted_lengths) <= 3  # its own window of 2 in a batch drafting 4

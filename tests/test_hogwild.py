@@ -158,6 +158,24 @@ def test_one_worker_deep_model_logits_equal_a_from_scratch_forward(shape):
     run_workers(model, 1, steps=20, finish_early={}, reference=from_scratch_logits)
 
 
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 32},
+    {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+], ids=lambda r: r["rope_type"])
+def test_scaled_rope_views_are_exact(rope):
+    """Llama 3.x's `llama3` and `linear` RoPE scaling change inv_freq only: still a fixed rotation per position."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    for layers, reference in ((1, from_scratch_logits), (2, laid_out_logits)):
+        model = rope_model("llama", layers=layers, heads=4, kv_heads=2, head_dim=8, theta=rope["rope_theta"])
+        plain = model.model.rotary_emb.inv_freq.clone()
+        model.config.rope_parameters = dict(rope)
+        model.model.rotary_emb = LlamaRotaryEmbedding(model.config)
+        assert not torch.allclose(model.model.rotary_emb.inv_freq, plain)  # the scaling is in effect
+        run_workers(model, 2, steps=16, finish_early={1: 5}, reference=reference)
+
+
 def test_deep_model_with_two_workers_differs_from_a_from_scratch_forward():
     """The method's approximation is real: the check above is not vacuous for deep models."""
     model = rope_model("llama", layers=3, heads=4, kv_heads=2, head_dim=8, theta=10000.0)

@@ -6,6 +6,7 @@
 - `core`: `EngineCore` (`add_request` / `step` / `abort`, continuous batching; `generate` loops over it).
 - `metrics`: `RequestMetrics`, `aggregate`.
 - `search` / `lookahead`: the semi-greedy label search (DESIGN.md §1.1), plain and fast.
+- `hogwild`: Hogwild! inference, several workers of one model over one shared block cache.
 """
 
 from autojudge.decode.acceptance import AcceptanceRule, ExactRule, JudgeRule, TopKRule, accepted_lengths, build_rule

@@ -262,8 +262,8 @@ def forward_feeds(cache: SharedCache, feeds: Sequence[Feed]) -> torch.Tensor:
     for row, feed in enumerate(feeds):
         ids[row, : len(feed.token_ids)] = torch.as_tensor(feed.token_ids, device=d.device)
     # Padded query slots repeat the row's last real position, so they never see an empty row.
-    steps = torch.minimum(torch.arange(width, device=d.device)[None, :], counts[:, None] - 1)  # [rows, width]
-    relative = torch.as_tensor(starts, device=d.device)[:, None] + steps  # [rows, width] block-relative positions
+    slot = torch.minimum(torch.arange(width, device=d.device)[None, :], counts[:, None] - 1)  # [rows, width]
+    relative = torch.as_tensor(starts, device=d.device)[:, None] + slot  # [rows, width] block-relative positions
     for feed in feeds:
         cache.blocks[feed.block].reserve(len(feed.token_ids))
     lengths_after = [block.length for block in cache.blocks]
@@ -316,11 +316,8 @@ def _view_layout(cache: SharedCache, feeds: Sequence[Feed], lengths_after: list[
         for row, feed in enumerate(feeds):
             if index not in feed.view:
                 continue
-            offset, own_offset = 0, 0
-            for other in feed.view:  # the view's layout with this step's lengths
-                if other == index:
-                    break
-                offset += lengths_after[other]
+            place = feed.view.index(index)  # the view's layout with this step's lengths
+            offset = sum(lengths_after[other] for other in feed.view[:place])
             own_offset = sum(lengths_after[other] for other in feed.view[:-1])
             query_position = own_offset + relative[row]  # [width] view positions of the row's queries
             shift[row] = query_position - offset
