@@ -123,7 +123,8 @@ def test_per_request_settings_are_honoured_in_one_batch():
     results = engine.generate(PROMPTS, settings)
     assert results[0].token_ids == reference[0] and len(results[0].metrics.accepted_lengths) <= 3
     assert results[1].metrics.accepted_lengths == [0, 0, 0, 0, 4] and results[1].metrics.target_calls == 4
-    assert results[2].token_ids == reference[2][:7] and results[2].metrics.draft_calls == 0
+    assert results[1].metrics.draft_tokens == 16  # 4 cycles of 4 proposals
+    assert results[2].token_ids == reference[2][:7] and results[2].metrics.draft_calls == 0 == results[2].metrics.draft_tokens
     assert results[2].metrics.target_calls == 7 and results[2].stop_reason == "length"
     assert results[3].token_ids == reference[3]  # top-1 is exact
 

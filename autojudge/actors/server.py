@@ -136,9 +136,6 @@ class _Stream:
     request_id: int | None = None
     last_emit: float | None = None
     done: bool = False
-    draft_tokens: int = 0  # draft tokens proposed to this row so far
-    draft_calls_seen: int = 0
-    feeds_last_draft: bool = False  # the row's rule reads draft hidden states (one extra draft call per cycle)
 
 
 class ServeMetrics:
@@ -171,19 +168,9 @@ class ServeMetrics:
             self.counters[key].inc(value)
 
 
-def count_draft_tokens(stream: _Stream, metrics: Any) -> None:
-    """Add the draft tokens of one cycle to `stream.draft_tokens`.
-
-    `RequestMetrics` counts draft forward passes, not proposed tokens: a cycle with window
-    k > 0 takes k draft calls, k + 1 when the rule reads draft hidden states (the engine then
-    also feeds c_k); a cycle without speculation takes none."""
-    calls = int(metrics.draft_calls) - stream.draft_calls_seen
-    stream.draft_calls_seen = int(metrics.draft_calls)
-    stream.draft_tokens += calls - 1 if calls > 0 and stream.feeds_last_draft else calls
-
-
-def speculative_stats(metrics: Any, info: dict[str, Any], draft_tokens: int) -> dict[str, Any]:
+def speculative_stats(metrics: Any, info: dict[str, Any]) -> dict[str, Any]:
     """The per-request speculative block (vLLM-like): counts, rates, accepted-length histogram."""
+    draft_tokens = int(metrics.draft_tokens)
     histogram = list(metrics.accepted_lengths)
     accepted = sum(n * count for n, count in enumerate(histogram))
     new_tokens = int(metrics.new_tokens)
@@ -435,13 +422,11 @@ class DecodeReplica:
                 stream.done = True
                 stream.queue.put_nowait(GenerateChunk(error={"status": 400, "message": str(err), "param": None, "code": None}))
                 continue
-            stream.feeds_last_draft = self.core.rule_for(stream.settings).needs_draft_hidden
             self._streams[stream.request_id] = stream
             self.metrics.count("prompt", len(stream.prompt_ids))
 
     def _deliver(self, stream: _Stream, update: Any, now: float) -> None:
         finished = bool(update.finished)
-        count_draft_tokens(stream, update.metrics)
         text = stream.text.push(list(update.new_token_ids), finished)
         n = len(update.new_token_ids)
         if n:
@@ -455,7 +440,7 @@ class DecodeReplica:
             stream.done = True
             del self._streams[update.request_id]
             chunk.finish_reason = "length" if update.stop_reason == "length" else "stop"
-            stats = speculative_stats(update.metrics, stream.info, stream.draft_tokens)
+            stats = speculative_stats(update.metrics, stream.info)
             chunk.speculative = stats
             self.metrics.requests.inc(tags={"finish_reason": chunk.finish_reason})
             self.metrics.count("target_calls", stats["target_calls"])

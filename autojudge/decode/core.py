@@ -345,7 +345,7 @@ class EngineCore:
         accepted = accept(rows, proposal, verification)
         for i, row in enumerate(rows):
             n = accepted[i]
-            row.metrics.record_cycle(n, proposal.draft_calls[i])
+            row.metrics.record_cycle(n, proposal.draft_calls[i], len(proposal.tokens[i]))
             new_tokens = self._append(row, emit(proposal.tokens[i], verification[i].argmax, n))
             assert row.slot is not None
             self.target_cache.truncate(row.slot, len(row.tokens) - 1)

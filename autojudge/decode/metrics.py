@@ -23,6 +23,8 @@ class RequestMetrics:
     """Target forward passes this request took part in (prefill + one per cycle)."""
     draft_calls: int = 0
     """Draft forward passes this request took part in."""
+    draft_tokens: int = 0
+    """Draft tokens proposed to the target for verification (the sum of the cycles' windows)."""
     accepted_lengths: list[int] = field(default_factory=list)
     """Histogram: `accepted_lengths[n]` = cycles in which n draft tokens were accepted (n = 0..window)."""
     wall_s: float = 0.0
@@ -49,13 +51,14 @@ class RequestMetrics:
         cycles = self.cycles
         return sum(n * count for n, count in enumerate(self.accepted_lengths)) / cycles if cycles else 0.0
 
-    def record_cycle(self, accepted: int, draft_calls: int) -> None:
-        """Count one verification cycle that accepted `accepted` draft tokens."""
+    def record_cycle(self, accepted: int, draft_calls: int, draft_tokens: int = 0) -> None:
+        """Count one verification cycle that verified `draft_tokens` proposals and accepted `accepted` of them."""
         if len(self.accepted_lengths) <= accepted:
             self.accepted_lengths.extend([0] * (accepted + 1 - len(self.accepted_lengths)))
         self.accepted_lengths[accepted] += 1
         self.target_calls += 1
         self.draft_calls += draft_calls
+        self.draft_tokens += draft_tokens
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict, derived rates included."""
@@ -76,6 +79,7 @@ def aggregate(metrics: Sequence[RequestMetrics], wall_s: float | None = None) ->
         total.new_tokens += item.new_tokens
         total.target_calls += item.target_calls
         total.draft_calls += item.draft_calls
+        total.draft_tokens += item.draft_tokens
         for n, count in enumerate(item.accepted_lengths):
             if len(total.accepted_lengths) <= n:
                 total.accepted_lengths.append(0)
