@@ -245,11 +245,13 @@ def evaluate_modes(
         thresholds = sorted(
             config.thresholds or sweep_thresholds(judge.thresholds, config.acceptance_rates, config.recall_levels)
         )
+    # the judge first, then the training-free rules (most telling first), so an interrupted
+    # run has the method's curve; the report lists them in the usual order
     settings: list[tuple[str, float | None, Any]] = [("exact", None, None)]
-    settings += [("topk", float(k), None) for k in config.top_ks]
+    settings += [("autojudge", tau, judge) for tau in thresholds]
     settings += [("typical", float(eps), None) for eps in config.typical_epsilons]
     settings += [("prob", float(p), None) for p in config.min_probs]
-    settings += [("autojudge", tau, judge) for tau in thresholds]
+    settings += [("topk", float(k), None) for k in config.top_ks]
     for name, (other, taus) in (extra_judges or {}).items():
         settings += [(f"judge:{name}", float(tau), other) for tau in sorted(taus)]
     results: list[SettingResult] = []
@@ -278,7 +280,8 @@ def evaluate_modes(
         if stop_after_drop and judged and quality_of(result, config.quality) < exact_quality - config.max_accuracy_drop - 1e-12:
             stopped.add(mode)
     bar.close()
-    return results
+    order = {"exact": 0, "topk": 1, "typical": 2, "prob": 3, "autojudge": 4}
+    return sorted(results, key=lambda r: order.get(r.mode, 5))  # stable: parameters keep their order
 
 
 def recommend_threshold(
