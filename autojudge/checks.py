@@ -229,18 +229,11 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 def context_of_specs(*specs: str) -> int:
     """The shortest context length of the models named by `specs`, read from their configs
     (no weights); a very large number when no config states one."""
-    from transformers import AutoConfig
-
-    from autojudge.models import resolve_spec
+    from autojudge.models import load_text_config
 
     contexts = []
     for spec in specs:
-        location, gguf_file = resolve_spec(spec)
-        try:
-            config = AutoConfig.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot read the config of {spec!r}: {str(err).splitlines()[0]}") from None
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        config = load_text_config(spec)
         values = [getattr(config, key, None) for key in CONTEXT_KEYS]
         contexts.append(next((v for v in values if isinstance(v, int) and v > 0), 1 << 30))
     return min(contexts)

@@ -317,19 +317,9 @@ class Judge:
 def check_judge_for_specs(judge: "Judge", target: str, draft: str) -> None:
     """`check_pair` from the specs alone (tokenizer and configs, no weights): used on the driver
     before any cluster or actor starts. Raises InputError naming every difference."""
-    from transformers import AutoConfig
+    from autojudge.models import load_text_config, load_tokenizer, tokenizer_fingerprint
 
-    from autojudge.models import load_tokenizer, tokenizer_fingerprint
-
-    sizes = []
-    for spec in (target, draft):
-        location, gguf_file = resolve_spec(spec)
-        try:
-            config = AutoConfig.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot read the config of {spec!r}: {str(err).splitlines()[0]}") from None
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        sizes.append(int(config.hidden_size))
+    sizes = [int(load_text_config(spec).hidden_size) for spec in (target, draft)]
     try:
         judge.check_pair(target, draft, tokenizer_fingerprint(load_tokenizer(target)), sizes[0], sizes[1])
     except ModelPairError as err:

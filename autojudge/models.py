@@ -154,3 +154,18 @@ def model_context(model: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 1 << 30
+
+
+def load_text_config(spec: str) -> Any:
+    """The (text) config of the model a spec names, without its weights; InputError when it
+    cannot be read."""
+    from transformers import AutoConfig
+
+    from autojudge.errors import InputError
+
+    location, gguf_file = resolve_spec(spec)
+    try:
+        config = AutoConfig.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read the config of {spec!r}: {str(err).splitlines()[0]}") from None
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
