@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = mine(config)
-    import json
+    from autojudge.pipeline.shards import read_manifest
 
-    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    counts = read_manifest(out)["counts"]
     print(
         f"mined {counts['prompts']} prompts in {out}: {counts['labels']} labels, "
         f"{counts['important']} important, {counts['errors']} errors"

@@ -11,7 +11,6 @@ split here is by prompt: a prompt's mismatches are all on one side (DESIGN §1.3
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,19 +81,13 @@ def _list_column_to_matrix(column: Any, name: str, where: str) -> np.ndarray:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest.json of a mining folder ({} when absent)."""
-    path = Path(folder) / "manifest.json"
-    if not path.exists():
-        return {}
+    """The manifest.json of a mining folder ({} when absent; `shards.read_manifest`), a DataError when corrupt."""
+    from autojudge.pipeline.shards import read_manifest as read_store_manifest
+
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({getattr(err, 'msg', err)})") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings", {}), dict):
-        raise DataError(f"{path}: not a mining manifest (expected a JSON object with a 'settings' object)")
-    return manifest
+        return read_store_manifest(folder)
+    except InputError as err:
+        raise DataError(str(err)) from None
 
 
 def read_mined(folder: str | Path) -> MinedData:

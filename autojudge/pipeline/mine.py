@@ -170,23 +170,13 @@ RESUME_KEYS = ("task", "instruction", "target", "draft", "input", "seed", "max_n
 def resume_settings(out: Path) -> dict[str, Any] | None:
     """The settings recorded in `out/manifest.json` (None when there is no manifest);
     InputError when the manifest is corrupt."""
-    import json
-
     from autojudge.tasks import InputError
 
-    manifest_path = out / shards.MANIFEST
-    if not manifest_path.exists():
-        return None
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        raise InputError(f"{manifest_path}: corrupt manifest ({err}); move it away to re-mine into {out}, "
-                         "or use a new --out folder") from None
-    before = manifest.get("settings") if isinstance(manifest, dict) else None
-    if not isinstance(before, dict):
-        raise InputError(f"{manifest_path}: corrupt manifest (expected an object with 'settings'); move it away "
-                         f"to re-mine into {out}, or use a new --out folder")
-    return before
+        manifest = shards.read_manifest(out)
+    except InputError as err:
+        raise InputError(f"{err}; move it away to re-mine into {out}, or use a new --out folder") from None
+    return manifest.get("settings", {}) if manifest else None
 
 
 def check_resumable(config: MineConfig, out: Path) -> None:

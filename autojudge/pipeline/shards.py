@@ -49,6 +49,25 @@ RESPONSE_SCHEMA = pa.schema(
 LABELS, RESPONSES, MANIFEST = "labels", "responses", "manifest.json"
 
 
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a mining folder ({} when it has none). The one reader: a file that is not
+    JSON, or not an object with a 'settings' object, is an InputError naming it."""
+    from autojudge.errors import InputError
+
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: corrupt manifest, not valid JSON ({getattr(err, 'msg', err)})") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings", {}), dict):
+        raise InputError(f"{path}: corrupt manifest, not a mining manifest (expected a JSON object with a 'settings' object)")
+    return manifest
+
+
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write a Parquet file under a temporary name, fsync it, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
