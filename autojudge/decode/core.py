@@ -172,6 +172,15 @@ def verify(target: Any, cache: RowKVCache, rows: Sequence[Request], proposal: Pr
     return forward_rows(target, cache, [row.slot for row in rows], chunks, pad_id, last=last, with_logits=True)  # type: ignore[misc]
 
 
+def pad_rows(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """Stack rows of different lengths `[k_i, ...]` into `[len(rows), width, ...]`, zero-padded
+    (on the rows' device and dtype)."""
+    out = rows[0].new_zeros((len(rows), width, *rows[0].shape[1:]))
+    for index, row in enumerate(rows):
+        out[index, : row.shape[0]] = row
+    return out
+
+
 def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[RowOutput]) -> list[int]:
     """Per row the accepted prefix length n under its own rule (rows sharing a rule are judged together)."""
     accepted = [0] * len(rows)
@@ -185,23 +194,16 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
             groups.setdefault(id(row.rule), []).append(i)
     for members in groups.values():
         rule = rows[members[0]].rule
-        width = max(len(proposal.tokens[i]) for i in members)
-        drafted = torch.zeros((len(members), width), dtype=torch.long)  # [b, k]; padding is masked below
-        logits = torch.zeros((len(members), width, verification[members[0]].logits.shape[-1]))  # type: ignore[union-attr]
-        h_target = torch.zeros((len(members), width, verification[members[0]].hidden.shape[-1]))
-        h_draft = None
-        if rule.needs_draft_hidden:
-            h_draft = torch.zeros((len(members), width, proposal.hidden[members[0]].shape[-1]))  # type: ignore[union-attr]
-        for j, i in enumerate(members):
-            k = len(proposal.tokens[i])
-            drafted[j, :k] = torch.tensor(proposal.tokens[i])
-            logits[j, :k] = verification[i].logits[:k]  # type: ignore[index]
-            h_target[j, :k] = verification[i].hidden[1 : k + 1]
-            if h_draft is not None:
-                h_draft[j, :k] = proposal.hidden[i]  # type: ignore[index]
+        lengths = [len(proposal.tokens[i]) for i in members]
+        width = max(lengths)
+        device = verification[members[0]].hidden.device
+        drafted = pad_rows([torch.tensor(proposal.tokens[i], device=device) for i in members], width)  # [b, k]
+        logits = pad_rows([verification[i].logits[:k] for i, k in zip(members, lengths)], width)  # type: ignore[index]
+        h_target = pad_rows([verification[i].hidden[1 : k + 1] for i, k in zip(members, lengths)], width)  # [b, k, Ht]
+        h_draft = pad_rows([proposal.hidden[i] for i in members], width) if rule.needs_draft_hidden else None  # type: ignore[misc]
         mask = rule(drafted, logits, h_target, h_draft)  # [b, k]
-        lengths = torch.tensor([len(proposal.tokens[i]) for i in members])
-        mask = mask & (torch.arange(width)[None, :] < lengths[:, None])  # a shorter row's padding is never kept
+        # a shorter row's padding is never kept
+        mask = mask & (torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None])
         for i, n in zip(members, accepted_lengths(mask).tolist()):
             accepted[i] = n
     return accepted
