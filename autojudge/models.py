@@ -83,9 +83,13 @@ def load_tokenizer(spec: str) -> Any:
     return tokenizer
 
 
-def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Any:
-    """A causal LM from a spec, on `device`, in eval mode."""
+def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, reduced_head: bool = True) -> Any:
+    """A causal LM from a spec, on `device`, in eval mode. With `reduced_head`, a folder holding
+    `draft_vocab.json` gets a head over only those tokens (`autojudge.draft_vocab`; drafts only:
+    `load_pair` loads its target with the full head)."""
     from transformers import AutoModelForCausalLM
+
+    from autojudge.draft_vocab import apply_draft_vocab, read_draft_vocab
 
     location, gguf_file = resolve_spec(spec)
     kwargs: dict[str, Any] = {"dtype": dtype or default_dtype(device)}
@@ -95,7 +99,11 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as err:  # missing folder/weights, unrecognised config
         raise ModelPairError(f"cannot load model {spec!r}: {err}") from None
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    draft_vocab = read_draft_vocab(location) if reduced_head and not gguf_file and Path(location).is_dir() else None
+    if draft_vocab is not None:
+        apply_draft_vocab(model, draft_vocab)
+    return model
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -123,11 +131,12 @@ def check_same_tokenizer(target_tokenizer: Any, draft_tokenizer: Any, target_id:
 def load_pair(
     target_spec: str, draft_spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> ModelPair:
-    """Load target and draft, refusing a pair whose tokenizers differ."""
+    """Load target and draft, refusing a pair whose tokenizers differ. The target always keeps its
+    full head; a draft folder with `draft_vocab.json` gets a reduced one."""
     target_tokenizer = load_tokenizer(target_spec)
     draft_tokenizer = load_tokenizer(draft_spec)
     check_same_tokenizer(target_tokenizer, draft_tokenizer, target_spec, draft_spec)
-    target = load_model(target_spec, device, dtype)
+    target = load_model(target_spec, device, dtype, reduced_head=False)
     draft = load_model(draft_spec, device, dtype)
     return ModelPair(target, draft, target_tokenizer, target_spec, draft_spec)
 
