@@ -39,8 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epsilon", type=float, default=0.09,
                         help="mode typical: posterior threshold epsilon (default 0.09, Medusa's and vLLM's; delta = sqrt(epsilon))")
     parser.add_argument("--min-prob", type=float, default=0.3, help="mode prob: least target probability of a draft token (default 0.3)")
-    parser.add_argument("--window", type=int, default=None, metavar="K",
-                        help="draft tokens per target call (default: the judge's window in mode autojudge, else 8)")
+    parser.add_argument("--window", type=window_option, default=None, metavar="K",
+                        help="draft tokens per target call (default: the judge's window in mode autojudge, else 8); "
+                        "'auto': measure the pair on the first prompts (step cost of each model, acceptance per "
+                        "position under --mode, batch 1) and take the window with the highest expected tokens/s")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
     add_task_arguments(parser, default="gsm8k", seed=None)
     parser.add_argument("--input", required=True, metavar="FILE", help="prompts JSONL (id + question or prompt)")
@@ -51,6 +53,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=run)
+
+
+AUTO_WINDOW_PROMPTS = 2
+"""Prompts `--window auto` decodes (under --mode, batch 1) to measure the pair."""
+AUTO_WINDOW_MAX = 8
+"""Longest window `--window auto` measures and may choose."""
+
+
+def window_option(text: str) -> int | str:
+    """--window: an integer or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def auto_window(engine: Any, prompts: list[list[int]], max_new_tokens: int, rule: Any) -> int:
+    """The window with the highest expected tokens/s for the engine's pair (`decode.window`), printed with its table."""
+    from autojudge.decode.window import measure_pair
+
+    profile = measure_pair(
+        engine.target, engine.draft, prompts[:AUTO_WINDOW_PROMPTS], window=AUTO_WINDOW_MAX,
+        max_new_tokens=min(max_new_tokens, 64), eos_token_ids=sorted(engine.eos), pad_token_id=engine.pad_token_id, rule=rule,
+    )  # fmt: skip
+    chosen = profile.best(AUTO_WINDOW_MAX)
+    table = ", ".join(f"{row.window}: {row.tokens_per_s:.1f}" for row in profile.table(range(AUTO_WINDOW_MAX + 1)))
+    print(
+        f"window auto: draft/target step cost {profile.costs.draft_ratio:.2f}, acceptance per position "
+        f"{[round(a, 2) for a in profile.acceptance]}; expected tokens/s by window (batch 1) {table}; chose {chosen}",
+        file=sys.stderr,
+    )
+    return chosen
 
 
 def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
@@ -86,8 +122,10 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before the models load (autojudge.checks)."""
     from autojudge import checks
 
-    checks.check_options(args, at_least_1=["window", "max_new_tokens", "batch_size", "limit", "top_k", "threads"],
+    checks.check_options(args, at_least_1=["max_new_tokens", "batch_size", "limit", "top_k", "threads"],
                          thresholds=["threshold"])
+    if args.window != "auto":
+        checks.check_options(args, at_least_1=["window"])
     checks.check_input_file("--input", args.input)
     checks.check_output_file("--output", args.output)
     if args.mode == "autojudge":
@@ -133,9 +171,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(err)) from None
     from autojudge.judge import default_window
 
-    args.window = args.window or default_window(judge)
+    auto = args.window == "auto"
+    args.window = default_window(judge) if auto or args.window is None else args.window
     tokenizer = pair.tokenizer
     engine = EngineCore.for_pair(pair, judge=judge, default_window=args.window, max_batch=args.batch_size)
+    if auto:
+        args.window = engine.default_window = auto_window(engine, prompts, args.max_new_tokens, rule)
     settings = RequestSettings(max_new_tokens=args.max_new_tokens, stop_strings=tuple(args.stop), rule=rule)
     start = time.perf_counter()
     results = engine.generate(prompts, settings)
