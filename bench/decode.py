@@ -14,6 +14,15 @@ counted with a forward hook on `target.base_model` (one per forward pass, any me
     PYTHONPATH=. python bench/decode.py --tiny   # random tiny Llama pair, no weights needed
     PYTHONPATH=. python bench/decode.py --target toy:target --draft toy:draft --window 4 --num-prompts 16 --json out.json
     PYTHONPATH=. python bench/decode.py --target smollm2:target --draft smollm2:draft --window 4 --num-prompts 8
+    PYTHONPATH=. python bench/decode.py --target smollm2:target --draft smollm2:draft --draft-vocab 8k \
+        --window-table 0,1,2,3,4,6,8 --windows-only --num-prompts 4 --max-new-tokens 96 --threads 2
+
+`--draft-vocab V` decodes with the draft's reduced-vocabulary variant (`smollm2:...-v{V}`, the head
+scores only the V most frequent tokens of the target's outputs; `autojudge/draft_vocab.py`).
+`--window-table` measures the pair (`autojudge/decode/window.py`: step cost of each model on the
+engine's cache path and exact-mode acceptance per position, on `--profile-prompts` prompts after the
+benchmark's own) and prints, per window, the expected tokens/s of the goodput model next to the
+engine's measured tokens/s (exact, batch 1, prefill included), and the window the model chooses.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ class BenchConfig:
     threads: int = 1  # torch CPU threads
     seed: int = 2  # toy world seed of the prompts (2 = held-out evaluation stream)
     task: str = ""  # "toy" or "gsm8k" (GSM8K test file, chat template + instruction); "" = gsm8k for smollm2:*, else toy
+    window_table: tuple[int, ...] = ()  # windows of the expected-vs-measured table (empty: no table)
+    profile_prompts: int = 2  # prompts (after the benchmark's) that the window model is measured on
 
 
 @dataclass
@@ -196,6 +207,67 @@ def benchmark(config: BenchConfig) -> list[MethodResult]:
     return results
 
 
+def with_draft_vocab(draft: str, vocab: str) -> str:
+    """The spec of `draft`'s reduced-vocabulary variant (`smollm2:` drafts: `-v{vocab}`)."""
+    if not vocab:
+        return draft
+    if not draft.startswith("smollm2:draft"):
+        raise SystemExit(f"--draft-vocab needs a smollm2:draft* spec (got {draft!r}); for another draft, write "
+                         "draft_vocab.json into its folder (autojudge.draft_vocab.write_draft_vocab)")
+    return f"{draft}-v{vocab}"
+
+
+@dataclass
+class WindowRow:
+    """One window: what the goodput model expects and what the engine measured."""
+
+    window: int
+    expected_tokens_per_call: float
+    expected_tokens_per_s: float
+    measured: MethodResult
+
+
+def window_benchmark(config: BenchConfig) -> tuple[Any, list[WindowRow]]:
+    """(pair profile, one row per window of `config.window_table`): the model measured on the profile
+    prompts, the engine (exact, batch 1) timed at each window on the benchmark prompts."""
+    from dataclasses import replace
+
+    from autojudge.decode import ExactRule
+    from autojudge.decode.window import measure_pair
+
+    torch.set_num_threads(config.threads)
+    target, draft, all_prompts, eos = load_models(replace(config, num_prompts=config.num_prompts + config.profile_prompts))
+    prompts, profile_prompts = all_prompts[: config.num_prompts], all_prompts[config.num_prompts :]
+    windows = sorted(set(config.window_table))
+    profile = measure_pair(target, draft, profile_prompts or prompts[:1], window=max(max(windows), 1),
+                           max_new_tokens=config.max_new_tokens, eos_token_ids=eos, pad_token_id=0)
+    rows = []
+    for estimate in profile.table(windows):
+        name = f"engine exact k={estimate.window}"
+        run = lambda p: run_engine(name, target, draft, ExactRule(), p, replace(config, window=estimate.window), eos, 1)  # noqa: E731
+        run(prompts[:1])  # warm-up
+        rows.append(WindowRow(estimate.window, estimate.tokens_per_cycle, estimate.tokens_per_s, run(prompts)))
+    return profile, rows
+
+
+def window_report(profile: Any, rows: list[WindowRow]) -> str:
+    costs = profile.costs
+    lines = [
+        f"window model: target step {costs.target_s * 1e3:.1f} ms (spread {min(profile.step_seconds) * 1e3:.1f}-"
+        f"{max(profile.step_seconds) * 1e3:.1f}), draft step {costs.draft_s * 1e3:.1f} ms (ratio {costs.draft_ratio:.2f}), "
+        f"verify k+1 tokens / 1: {', '.join(f'{v / costs.target_s:.2f}' for v in costs.verify_s)}, "
+        f"overhead {costs.cycle_overhead_s * 1e3:.1f} ms/cycle",
+        f"acceptance per position {[round(a, 2) for a in profile.acceptance]} (cycles reaching it {list(profile.reached)})",
+        f"{'window':>6} {'exp tok/call':>12} {'exp tok/s':>9} {'tok/call':>8} {'tok/s':>8}",
+    ]
+    for row in rows:
+        lines.append(f"{row.window:>6} {row.expected_tokens_per_call:>12.2f} {row.expected_tokens_per_s:>9.1f} "
+                     f"{row.measured.tokens_per_target_call:>8.2f} {row.measured.tokens_per_s:>8.1f}")
+    best_measured = max(rows, key=lambda row: row.measured.tokens_per_s).window
+    lines.append(f"chosen window (model, 0..16): {profile.best(16)}; best measured of those run: {best_measured}")
+    return "\n".join(lines)
+
+
 def report(results: list[MethodResult], config: BenchConfig) -> str:
     greedy = results[0]
     assisted = results[1]
@@ -230,19 +302,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--task", choices=["toy", "gsm8k"], default="", help="prompts (default: gsm8k for smollm2:* pairs, else toy)")
+    parser.add_argument("--draft-vocab", default="", metavar="V", help="use the draft's reduced-vocabulary variant (e.g. 8k)")
+    parser.add_argument("--window-table", default="", metavar="K,K,...", help="windows of the expected-vs-measured tokens/s table")
+    parser.add_argument("--profile-prompts", type=int, default=defaults.profile_prompts, help="prompts the window model is measured on")
+    parser.add_argument("--windows-only", action="store_true", help="only the window table, not the method rows")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     config = BenchConfig(
-        target=args.target, draft=args.draft, tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
+        target=args.target, draft=with_draft_vocab(args.draft, args.draft_vocab), tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
-        task=args.task,
+        task=args.task, window_table=tuple(int(k) for k in args.window_table.split(",") if k),
+        profile_prompts=args.profile_prompts,
     )
-    results = benchmark(config)
-    print(report(results, config))
+    results = [] if args.windows_only else benchmark(config)
+    if results:
+        print(report(results, config))
+    record: dict[str, Any] = {"config": asdict(config)}
+    if config.window_table:
+        profile, window_rows = window_benchmark(config)
+        print(window_report(profile, window_rows))
+        record["windows"] = {
+            "costs": asdict(profile.costs), "acceptance": profile.acceptance, "reached": profile.reached, "chosen": profile.best(16),
+            "rows": [{"window": r.window, "expected_tokens_per_call": r.expected_tokens_per_call, "expected_tokens_per_s": r.expected_tokens_per_s,
+                      "tokens_per_target_call": r.measured.tokens_per_target_call, "tokens_per_s": r.measured.tokens_per_s} for r in window_rows],
+        }  # fmt: skip
     if args.json:
         rows = [{k: v for k, v in asdict(r).items() if k != "outputs"} | {"tokens_per_target_call": r.tokens_per_target_call, "tokens_per_s": r.tokens_per_s} for r in results]
         with open(args.json, "w") as handle:
-            json.dump({"config": asdict(config), "results": rows}, handle, indent=2)
+            json.dump(record | {"results": rows}, handle, indent=2)
     return 0
 
 
