@@ -88,6 +88,9 @@ def build_reduced_draft(base_folder: Path, size: int, name: str, cache: Path | N
     special = set(tokenizer.all_special_ids) | set(eos_token_ids(tokenizer))
     special |= {tokenizer.convert_tokens_to_ids(token) for token in ("<|im_start|>", "<|im_end|>") if token in tokenizer.get_vocab()}
     ids = select_draft_vocab([(TARGET_WEIGHT, responses), (1.0, text)], size, vocab_size, always=special)
+    # held out: the same choice without the last responses, scored on them (the kept data covers itself fully)
+    held_out = max(1, len(responses) // 6)
+    held_out_ids = select_draft_vocab([(TARGET_WEIGHT, responses[:-held_out]), (1.0, text)], size, vocab_size, always=special)
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     link_folder(base_folder, staging)
@@ -97,9 +100,11 @@ def build_reduced_draft(base_folder: Path, size: int, name: str, cache: Path | N
         staging, ids, base=base_folder.name,
         source=f"target greedy responses to {len(responses)} GSM8K train prompts (weight {TARGET_WEIGHT:g}), "
         f"then {len(text)} GSM8K train questions/solutions, then lowest ids; plus special tokens",
-        distinct_tokens_seen=seen, coverage_of_target_train_responses=round(coverage(ids, responses), 4),
+        distinct_tokens_seen=seen, held_out_responses=held_out,
+        held_out_coverage=round(coverage(held_out_ids, responses[-held_out:]), 4),
     )  # fmt: skip
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
-    log(f"draft vocabulary: {len(ids)} of {vocab_size} tokens ({seen} distinct seen in the data) -> {folder}")
+    log(f"draft vocabulary: {len(ids)} of {vocab_size} tokens ({seen} distinct seen in the data; "
+        f"{coverage(held_out_ids, responses[-held_out:]):.4f} of held-out target response tokens covered) -> {folder}")
     return folder
