@@ -38,6 +38,8 @@ def add_parser(subparsers: Any) -> None:
     draft.add_argument("--reference-answers", type=int, default=300,
                        help="with --fit: extra GSM8K train reference solutions, teacher-forced through the target")
     draft.add_argument("--epochs", type=int, default=3, help="with --fit: passes over the data")
+    draft.add_argument("--vocab", metavar="V", help="also build its reduced-vocabulary variant (-v<V>, e.g. 8k): the head "
+                       "scores only the V most frequent tokens of the target's GSM8K train responses")
     draft.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
     draft.set_defaults(func=run_draft)
 
@@ -80,6 +82,15 @@ def run_draft(args: argparse.Namespace) -> int:
         from autojudge.errors import InputError
 
         raise InputError(f"--train-layers ({args.train_layers}) cannot exceed --layers ({args.layers})")
+    vocab_size = 0
+    if args.vocab:
+        from autojudge.errors import InputError
+        from autojudge.real.vocab import parse_vocab_size
+
+        try:
+            vocab_size = parse_vocab_size(args.vocab)
+        except ValueError as err:
+            raise InputError(f"--vocab: {err}") from None
     import shutil
 
     from autojudge.real.smollm2 import build_draft, model_root
@@ -97,6 +108,10 @@ def run_draft(args: argparse.Namespace) -> int:
     else:
         folder = build_draft(args.layers, force=args.force)
     print(folder)
+    if vocab_size:
+        from autojudge.real.vocab import build_reduced_draft
+
+        print(build_reduced_draft(folder, vocab_size, f"{folder.name}-v{args.vocab}", force=args.force))
     return 0
 
 
