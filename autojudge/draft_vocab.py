@@ -30,8 +30,9 @@ DRAFT_VOCAB_FILE = "draft_vocab.json"
 class ReducedHead(torch.nn.Module):
     """An LM head over a subset of the vocabulary, returning full-vocabulary logits.
 
-    `linear` holds the kept rows of the original head (a `torch.nn.Linear`, N outputs);
-    `forward` scatters its N logits into a `[..., vocab_size]` tensor filled with the dtype's
+    `weight_t` holds the kept rows of the original head, transposed (`[H, N]`, contiguous: on the
+    CPU a one-row `hidden @ weight_t` is about 2x faster than `F.linear` over `[N, H]` rows, measured
+    in README "Real models"); `forward` scatters its N logits into a `[..., vocab_size]` tensor filled with the dtype's
     lowest value, so an argmax over the result is the argmax over the subset mapped back
     to full-vocabulary ids (ties resolve to the lowest id, as over the full head, because
     `token_ids` is ascending)."""
@@ -47,14 +48,12 @@ class ReducedHead(torch.nn.Module):
             raise ValueError(f"draft vocabulary ids must be in [0, {vocab_size}), got {len(ids)} ids")
         self.vocab_size = vocab_size
         self.register_buffer("token_ids", torch.tensor(ids, dtype=torch.long, device=weight.device), persistent=False)
-        self.linear = torch.nn.Linear(weight.shape[1], len(ids), bias=False, device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            self.linear.weight.copy_(weight.detach().index_select(0, self.token_ids))
-        self.linear.weight.requires_grad_(False)
+        rows = weight.detach().index_select(0, self.token_ids)  # [N, H]
+        self.weight_t = torch.nn.Parameter(rows.t().contiguous(), requires_grad=False)  # [H, N]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """`[..., H]` -> full-vocabulary logits `[..., vocab_size]`."""
-        reduced = self.linear(hidden)  # [..., N]
+        reduced = hidden @ self.weight_t  # [..., N]
         logits = reduced.new_full((*reduced.shape[:-1], self.vocab_size), torch.finfo(reduced.dtype).min)
         return logits.index_copy_(-1, self.token_ids, reduced)
 
