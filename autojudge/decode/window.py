@@ -167,11 +167,13 @@ def measure_pair(
     pad_token_id: int = 0,
     repeats: int = 7,
     rule: Any = None,
+    min_samples: int = 10,
 ) -> PairProfile:
     """Measure a pair at batch 1: median step seconds of the draft (1 token) and of the target (1..window+1
     tokens) on the cache path, then decoding of `prompts` at `window` under `rule` (default exact), one
     prompt at a time, for the acceptance per position and the engine's overhead per cycle (the median cycle time the
-    forwards do not explain)."""
+    forwards do not explain). Positions verified in fewer than `min_samples` cycles are left out of the
+    profile (its last entry stands for them), except the first."""
     from autojudge.decode.acceptance import ExactRule
     from autojudge.decode.core import EngineCore, RequestSettings
 
@@ -214,7 +216,7 @@ def measure_pair(
     overhead = max(0.0, statistics.median(residuals)) if residuals else 0.0  # the median: robust to a stall on a shared machine
     costs = PairCosts(target_s=verify_s[0], draft_s=draft_s, verify_s=verify_s, cycle_overhead_s=overhead)
     profile = [accepted[i] / reached[i] if reached[i] else 0.0 for i in range(window)]
-    while len(profile) > 1 and not reached[len(profile) - 1]:
+    while len(profile) > 1 and reached[len(profile) - 1] < min_samples:
         profile.pop()
     return PairProfile(
         costs=costs, acceptance=tuple(profile), reached=tuple(reached), window=window, new_tokens=new_tokens,
