@@ -215,3 +215,34 @@ def test_real_model_code_answers_are_judged_by_running_tests(pair):
         assert outcome in ("pass", "fail")
         assert task.same(problem, response, outcome)
         print(f"{problem.id}: target's program -> {outcome}")
+
+
+@pytest.mark.slow
+def test_exact_decode_with_a_reduced_vocabulary_draft_equals_greedy_generate(pair):
+    import copy
+
+    from autojudge.decode import EngineCore, RequestSettings
+    from autojudge.draft_vocab import apply_draft_vocab, select_draft_vocab
+    from autojudge.models import eos_token_ids
+    from autojudge.real.data import default_gsm8k
+    from autojudge.real.vocab import gsm8k_train_text_ids
+
+    if not default_gsm8k("train").exists():
+        pytest.skip(f"{default_gsm8k('train')} not found [required in CI]")
+    tokenizer = pair.tokenizer
+    text = gsm8k_train_text_ids(tokenizer, str(default_gsm8k("train")))
+    ids = select_draft_vocab([(1.0, text)], 4096, len(tokenizer), always=eos_token_ids(tokenizer, pair.target))
+    draft = apply_draft_vocab(copy.deepcopy(pair.draft), ids)
+    prompts = gsm8k_prompts(tokenizer, 2, offset=4)
+    eos, budget = tokenizer.eos_token_id, 48
+    reference = []
+    for prompt in prompts:
+        with torch.no_grad():
+            out = pair.target.generate(
+                torch.tensor([prompt]), do_sample=False, max_new_tokens=budget, eos_token_id=eos, pad_token_id=eos
+            )[0, len(prompt) :].tolist()
+        reference.append(out[: out.index(eos) + 1] if eos in out else out)
+    engine = EngineCore(pair.target, draft, eos_token_ids=[eos], pad_token_id=eos, default_window=4)
+    results = engine.generate(prompts, RequestSettings(max_new_tokens=budget))
+    assert [r.token_ids for r in results] == reference
+    assert sum(sum(n * c for n, c in enumerate(r.metrics.accepted_lengths)) for r in results) > 0
