@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import torch
 
+from autojudge.decode.lean import lean_decoder
+
 
 class CacheLayoutError(RuntimeError):
     """The model cannot use a static full-attention per-row cache (sliding window, linear attention)."""
@@ -185,14 +187,19 @@ def forward_rows(
         (cache._rows[:, None, None] * kv_heads + heads[None, :, None]) * cache.capacity + write_slots[:, None, :]
     ).reshape(-1)  # [b, kv_heads, C] flattened, the order of key_states.reshape(-1, head_dim)
     cache._kv_len = kv_len
+    position_ids = torch.where(real, positions, starts[:, None])
+    lean = lean_decoder(model)
     try:
-        hidden = model.base_model(
-            input_ids=input_ids,
-            attention_mask=mask[:, None],  # [b, 1, C, S]
-            position_ids=torch.where(real, positions, starts[:, None]),
-            cache=cache,
-            use_cache=True,
-        ).last_hidden_state  # [b, C, H]
+        if lean is not None:  # the same function with fewer operators (`lean.py`)
+            hidden = lean.forward(cache, input_ids, position_ids, mask[:, None])
+        else:
+            hidden = model.base_model(
+                input_ids=input_ids,
+                attention_mask=mask[:, None],  # [b, 1, C, S]
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+            ).last_hidden_state  # [b, C, H]
     finally:
         cache._rows = cache._write_index = None
     # the positions whose outputs are returned: the last n of each requested row's chunk
