@@ -191,7 +191,7 @@ def forward_rows(
     cache._kv_len = kv_len
     try:
         if lean is not None:  # the same function with fewer operators (`lean.py`)
-            hidden = lean(cache, input_ids, position_ids, mask)
+            hidden = lean(cache, input_ids, position_ids, mask, max(max(p) for p in positions))
         else:
             hidden = model.base_model(
                 input_ids=input_ids,

@@ -130,9 +130,15 @@ class LeanDecoder:
         self.calls = 0
         """Forward passes run (benchmarks count target calls with it: the lean path calls no module)."""
 
-    def __call__(self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None, max_position: int) -> torch.Tensor:
+        """Last hidden state `[b, C, H]` after the final norm, for `input_ids` `[b, C]` at `position_ids`
+        `[b, C]` (all <= `max_position`), attending through the additive `mask` `[b, 1, C, S]` (None: one
+        row, one token) to the rows of `cache` that `forward_rows` set up (its write index, rows, length)."""
         self.calls += 1
-        return self.forward(cache, input_ids, position_ids, mask)
+        cos_table, sin_table = self.rotary_table(max_position + 1, cache.keys[0].dtype)
+        cos, sin = cos_table[position_ids][:, None], sin_table[position_ids][:, None]  # [b, 1, C, d]
+        low, high = (cache._row_range.start, cache._row_range.stop) if cache._row_range is not None else (-1, -1)
+        return self.forward(input_ids, cos, sin, mask, cache.keys, cache.values, cache._write_index, cache._rows, low, high, cache._kv_len)
 
     # -- pieces ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -154,14 +160,26 @@ class LeanDecoder:
         return self._cos, self._sin
 
     # -- the forward ----------------------------------------------------------------------
-    def eager_forward(self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Last hidden state `[b, C, H]` after the final norm, for `input_ids` `[b, C]` at
-        `position_ids` `[b, C]`, attending through the additive `mask` `[b, 1, C, S]`; each layer's
-        keys/values go through `cache.update` (the per-row cache of `forward_rows`)."""
+    def eager_forward(
+        self,
+        input_ids: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        write_index: torch.Tensor,
+        rows: torch.Tensor,
+        low: int,
+        high: int,
+        kv_len: int,
+    ) -> torch.Tensor:
+        """The decoder layers and final norm: a function of tensors and ints only (what `torch.compile`
+        traces). Each layer writes its new keys/values `[b, kv_heads, C, d]` to the flat `write_index` of
+        the cache buffers `keys[i]`/`values[i]` `[rows, kv_heads, capacity, d]`, then attends to slots
+        `[0, kv_len)` of rows `low:high` (a view) or, when `low < 0`, of the gathered `rows`."""
         b, c = input_ids.shape
         x = F.embedding(input_ids, self.embed)
-        cos_table, sin_table = self.rotary_table(int(position_ids.max()) + 1, x.dtype)
-        cos, sin = cos_table[position_ids][:, None], sin_table[position_ids][:, None]  # [b, 1, C, d]
         heads, kv_heads, d = self.heads, self.kv_heads, self.head_dim
         half = d // 2
         for index, layer in enumerate(self.layers):
@@ -170,9 +188,15 @@ class LeanDecoder:
             qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rotated * sin
-            keys, values = cache.update(qk[:, heads:], v, index)
+            keys[index].view(-1, d).index_put_((write_index,), qk[:, heads:].reshape(-1, d))
+            values[index].view(-1, d).index_put_((write_index,), v.reshape(-1, d))
+            if low >= 0:
+                cached_k, cached_v = keys[index][low:high, :, :kv_len], values[index][low:high, :, :kv_len]
+            else:
+                cached_k = keys[index][:, :, :kv_len].index_select(0, rows)
+                cached_v = values[index][:, :, :kv_len].index_select(0, rows)
             attn = F.scaled_dot_product_attention(
-                qk[:, :heads], keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=kv_heads != heads
+                qk[:, :heads], cached_k, cached_v, attn_mask=mask, scale=self.scaling, enable_gqa=kv_heads != heads
             )  # [b, heads, C, d]
             x = x + F.linear(attn.transpose(1, 2).reshape(b, c, heads * d), layer.o)
             gate, up = F.linear(self.rms_norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
