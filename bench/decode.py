@@ -235,9 +235,10 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
         ("HF assisted generation", lambda p: run_hf("HF assisted generation", target, p, config, eos, **assisted_kwargs(draft, config.window))),
         ("HF assisted, defaults", lambda p: run_hf("HF assisted, defaults", target, p, config, eos, **assisted_default_kwargs(draft))),
     ]
-    if config.hf_forward_row:
-        name = "engine exact, HF forward"
-        methods.append((name, lambda p: run_engine(name, target, draft, ExactRule(), p, config, eos, 1, lean=False)))
+    if config.hf_forward_row:  # the engine before the lean step, batch 1 and batched
+        hf1, hfb = "engine exact, HF forward (batch 1)", f"engine exact, HF forward (batch {batch})"
+        methods.append((hf1, lambda p: run_engine(hf1, target, draft, ExactRule(), p, config, eos, 1, lean=False)))
+        methods.append((hfb, lambda p: run_engine(hfb, target, draft, ExactRule(), p, config, eos, batch, lean=False)))
     methods += [
         ("engine exact (batch 1)", lambda p: run_engine("engine exact (batch 1)", target, draft, ExactRule(), p, config, eos, 1)),
         (f"engine topk K={config.top_k} (batch 1)", lambda p: run_engine(f"engine topk K={config.top_k} (batch 1)", target, draft, TopKRule(config.top_k), p, config, eos, 1)),
