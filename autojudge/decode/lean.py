@@ -14,7 +14,7 @@ model's own `base_model` forward with fewer operators:
   scaling, the same elementwise formula), rotated on q and k together;
 - attention is one `scaled_dot_product_attention` over the rows' caches with the additive
   mask `forward_rows` builds (grouped-query heads without copies);
-- RMSNorm is the same float32 computation as the model's.
+- RMSNorm is the same float32 computation as the model's (`F.rms_norm` on float32 inputs).
 
 Supported: decoders whose layers are Llama's (Llama, Mistral without sliding windows,
 Qwen2 with its q/k/v biases): SiLU-gated MLP without biases, RMSNorm, rotary positions with
@@ -142,7 +142,9 @@ class LeanDecoder:
 
     # -- pieces ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The model's RMSNorm (computed in float32)."""
+        """The model's RMSNorm (computed in float32; one fused operator when x is float32)."""
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, weight.shape, weight, self.eps)
         dtype = x.dtype
         x = x.to(torch.float32)
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
