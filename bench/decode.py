@@ -47,6 +47,7 @@ class BenchConfig:
     judge: str = ""  # judge folder (from `autojudge run`/`train`): adds autojudge rows at its window and threshold
     compile: bool = False  # torch.compile the lean forwards (compilation happens in the warm-up, reported apart)
     hf_forward_row: bool = True  # also time engine exact with the models' own HF forward (the lean step off)
+    rules: tuple[str, ...] = ()  # extra training-free lossy rows, MODE:PARAMETER (typical:EPSILON, prob:MIN_PROB, topk:K)
 
 
 @dataclass
@@ -244,6 +245,14 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
         (f"engine topk K={config.top_k} (batch 1)", lambda p: run_engine(f"engine topk K={config.top_k} (batch 1)", target, draft, TopKRule(config.top_k), p, config, eos, 1)),
         (f"engine exact (batch {batch})", lambda p: run_engine(f"engine exact (batch {batch})", target, draft, ExactRule(), p, config, eos, batch)),
     ]
+    for spec in config.rules:
+        mode, _, value = spec.partition(":")
+        parameter = {"typical": {"epsilon": float(value)}, "prob": {"min_prob": float(value)}, "topk": {"top_k": int(value or 4)}}.get(mode)
+        if parameter is None:
+            raise SystemExit(f"--rules {spec!r}: expected typical:EPSILON, prob:MIN_PROB or topk:K")
+        extra = build_rule(mode, **parameter)
+        label = f"engine {mode} {value} (batch 1)"
+        methods.append((label, lambda p, extra=extra, label=label: run_engine(label, target, draft, extra, p, config, eos, 1)))
     if config.judge:
         from autojudge.judge import Judge
 
@@ -313,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--task", choices=["toy", "gsm8k"], default="", help="prompts (default: gsm8k for smollm2:* pairs, else toy)")
+    parser.add_argument("--rules", default="", metavar="MODE:P,...", help="extra lossy rows, e.g. typical:0.3,prob:0.3,topk:2")
     parser.add_argument("--judge", default="", metavar="DIR", help="judge folder: adds autojudge rows at its window and threshold")
     parser.add_argument("--compile", action="store_true", help="torch.compile the lean forwards (compile time reported apart)")
     parser.add_argument("--no-hf-forward-row", action="store_true", help="skip the engine row with the models' own forward")
@@ -321,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(
         target=args.target, draft=args.draft, tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
-        task=args.task, judge=args.judge, compile=args.compile, hf_forward_row=not args.no_hf_forward_row,
+        task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), compile=args.compile, hf_forward_row=not args.no_hf_forward_row,
     )
     results, _ = benchmark(config)
     print(report(results, config))
