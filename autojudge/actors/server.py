@@ -54,8 +54,8 @@ from autojudge.decode.core import EngineCore, RequestSettings
 log = logging.getLogger(__name__)
 
 TTFT_BUCKETS = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
-GIL_SWITCH_INTERVAL_S = 0.001  # in a decode replica's process (Python's default: 0.005)
 ITL_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+GIL_SWITCH_INTERVAL_S = 0.001  # in a decode replica's process (Python's default: 0.005)
 
 
 @dataclass
@@ -218,9 +218,9 @@ class DecodeReplica:
         if device == "auto":
             device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
         torch.set_num_threads(max(1, config.threads))
-        # The engine thread holds the GIL for most of a cycle (many small ops in Python); at the
-        # default 5 ms switch interval every hand-off to the event loop (a request arriving, a
-        # chunk leaving) waits up to 5 ms for it, several times per request. 1 ms keeps those short.
+        # The engine thread runs Python for much of a cycle (many small ops); at the default 5 ms
+        # switch interval a hand-off to the event loop's threads (a request arriving, a chunk
+        # leaving) can wait up to 5 ms for the GIL, several times per request. 1 ms keeps those short.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.pair = load_pair(config.target, config.draft, device=device)
         self.tokenizer = self.pair.tokenizer
