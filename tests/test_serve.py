@@ -139,7 +139,10 @@ def test_ingress_sends_the_last_chunk_and_done_at_once_without_waiting_for_the_s
         cancelled = False
 
         def __init__(self) -> None:
-            self.chunks = [GenerateChunk(token_ids=[5], text="a"), GenerateChunk(token_ids=[6], text="b", finish_reason="stop", speculative={})]
+            self.chunks = [
+                GenerateChunk(token_ids=[5], text="a"),
+                GenerateChunk(token_ids=[6], text="b", finish_reason="stop", speculative={}),
+            ]
 
         def __aiter__(self) -> "Stream":
             return self
