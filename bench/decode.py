@@ -31,7 +31,7 @@ import argparse
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -53,6 +53,10 @@ class BenchConfig:
     threads: int = 1  # torch CPU threads
     seed: int = 2  # toy world seed of the prompts (2 = held-out evaluation stream)
     task: str = ""  # "toy" or "gsm8k" (GSM8K test file, chat template + instruction); "" = gsm8k for smollm2:*, else toy
+    judge: str = ""  # judge folder (from `autojudge run`/`train`): adds autojudge rows at its window and threshold
+    compile: bool = False  # torch.compile the lean forwards (compilation happens in the warm-up, reported apart)
+    hf_forward_row: bool = True  # also time engine exact with the models' own HF forward (the lean step off)
+    rules: tuple[str, ...] = ()  # extra training-free lossy rows, MODE:PARAMETER (typical:EPSILON, prob:MIN_PROB, topk:K)
     window_table: tuple[int, ...] = ()  # windows of the expected-vs-measured table (empty: no table)
     profile_prompts: int = 2  # prompts (after the benchmark's) that the window model is measured on
 
@@ -67,6 +71,10 @@ class MethodResult:
     draft_calls: int
     wall_s: float
     outputs: list[list[int]]
+    correct: int = -1
+    """Responses whose answer is right (-1: no answers, random prompts)."""
+    agree: int = -1
+    """Responses whose final answer equals the target greedy response's (-1: no answers)."""
 
     @property
     def tokens_per_target_call(self) -> float:
@@ -79,17 +87,37 @@ class MethodResult:
 
 @contextmanager
 def count_forwards(model: Any) -> Iterator[list[int]]:
-    """Count forward passes of `model.base_model` while the block runs (counter[0])."""
+    """Count forward passes of `model` while the block runs (counter[0]): calls of its `base_model`
+    (Hugging Face paths) plus calls of its lean forward (the engine's default path)."""
+    from autojudge.decode.lean import lean_decoder
+
     counter = [0]
     handle = model.base_model.register_forward_pre_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
+    lean = lean_decoder(model)
+    lean_before = lean.calls if lean is not None else 0
     try:
         yield counter
     finally:
         handle.remove()
+        if lean is not None and model.__dict__.get("_autojudge_lean") is lean:
+            counter[0] += lean.calls - lean_before
 
 
-def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[int]]:
-    """(target, draft, prompt token ids, eos ids)."""
+@dataclass
+class BenchInputs:
+    """The pair and the prompts."""
+
+    target: Any
+    draft: Any
+    prompts: list[list[int]]
+    eos: list[int]
+    tokenizer: Any = None
+    task: Any = None
+    problems: list[Any] = field(default_factory=list)
+
+
+def load_models(config: BenchConfig) -> BenchInputs:
+    """The pair, the prompts (token ids), EOS ids and, for a task, its problems."""
     if config.tiny:
         from autojudge.testing import noisy_copy, tiny_model
 
@@ -99,7 +127,7 @@ def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[in
         generator = torch.Generator().manual_seed(config.seed)
         prompts = [[1] + torch.randint(3, 128, (int(n),), generator=generator).tolist()
                    for n in torch.randint(8, 40, (config.num_prompts,), generator=generator)]
-        return target, draft, prompts, [2]
+        return BenchInputs(target, draft, prompts, [2])
     from autojudge.models import load_pair, resolve_spec
     from autojudge.tasks import get_task
     from autojudge.tasks.base import Problem
@@ -122,7 +150,7 @@ def load_models(config: BenchConfig) -> tuple[Any, Any, list[list[int]], list[in
         records = generate_problems(config.num_prompts, seed=config.seed)
         problems = [Problem(id=r["id"], question=r["question"], answer=r["answer"]) for r in records]
     prompts = [task.prompt_ids(p, pair.tokenizer) for p in problems]
-    return pair.target, pair.draft, prompts, [pair.tokenizer.eos_token_id]
+    return BenchInputs(pair.target, pair.draft, prompts, [pair.tokenizer.eos_token_id], pair.tokenizer, task, list(problems))
 
 
 def bench_task(config: BenchConfig) -> str:
@@ -155,18 +183,38 @@ def run_hf(name: str, target: Any, prompts: list[list[int]], config: BenchConfig
     return MethodResult(name, sum(map(len, outputs)), calls[0], draft_calls, wall, outputs)
 
 
-def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int) -> MethodResult:
-    """The engine core with at most `batch_size` rows at once (continuous batching; 1 = one prompt at a time)."""
+def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int, window: int | None = None, lean: bool = True) -> MethodResult:
+    """The engine core with at most `batch_size` rows at once (continuous batching; 1 = one prompt at a time).
+    `lean=False` runs the models' own Hugging Face forward instead of the lean step."""
     from autojudge.decode import EngineCore, RequestSettings
+    from autojudge.decode.lean import set_lean
 
-    engine = EngineCore(target, draft, eos_token_ids=eos, pad_token_id=0, default_window=config.window, max_batch=batch_size)
-    with count_forwards(target) as calls:
-        start = time.perf_counter()
-        results = engine.generate(prompts, RequestSettings(max_new_tokens=config.max_new_tokens, rule=rule))
-        wall = time.perf_counter() - start
+    for model in (target, draft):
+        set_lean(model, lean)
+    try:
+        engine = EngineCore(target, draft, eos_token_ids=eos, pad_token_id=0, default_window=window or config.window, max_batch=batch_size)
+        with count_forwards(target) as calls:
+            start = time.perf_counter()
+            results = engine.generate(prompts, RequestSettings(max_new_tokens=config.max_new_tokens, rule=rule))
+            wall = time.perf_counter() - start
+    finally:
+        for model in (target, draft):
+            set_lean(model, True)
     outputs = [r.token_ids for r in results]
     draft_calls = sum(r.metrics.draft_calls for r in results)
     return MethodResult(name, sum(map(len, outputs)), calls[0], draft_calls, wall, outputs)
+
+
+def score(results: list[MethodResult], inputs: BenchInputs) -> None:
+    """Fill `correct` and `agree` (final answer equal to the greedy response's) from the task's answers."""
+    if inputs.task is None:
+        return
+    texts = {id(r): [inputs.tokenizer.decode(o, skip_special_tokens=True) for o in r.outputs] for r in results}
+    greedy = texts[id(results[0])]
+    for r in results:
+        pairs = list(zip(inputs.problems, texts[id(r)], greedy))
+        r.correct = sum(inputs.task.is_correct(problem, text) for problem, text, _ in pairs)
+        r.agree = sum(inputs.task.answer(problem, text) == inputs.task.answer(problem, reference) for problem, text, reference in pairs)
 
 
 def assisted_kwargs(draft: Any, window: int) -> dict[str, Any]:
@@ -186,25 +234,63 @@ def assisted_default_kwargs(draft: Any) -> dict[str, Any]:
     return {"assistant_model": draft}
 
 
-def benchmark(config: BenchConfig) -> list[MethodResult]:
-    from autojudge.decode import ExactRule, TopKRule
+def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
+    from autojudge.decode import ExactRule, TopKRule, build_rule
 
     torch.set_num_threads(config.threads)
-    target, draft, prompts, eos = load_models(config)
-    warm = prompts[:1]
+    inputs = load_models(config)
+    target, draft, eos = inputs.target, inputs.draft, inputs.eos
+    warm = inputs.prompts[:1]
+    batch = config.batch_size
     methods: list[tuple[str, Callable[[list[list[int]]], MethodResult]]] = [
         ("target greedy (HF generate)", lambda p: run_hf("target greedy (HF generate)", target, p, config, eos)),
         ("HF assisted generation", lambda p: run_hf("HF assisted generation", target, p, config, eos, **assisted_kwargs(draft, config.window))),
         ("HF assisted, defaults", lambda p: run_hf("HF assisted, defaults", target, p, config, eos, **assisted_default_kwargs(draft))),
+    ]
+    if config.hf_forward_row:  # the engine before the lean step, batch 1 and batched
+        hf1, hfb = "engine exact, HF forward (batch 1)", f"engine exact, HF forward (batch {batch})"
+        methods.append((hf1, lambda p: run_engine(hf1, target, draft, ExactRule(), p, config, eos, 1, lean=False)))
+        methods.append((hfb, lambda p: run_engine(hfb, target, draft, ExactRule(), p, config, eos, batch, lean=False)))
+    methods += [
         ("engine exact (batch 1)", lambda p: run_engine("engine exact (batch 1)", target, draft, ExactRule(), p, config, eos, 1)),
         (f"engine topk K={config.top_k} (batch 1)", lambda p: run_engine(f"engine topk K={config.top_k} (batch 1)", target, draft, TopKRule(config.top_k), p, config, eos, 1)),
-        (f"engine exact (batch {config.batch_size})", lambda p: run_engine(f"engine exact (batch {config.batch_size})", target, draft, ExactRule(), p, config, eos, config.batch_size)),
+        (f"engine exact (batch {batch})", lambda p: run_engine(f"engine exact (batch {batch})", target, draft, ExactRule(), p, config, eos, batch)),
     ]
+    for spec in config.rules:
+        mode, _, value = spec.partition(":")
+        parameter = {"typical": {"epsilon": float(value)}, "prob": {"min_prob": float(value)}, "topk": {"top_k": int(value or 4)}}.get(mode)
+        if parameter is None:
+            raise SystemExit(f"--rules {spec!r}: expected typical:EPSILON, prob:MIN_PROB or topk:K")
+        extra = build_rule(mode, **parameter)
+        label = f"engine {mode} {value} (batch 1)"
+        methods.append((label, lambda p, extra=extra, label=label: run_engine(label, target, draft, extra, p, config, eos, 1)))
+    if config.judge:
+        from autojudge.judge import Judge
+
+        judge = Judge.load(config.judge)
+        rule = build_rule("autojudge", judge=judge, threshold=judge.default_threshold)
+        k = judge.default_window or config.window
+        label = f"engine autojudge k={k} tau={judge.default_threshold:.3g}"
+        methods += [
+            (f"{label} (batch 1)", lambda p: run_engine(f"{label} (batch 1)", target, draft, rule, p, config, eos, 1, window=k)),
+            (f"{label} (batch {batch})", lambda p: run_engine(f"{label} (batch {batch})", target, draft, rule, p, config, eos, batch, window=k)),
+        ]
+    if config.compile:
+        from autojudge.decode.lean import compile_lean, compiled_graphs
+
+        start = time.perf_counter()
+        for model in (target, draft):
+            compile_lean(model)
+        for name, method in methods:
+            if name.startswith("engine") and "HF forward" not in name:
+                method(warm)
+        print(f"compiled the lean forwards: {time.perf_counter() - start:.1f} s, {compiled_graphs()} graphs (not in the timings below)")
     results = []
     for _, method in methods:
         method(warm)  # warm-up (allocator, first-call overheads)
-        results.append(method(prompts))
-    return results
+        results.append(method(inputs.prompts))
+    score(results, inputs)
+    return results, inputs
 
 
 def with_draft_vocab(draft: str, vocab: str) -> str:
@@ -236,15 +322,16 @@ def window_benchmark(config: BenchConfig) -> tuple[Any, list[WindowRow]]:
     from autojudge.decode.window import measure_pair
 
     torch.set_num_threads(config.threads)
-    target, draft, all_prompts, eos = load_models(replace(config, num_prompts=config.num_prompts + config.profile_prompts))
-    prompts, profile_prompts = all_prompts[: config.num_prompts], all_prompts[config.num_prompts :]
+    inputs = load_models(replace(config, num_prompts=config.num_prompts + config.profile_prompts))
+    target, draft, eos = inputs.target, inputs.draft, inputs.eos
+    prompts, profile_prompts = inputs.prompts[: config.num_prompts], inputs.prompts[config.num_prompts :]
     windows = sorted(set(config.window_table))
     profile = measure_pair(target, draft, profile_prompts or prompts[:1], window=max(max(windows), 1),
                            max_new_tokens=config.max_new_tokens, eos_token_ids=eos, pad_token_id=0)
     rows = []
     for estimate in profile.table(windows):
         name = f"engine exact k={estimate.window}"
-        run = lambda p: run_engine(name, target, draft, ExactRule(), p, replace(config, window=estimate.window), eos, 1)  # noqa: E731
+        run = lambda p: run_engine(name, target, draft, ExactRule(), p, replace(config, window=estimate.window), eos, 1, window=estimate.window)  # noqa: E731
         run(prompts[:1])  # warm-up
         rows.append(WindowRow(estimate.window, estimate.tokens_per_cycle, estimate.tokens_per_s, run(prompts)))
     return profile, rows
@@ -274,18 +361,24 @@ def report(results: list[MethodResult], config: BenchConfig) -> str:
     lines = [
         f"window k={config.window}, {config.num_prompts} prompts, max_new_tokens={config.max_new_tokens}, "
         f"threads={config.threads}, pair={'tiny random llama' if config.tiny else config.target + ' / ' + config.draft}, "
-        f"prompts: {'random' if config.tiny else bench_task(config)}; 'HF assisted generation' = fixed window k, "
+        f"prompts: {'random' if config.tiny else bench_task(config)}, compile={config.compile}; 'HF assisted generation' = fixed window k, "
         "'HF assisted, defaults' = transformers' defaults (20 tokens, adaptive confidence threshold from 0.4)",
-        f"{'method':<28} {'tokens':>7} {'target calls':>12} {'tok/call':>8} {'draft calls':>11} {'wall s':>8} {'tok/s':>8} {'vs greedy':>9} {'vs assisted':>11} {'= greedy':>8}",
+        f"{'method':<40} {'tokens':>7} {'target calls':>12} {'tok/call':>8} {'draft calls':>11} {'wall s':>8} {'tok/s':>8} {'vs greedy':>9} {'vs assisted':>11} {'= greedy':>8} {'correct':>7} {'agree':>6}",
     ]
     for r in results:
         same = sum(a == b for a, b in zip(r.outputs, greedy.outputs))
+        quality = f"{r.correct:>7} {r.agree:>6}" if r.correct >= 0 else f"{'-':>7} {'-':>6}"
         lines.append(
-            f"{r.method:<28} {r.new_tokens:>7} {r.target_calls:>12} {r.tokens_per_target_call:>8.2f} {r.draft_calls:>11} "
+            f"{r.method:<40} {r.new_tokens:>7} {r.target_calls:>12} {r.tokens_per_target_call:>8.2f} {r.draft_calls:>11} "
             f"{r.wall_s:>8.2f} {r.tokens_per_s:>8.1f} {greedy.wall_s / r.wall_s:>8.2f}x {assisted.wall_s / r.wall_s:>10.2f}x "
-            f"{same:>4}/{len(r.outputs)}"
+            f"{same:>4}/{len(r.outputs)} {quality}"
         )
-    lines.append("(target calls = target forward passes; a batched pass counts once. tok/call = tokens / target calls.)")
+    lines.append(
+        "(target calls = target forward passes; a batched pass counts once. tok/call = tokens / target calls. vs greedy = "
+        "greedy wall s / this wall s, same prompts, same tokens up to EOS/budget; timings exclude model loading, which is "
+        "the same for every row. '= greedy': responses token-identical to greedy; correct: right answers; agree: final "
+        "answer equal to greedy's. 'HF forward': the engine with the models' own forward instead of the lean step.)"
+    )
     return "\n".join(lines)
 
 
@@ -302,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--task", choices=["toy", "gsm8k"], default="", help="prompts (default: gsm8k for smollm2:* pairs, else toy)")
+    parser.add_argument("--rules", default="", metavar="MODE:P,...", help="extra lossy rows, e.g. typical:0.3,prob:0.3,topk:2")
+    parser.add_argument("--judge", default="", metavar="DIR", help="judge folder: adds autojudge rows at its window and threshold")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the lean forwards (compile time reported apart)")
+    parser.add_argument("--no-hf-forward-row", action="store_true", help="skip the engine row with the models' own forward")
     parser.add_argument("--draft-vocab", default="", metavar="V", help="use the draft's reduced-vocabulary variant (e.g. 8k)")
     parser.add_argument("--window-table", default="", metavar="K,K,...", help="windows of the expected-vs-measured tokens/s table")
     parser.add_argument("--profile-prompts", type=int, default=defaults.profile_prompts, help="prompts the window model is measured on")
@@ -311,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(
         target=args.target, draft=with_draft_vocab(args.draft, args.draft_vocab), tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
-        task=args.task, window_table=tuple(int(k) for k in args.window_table.split(",") if k),
-        profile_prompts=args.profile_prompts,
+        task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), compile=args.compile, hf_forward_row=not args.no_hf_forward_row,
+        window_table=tuple(int(k) for k in args.window_table.split(",") if k), profile_prompts=args.profile_prompts,
     )
-    results = [] if args.windows_only else benchmark(config)
+    results = [] if args.windows_only else benchmark(config)[0]
     if results:
         print(report(results, config))
     record: dict[str, Any] = {"config": asdict(config)}
@@ -327,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                       "tokens_per_target_call": r.measured.tokens_per_target_call, "tokens_per_s": r.measured.tokens_per_s} for r in window_rows],
         }  # fmt: skip
     if args.json:
-        rows = [{k: v for k, v in asdict(r).items() if k != "outputs"} | {"tokens_per_target_call": r.tokens_per_target_call, "tokens_per_s": r.tokens_per_s} for r in results]
+        rows = [{k: v for k, v in asdict(r).items() if k != "outputs"} | {"tokens_per_target_call": r.tokens_per_target_call, "tokens_per_s": r.tokens_per_s, "vs_greedy": results[0].wall_s / r.wall_s} for r in results]
         with open(args.json, "w") as handle:
             json.dump(record | {"results": rows}, handle, indent=2)
     return 0

@@ -126,6 +126,52 @@ def test_a_failed_engine_cycle_fails_its_requests_and_the_replica_keeps_serving(
     assert len(served) == 2 and served[0].prompt_tokens > 0
 
 
+def test_ingress_sends_the_last_chunk_and_done_at_once_without_waiting_for_the_stream_end():
+    """The SSE writer answers `data: [DONE]` in the same write as the last chunk: a stream that
+    never ends after its finishing chunk (the replica's end-of-stream message still on its way)
+    does not hold the response open, and is not cancelled."""
+    import asyncio
+
+    from autojudge.actors.openai_api import GenerateChunk, StreamFormatter
+    from autojudge.actors.server import Ingress
+
+    class Stream:
+        cancelled = False
+
+        def __init__(self) -> None:
+            self.chunks = [
+                GenerateChunk(token_ids=[5], text="a"),
+                GenerateChunk(token_ids=[6], text="b", finish_reason="stop", speculative={}),
+            ]
+
+        def __aiter__(self) -> "Stream":
+            return self
+
+        async def __anext__(self) -> GenerateChunk:
+            if self.chunks:
+                return self.chunks.pop(0)
+            await asyncio.sleep(3600)  # the end of the stream never comes
+            raise StopAsyncIteration
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    async def run() -> list[str]:
+        stream = Stream()
+        formatter = StreamFormatter("completion", MODEL, False, True, GenerateChunk(prompt_tokens=3))
+        writes = await asyncio.wait_for(collect(Ingress._events(None, stream, formatter)), timeout=10)
+        assert not stream.cancelled
+        return writes
+
+    async def collect(events) -> list[str]:
+        return [text async for text in events]
+
+    writes = asyncio.run(run())
+    assert len(writes) == 2 and writes[1].endswith("data: [DONE]\n\n")
+    events = [json.loads(line[6:]) for line in writes[1].split("\n\n") if line.startswith("data: {")]
+    assert events[0]["choices"][0]["finish_reason"] == "stop" and events[1]["usage"]["completion_tokens"] == 2
+
+
 # --------------------------------------------------------------------------- the server
 
 

@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import torch
 
+from autojudge.decode.lean import lean_decoder
+
 
 class CacheLayoutError(RuntimeError):
     """The model cannot use a static full-attention per-row cache (sliding window, linear attention)."""
@@ -166,33 +168,38 @@ def forward_rows(
     kv_len = max((start + size for start, size in zip(row_starts, lengths) if size > 0), default=1)
     if kv_len > cache.trash_slot:
         raise ValueError(f"sequence of {kv_len} tokens is longer than the cache capacity {cache.trash_slot}")
-    sizes = torch.tensor(lengths, device=device)  # [b]
-    starts = torch.tensor(row_starts, device=device)  # [b]
+    # per-row positions (padding: the row's start) and cache slots (padding: the trash slot), built as lists
+    positions = [[start + j if j < size else start for j in range(width)] for start, size in zip(row_starts, lengths)]
+    slots = [[start + j if j < size else cache.trash_slot for j in range(width)] for start, size in zip(row_starts, lengths)]
     input_ids = torch.tensor([chunk + [pad_token_id] * (width - len(chunk)) for chunk in batch_chunks], device=device)  # [b, C]
-    offsets = torch.arange(width, device=device)  # [C]
-    positions = starts[:, None] + offsets[None, :]  # [b, C]
-    real = offsets[None, :] < sizes[:, None]  # [b, C]
-    dtype = cache.keys[0].dtype
-    allowed = torch.arange(kv_len, device=device)[None, None, :] <= positions[:, :, None]  # [b, C, S]
-    mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)  # additive, [b, C, S]
+    position_ids = torch.tensor(positions, device=device)  # [b, C]
+    lean = lean_decoder(model)
+    if lean is not None and len(batch_rows) == 1 and width == 1:
+        mask = None  # one query at the end of one row attends to every valid slot: no mask needed
+    else:
+        dtype = cache.keys[0].dtype
+        allowed = torch.arange(kv_len, device=device)[None, None, :] <= position_ids[:, :, None]  # [b, C, S]
+        mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]  # additive, [b, 1, C, S]
 
     cache._rows = torch.tensor(batch_rows, device=device)
     cache._row_range = slice(low, high) if use_range else None
-    write_slots = torch.where(real, positions, cache.trash_slot)  # [b, C]: padding writes to the trash slot
     kv_heads = cache.keys[0].shape[1]
     heads = torch.arange(kv_heads, device=device)
     cache._write_index = (
-        (cache._rows[:, None, None] * kv_heads + heads[None, :, None]) * cache.capacity + write_slots[:, None, :]
+        (cache._rows[:, None, None] * kv_heads + heads[None, :, None]) * cache.capacity + torch.tensor(slots, device=device)[:, None, :]
     ).reshape(-1)  # [b, kv_heads, C] flattened, the order of key_states.reshape(-1, head_dim)
     cache._kv_len = kv_len
     try:
-        hidden = model.base_model(
-            input_ids=input_ids,
-            attention_mask=mask[:, None],  # [b, 1, C, S]
-            position_ids=torch.where(real, positions, starts[:, None]),
-            cache=cache,
-            use_cache=True,
-        ).last_hidden_state  # [b, C, H]
+        if lean is not None:  # the same function with fewer operators (`lean.py`)
+            hidden = lean(cache, input_ids, position_ids, mask, max(max(p) for p in positions))
+        else:
+            hidden = model.base_model(
+                input_ids=input_ids,
+                attention_mask=mask,  # [b, 1, C, S]
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+            ).last_hidden_state  # [b, C, H]
     finally:
         cache._rows = cache._write_index = None
     # the positions whose outputs are returned: the last n of each requested row's chunk

@@ -33,6 +33,7 @@ import torch
 
 from autojudge.decode.acceptance import AcceptanceRule, ExactRule, accepted_lengths, build_rule, greedy_prefix
 from autojudge.decode.cache import RowKVCache, RowOutput, forward_rows
+from autojudge.decode.lean import compile_lean
 from autojudge.decode.metrics import RequestMetrics
 
 
@@ -267,10 +268,15 @@ class EngineCore:
         self._next_id = 0
 
     @classmethod
-    def for_pair(cls, pair: Any, judge: Any = None, default_window: int = 8, max_batch: int = 64) -> "EngineCore":
+    def for_pair(cls, pair: Any, judge: Any = None, default_window: int = 8, max_batch: int = 64, compile: bool = False) -> "EngineCore":
         """The engine for a loaded `models.ModelPair`: its tokenizer, and the one EOS policy (the
-        tokenizer's EOS and both models' generation-config EOS ids, as `generate` stops on)."""
+        tokenizer's EOS and both models' generation-config EOS ids, as `generate` stops on).
+        `compile`: `torch.compile` both models' lean forwards (`lean.compile_lean`)."""
         from autojudge.models import eos_token_ids
+
+        if compile:
+            for model in (pair.target, pair.draft):
+                compile_lean(model, mode="reduce-overhead" if next(model.parameters()).is_cuda else None)
 
         tokenizer = pair.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

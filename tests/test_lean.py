@@ -1,0 +1,89 @@
+"""The lean forward (autojudge/decode/lean.py) computes what the model's own forward does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autojudge.decode.cache import RowKVCache, forward_rows
+from autojudge.decode.core import EngineCore, RequestSettings
+from autojudge.decode.lean import compile_lean, compiled_graphs, lean_decoder, lean_unsupported_reason, set_lean
+from autojudge.testing import noisy_copy, tiny_model
+
+torch.set_num_threads(1)
+
+
+def run_rows(model, lean: bool) -> list:
+    """Prompts of different lengths in three rows, then a roll-back and ragged chunks."""
+    set_lean(model, lean)
+    cache = RowKVCache(model, num_rows=3, capacity=32)
+    first = forward_rows(model, cache, [0, 1, 2], [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]], with_logits=True)
+    cache.truncate(0, 3)
+    second = forward_rows(model, cache, [2, 0], [[20], [21, 22, 23]], with_logits=True)
+    return first + second
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lean_forward_matches_the_models_own_forward_through_the_cache(arch):
+    model = tiny_model(arch, seed=3, hidden_size=64, layers=3)
+    reference = run_rows(model, lean=False)
+    lean = run_rows(model, lean=True)
+    assert lean_decoder(model) is not None
+    for ours, theirs in zip(lean, reference):
+        assert ours.argmax == theirs.argmax
+        torch.testing.assert_close(ours.hidden, theirs.hidden, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_lean_weights_are_views_of_the_models_parameters():
+    model = tiny_model("llama", seed=4)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    lean = lean_decoder(model)
+    assert lean is not None
+    attn = model.base_model.layers[0].self_attn
+    stacked = lean.layers[0].qkv
+    assert attn.q_proj.weight.data_ptr() == stacked.data_ptr()  # no second copy of the weights
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == stacked.untyped_storage().data_ptr()
+    for name, p in model.named_parameters():  # values unchanged
+        assert torch.equal(p, before[name]), name
+
+
+def test_unsupported_models_run_their_own_forward():
+    model = tiny_model("gpt2", seed=1)
+    assert "gpt2" in (lean_unsupported_reason(model) or "")
+    assert lean_decoder(model) is None
+    cache = RowKVCache(model, num_rows=1, capacity=8)
+    out = forward_rows(model, cache, [0], [[5, 6, 7]])[0]
+    with torch.inference_mode():
+        assert out.argmax == model(torch.tensor([[5, 6, 7]])).logits[0].argmax(-1).tolist()
+
+
+def test_a_model_saved_after_the_lean_forward_reloads_with_the_same_weights(tmp_path):
+    import transformers
+
+    model = tiny_model("llama", seed=5)
+    lean_decoder(model)
+    model.save_pretrained(tmp_path)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    for (name, p), (_, q) in zip(model.named_parameters(), again.named_parameters()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.slow
+def test_compiled_lean_forward_keeps_exact_decoding_equal_to_generate():
+    """`torch.compile` of the lean forward (dynamic shapes): exact mode still equals greedy `generate`."""
+    target = tiny_model("llama", seed=6, hidden_size=64, layers=2)
+    draft = noisy_copy(target, 0.1, seed=7)
+    assert compile_lean(target) and compile_lean(draft)
+    prompts = [[1, 5, 9, 13], [1, 7, 8, 9, 10, 11, 12], [1, 3]]
+    engine = EngineCore(target, draft, eos_token_ids=[2], default_window=3, max_batch=2)
+    results = engine.generate(prompts, RequestSettings(max_new_tokens=24))
+    for prompt, result in zip(prompts, results):
+        with torch.no_grad():
+            ids = torch.tensor([prompt])
+            out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24, eos_token_id=2, pad_token_id=0)
+        expected = out[0, len(prompt):].tolist()
+        if 2 in expected:
+            expected = expected[: expected.index(2) + 1]
+        assert result.token_ids == expected
+    assert 0 < compiled_graphs() < 20  # dynamic shapes: a handful of graphs, not one per length
