@@ -20,7 +20,8 @@ def run_rows(model, lean: bool) -> list:
     first = forward_rows(model, cache, [0, 1, 2], [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]], with_logits=True)
     cache.truncate(0, 3)
     second = forward_rows(model, cache, [2, 0], [[20], [21, 22, 23]], with_logits=True)
-    return first + second
+    single = forward_rows(model, cache, [1], [[24]], with_logits=True)  # one row, one token: no mask, the transposed head
+    return first + second + single
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

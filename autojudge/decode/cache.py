@@ -211,7 +211,7 @@ def forward_rows(
     ]
     flat = hidden.reshape(-1, hidden.shape[-1])  # [b * C, H]
     picked = flat[picks[0] : picks[0] + 1] if len(picks) == 1 else flat.index_select(0, torch.tensor(picks, device=device))
-    logits = model.get_output_embeddings()(picked)  # [n_returned, V]
+    logits = (lean.head if lean is not None else model.get_output_embeddings())(picked)  # [n_returned, V]
     if vocab_size is not None:
         logits = truncate_logits(logits, vocab_size)
     argmax = logits.argmax(-1).tolist()
