@@ -258,7 +258,11 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
     ]
     for spec in config.rules:
         mode, _, value = spec.partition(":")
-        parameter = {"typical": {"epsilon": float(value)}, "prob": {"min_prob": float(value)}, "topk": {"top_k": int(value or 4)}}.get(mode)
+        parameter = {"typical": {"epsilon": value}, "prob": {"min_prob": value}, "topk": {"top_k": value}}.get(mode)
+        try:
+            parameter = {key: (int if mode == "topk" else float)(text) for key, text in parameter.items()} if parameter else None
+        except ValueError:
+            parameter = None
         if parameter is None:
             raise SystemExit(f"--rules {spec!r}: expected typical:EPSILON, prob:MIN_PROB or topk:K")
         extra = build_rule(mode, **parameter)
