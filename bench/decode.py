@@ -184,7 +184,8 @@ def run_hf(name: str, target: Any, prompts: list[list[int]], config: BenchConfig
 
 
 def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int, window: int | None = None, lean: bool = True) -> MethodResult:
-    """The engine core with at most `batch_size` rows at once (continuous batching; 1 = one prompt at a time).
+    """The engine core with at most `batch_size` rows at once (continuous batching; 1 = one prompt at a time)
+    at `window` (None: --window; -1: 0, plain greedy decoding on the engine's step, the draft unused).
     `lean=False` runs the models' own Hugging Face forward instead of the lean step."""
     from autojudge.decode import EngineCore, RequestSettings
     from autojudge.decode.lean import set_lean
@@ -192,7 +193,8 @@ def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list
     for model in (target, draft):
         set_lean(model, lean)
     try:
-        engine = EngineCore(target, draft, eos_token_ids=eos, pad_token_id=0, default_window=window or config.window, max_batch=batch_size)
+        k = config.window if window is None else max(window, 0)  # window -1: plain greedy on the engine (window 0)
+        engine = EngineCore(target, draft, eos_token_ids=eos, pad_token_id=0, default_window=k, max_batch=batch_size)
         with count_forwards(target) as calls:
             start = time.perf_counter()
             results = engine.generate(prompts, RequestSettings(max_new_tokens=config.max_new_tokens, rule=rule))
@@ -252,6 +254,7 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
         methods.append((hf1, lambda p: run_engine(hf1, target, draft, ExactRule(), p, config, eos, 1, lean=False)))
         methods.append((hfb, lambda p: run_engine(hfb, target, draft, ExactRule(), p, config, eos, batch, lean=False)))
     methods += [
+        ("engine greedy, window 0 (batch 1)", lambda p: run_engine("engine greedy, window 0 (batch 1)", target, draft, ExactRule(), p, config, eos, 1, window=-1)),
         ("engine exact (batch 1)", lambda p: run_engine("engine exact (batch 1)", target, draft, ExactRule(), p, config, eos, 1)),
         (f"engine topk K={config.top_k} (batch 1)", lambda p: run_engine(f"engine topk K={config.top_k} (batch 1)", target, draft, TopKRule(config.top_k), p, config, eos, 1)),
         (f"engine exact (batch {batch})", lambda p: run_engine(f"engine exact (batch {batch})", target, draft, ExactRule(), p, config, eos, batch)),
