@@ -63,7 +63,6 @@ def build_reduced_draft(base_folder: Path, size: int, name: str, cache: Path | N
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autojudge.models import eos_token_ids
     from autojudge.real.data import cached_target_responses, default_gsm8k
     from autojudge.real.fit import FitConfig
     from autojudge.real.smollm2 import convert_target, is_hf_folder, model_root
@@ -85,7 +84,7 @@ def build_reduced_draft(base_folder: Path, size: int, name: str, cache: Path | N
         _, responses = cached_target_responses(target, tokenizer, source, fit.prompts, fit.max_new_tokens, responses_file)
     text = gsm8k_train_text_ids(tokenizer, source)
     vocab_size = len(tokenizer)
-    special = set(tokenizer.all_special_ids) | set(eos_token_ids(tokenizer))
+    special = set(tokenizer.all_special_ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
     special |= {tokenizer.convert_tokens_to_ids(token) for token in ("<|im_start|>", "<|im_end|>") if token in tokenizer.get_vocab()}
     ids = select_draft_vocab([(TARGET_WEIGHT, responses), (1.0, text)], size, vocab_size, always=special)
     # held out: the same choice without the last responses, scored on them (the kept data covers itself fully)
