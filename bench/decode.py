@@ -350,7 +350,7 @@ def window_report(profile: Any, rows: list[WindowRow]) -> str:
         f"window model: target step {costs.target_s * 1e3:.1f} ms (spread {min(profile.step_seconds) * 1e3:.1f}-"
         f"{max(profile.step_seconds) * 1e3:.1f}), draft step {costs.draft_s * 1e3:.1f} ms (ratio {costs.draft_ratio:.2f}), "
         f"verify k+1 tokens / 1: {', '.join(f'{v / costs.target_s:.2f}' for v in costs.verify_s)}, "
-        f"overhead {costs.cycle_overhead_s * 1e3:.1f} ms/cycle",
+        f"overhead {costs.cycle_overhead_s * 1e3:.2f} ms per speculative cycle, {(costs.greedy_overhead_s or 0.0) * 1e3:.2f} ms per greedy cycle",
         f"acceptance per position {[round(a, 2) for a in profile.acceptance]} (cycles reaching it {list(profile.reached)})",
         f"{'window':>6} {'exp tok/call':>12} {'exp tok/s':>9} {'tok/call':>8} {'tok/s':>8}",
     ]

@@ -91,3 +91,15 @@ def test_decode_window_auto_chooses_a_window_and_decodes_exactly(tiny_pair_dirs,
     assert token_ids == [json.loads(line)["token_ids"] for line in fixed.read_text().splitlines()]
     with pytest.raises(SystemExit):
         main(auto[:6] + ["often"] + auto[7:])
+
+
+def test_a_cheaper_greedy_cycle_can_make_plain_greedy_the_best_window():
+    """Window 0's cycle has its own overhead: with speculative bookkeeping charged to it, speculation
+    looks better than it is."""
+    costs = dict(target_s=0.0007, draft_s=0.0004, verify_s=(0.0007, 0.0009, 0.00095, 0.00096, 0.001), cycle_overhead_s=0.0003)
+    acceptance = [0.86, 0.74, 0.93, 0.77]
+    assert best_window(PairCosts(**costs), acceptance, 4) > 0  # greedy charged the speculative overhead
+    cheap_greedy = PairCosts(**costs, greedy_overhead_s=0.00002)
+    assert best_window(cheap_greedy, acceptance, 4) == 0
+    assert cheap_greedy.seconds(0) == pytest.approx(0.00072)
+    assert cheap_greedy.seconds(2) == pytest.approx(2 * 0.0004 + 0.00095 + 0.0003)

@@ -3,7 +3,8 @@
 A batch-1 cycle with window k costs k draft steps, one target call over k + 1 tokens and the
 engine's own bookkeeping:
 
-    seconds(k) = k * draft_s + verify_s(k) + cycle_overhead_s          (k = 0: plain greedy)
+    seconds(k) = k * draft_s + verify_s(k) + cycle_overhead_s          (k >= 1)
+    seconds(0) = target_s + greedy_overhead_s                         (plain greedy)
 
 and emits the accepted prefix plus the target's token. With `acceptance[i]` the probability
 that the (i+1)-th proposal is accepted given that the ones before it were,
@@ -39,11 +40,22 @@ class PairCosts:
     """`verify_s[k]`: one target call over k + 1 new tokens (verifying k proposals); beyond its end the
     cost grows linearly along its last step; empty: every verify costs `target_s` (memory-bound)."""
     cycle_overhead_s: float = 0.0
-    """Engine bookkeeping per cycle outside the two models' forwards (acceptance, emit, stop checks)."""
+    """Engine bookkeeping per speculative cycle outside the two models' forwards (proposal loop,
+    acceptance, emit, stop checks)."""
+    greedy_overhead_s: float | None = None
+    """The same for a plain greedy cycle (window 0: no proposal loop, no acceptance), which does much
+    less; None: `cycle_overhead_s`."""
 
     def __post_init__(self) -> None:
-        if min(self.target_s, self.draft_s, self.cycle_overhead_s, *self.verify_s) < 0:
+        if min(self.target_s, self.draft_s, self.cycle_overhead_s, self.greedy_overhead_s or 0.0, *self.verify_s) < 0:
             raise ValueError("costs must be >= 0")
+
+    def seconds(self, window: int) -> float:
+        """Expected seconds of one cycle at `window`."""
+        if window == 0:
+            overhead = self.cycle_overhead_s if self.greedy_overhead_s is None else self.greedy_overhead_s
+            return self.verify(0) + overhead
+        return window * self.draft_s + self.verify(window) + self.cycle_overhead_s
 
     @property
     def draft_ratio(self) -> float:
@@ -94,7 +106,7 @@ def window_table(costs: PairCosts, acceptance: Sequence[float], windows: Sequenc
     if any(window < 0 for window in windows):
         raise ValueError(f"windows must be >= 0, got {list(windows)}")
     return [
-        WindowEstimate(window, expected_tokens(acceptance, window), window * costs.draft_s + costs.verify(window) + costs.cycle_overhead_s)
+        WindowEstimate(window, expected_tokens(acceptance, window), costs.seconds(window))
         for window in windows
     ]
 
@@ -110,7 +122,7 @@ class PairProfile:
     """A pair measured at batch 1: step costs and the per-position acceptance of exact decoding."""
 
     costs: PairCosts
-    """Seconds per step of each model, and the engine's per-cycle overhead."""
+    """Seconds per step of each model, and the engine's per-cycle overheads (speculative and greedy)."""
     acceptance: tuple[float, ...]
     """`acceptance[i]`: share of cycles that reached proposal i + 1 in which it was accepted."""
     reached: tuple[int, ...]
@@ -172,8 +184,9 @@ def measure_pair(
     """Measure a pair at batch 1: median step seconds of the draft (1 token) and of the target (1..window+1
     tokens) on the cache path, then decoding of `prompts` at `window` under `rule` (default exact), one
     prompt at a time, for the acceptance per position and the engine's overhead per cycle (the median cycle time the
-    forwards do not explain). Positions verified in fewer than `min_samples` cycles are left out of the
-    profile (its last entry stands for them), except the first."""
+    forwards do not explain), and plain greedy decoding (window 0) of the first prompt for the overhead of a
+    greedy cycle. Positions verified in fewer than `min_samples` cycles are left out of the profile (its last
+    entry stands for them), except the first."""
     from autojudge.decode.acceptance import ExactRule
     from autojudge.decode.core import EngineCore, RequestSettings
 
@@ -214,7 +227,17 @@ def measure_pair(
                 residuals.append(seconds - k * draft_s - verify_s[min(k, len(verify_s) - 1)])
             first = False
     overhead = max(0.0, statistics.median(residuals)) if residuals else 0.0  # the median: robust to a stall on a shared machine
-    costs = PairCosts(target_s=verify_s[0], draft_s=draft_s, verify_s=verify_s, cycle_overhead_s=overhead)
+    greedy_residuals: list[float] = []
+    engine.add_request(prompts[0], RequestSettings(max_new_tokens=max_new_tokens, window=0))
+    first, done = True, False
+    while not done:
+        start = time.perf_counter()
+        done = engine.step().updates[0].finished
+        if not first:
+            greedy_residuals.append(time.perf_counter() - start - verify_s[0])
+        first = False
+    greedy_overhead = max(0.0, statistics.median(greedy_residuals)) if greedy_residuals else overhead
+    costs = PairCosts(target_s=verify_s[0], draft_s=draft_s, verify_s=verify_s, cycle_overhead_s=overhead, greedy_overhead_s=greedy_overhead)
     profile = [accepted[i] / reached[i] if reached[i] else 0.0 for i in range(window)]
     while len(profile) > 1 and reached[len(profile) - 1] < min_samples:
         profile.pop()
