@@ -52,6 +52,21 @@ def tiny_model(arch: str = "llama", seed: int = 0, vocab_size: int = 96, hidden_
     return model
 
 
+def greedy_reference(model: Any, prompts: list[list[int]], max_new_tokens: int, eos: int | None = 2, pad_token_id: int = 0) -> list[list[int]]:
+    """Hugging Face greedy `generate` per prompt (batch 1, KV cache), each row cut after its first
+    EOS: the reference that exact decoding must equal."""
+    rows = []
+    for prompt in prompts:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, eos_token_id=eos,
+            )  # fmt: skip
+        row = out[0, len(prompt) :].tolist()
+        rows.append(row[: row.index(eos) + 1] if eos is not None and eos in row else row)
+    return rows
+
+
 def noisy_copy(model: Any, scale: float = 0.05, seed: int = 0) -> Any:
     """A copy of `model` with Gaussian noise (relative `scale`) on every weight: a draft that
     mostly agrees with its target and sometimes does not."""

@@ -185,7 +185,7 @@ def run_hf(name: str, target: Any, prompts: list[list[int]], config: BenchConfig
 
 def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int, window: int | None = None, lean: bool = True) -> MethodResult:
     """The engine core with at most `batch_size` rows at once (continuous batching; 1 = one prompt at a time)
-    at `window` (None: --window; -1: 0, plain greedy decoding on the engine's step, the draft unused).
+    at `window` (None: --window; 0: plain greedy decoding on the engine's step, the draft unused).
     `lean=False` runs the models' own Hugging Face forward instead of the lean step."""
     from autojudge.decode import EngineCore, RequestSettings
     from autojudge.decode.lean import set_lean
@@ -193,7 +193,7 @@ def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list
     for model in (target, draft):
         set_lean(model, lean)
     try:
-        k = config.window if window is None else max(window, 0)  # window -1: plain greedy on the engine (window 0)
+        k = config.window if window is None else window
         engine = EngineCore(target, draft, eos_token_ids=eos, pad_token_id=0, default_window=k, max_batch=batch_size)
         with count_forwards(target) as calls:
             start = time.perf_counter()
@@ -254,7 +254,7 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
         methods.append((hf1, lambda p: run_engine(hf1, target, draft, ExactRule(), p, config, eos, 1, lean=False)))
         methods.append((hfb, lambda p: run_engine(hfb, target, draft, ExactRule(), p, config, eos, batch, lean=False)))
     methods += [
-        ("engine greedy, window 0 (batch 1)", lambda p: run_engine("engine greedy, window 0 (batch 1)", target, draft, ExactRule(), p, config, eos, 1, window=-1)),
+        ("engine greedy, window 0 (batch 1)", lambda p: run_engine("engine greedy, window 0 (batch 1)", target, draft, ExactRule(), p, config, eos, 1, window=0)),
         ("engine exact (batch 1)", lambda p: run_engine("engine exact (batch 1)", target, draft, ExactRule(), p, config, eos, 1)),
         (f"engine topk K={config.top_k} (batch 1)", lambda p: run_engine(f"engine topk K={config.top_k} (batch 1)", target, draft, TopKRule(config.top_k), p, config, eos, 1)),
         (f"engine exact (batch {batch})", lambda p: run_engine(f"engine exact (batch {batch})", target, draft, ExactRule(), p, config, eos, batch)),
@@ -338,7 +338,7 @@ def window_benchmark(config: BenchConfig) -> tuple[Any, list[WindowRow]]:
     rows = []
     for estimate in profile.table(windows):
         name = f"engine exact k={estimate.window}"
-        run = lambda p: run_engine(name, target, draft, ExactRule(), p, replace(config, window=estimate.window), eos, 1, window=estimate.window)  # noqa: E731
+        run = lambda p: run_engine(name, target, draft, ExactRule(), p, config, eos, 1, window=estimate.window)  # noqa: E731
         run(prompts[:1])  # warm-up
         rows.append(WindowRow(estimate.window, estimate.tokens_per_cycle, estimate.tokens_per_s, run(prompts)))
     return profile, rows

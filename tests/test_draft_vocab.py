@@ -9,7 +9,7 @@ import torch
 
 from autojudge.decode import EngineCore, RequestSettings, RowKVCache, forward_rows
 from autojudge.draft_vocab import ReducedHead, apply_draft_vocab, coverage, select_draft_vocab, write_draft_vocab
-from autojudge.testing import noisy_copy, tiny_model
+from autojudge.testing import greedy_reference, noisy_copy, tiny_model
 
 torch.set_num_threads(1)
 
@@ -17,22 +17,9 @@ PROMPTS = [[1, 5, 6, 7, 8, 9, 10, 11], [1, 12, 13], [1, 14, 15, 16, 17, 3], [1]]
 EOS = 2
 
 
-def hf_greedy(model, prompts, max_new_tokens, eos=EOS):
-    rows = []
-    for prompt in prompts:
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0, eos_token_id=eos,
-            )  # fmt: skip
-        row = out[0, len(prompt) :].tolist()
-        rows.append(row[: row.index(eos) + 1] if eos in row else row)
-    return rows
-
-
 def kept_ids(target, count=48):
     """Half the vocabulary: what the target emits on the prompts first, then low ids, plus EOS."""
-    emitted = hf_greedy(target, PROMPTS, 24)
+    emitted = greedy_reference(target, PROMPTS, 24)
     return select_draft_vocab([(1.0, emitted)], count, target.config.vocab_size, always=[EOS])
 
 
@@ -66,7 +53,7 @@ def test_reduced_head_argmax_is_the_argmax_over_the_kept_rows_and_hidden_states_
 def test_exact_mode_with_a_reduced_vocab_draft_equals_target_greedy(arch, window):
     target = tiny_model(arch, seed=0)
     draft = apply_draft_vocab(noisy_copy(target, 0.3, seed=1), kept_ids(target))
-    reference = hf_greedy(target, PROMPTS, 24)
+    reference = greedy_reference(target, PROMPTS, 24)
     engine = EngineCore(target, draft, eos_token_ids=EOS, default_window=window)
     batched = engine.generate(PROMPTS, RequestSettings(max_new_tokens=24))
     assert [r.token_ids for r in batched] == reference
@@ -77,11 +64,11 @@ def test_exact_mode_with_a_reduced_vocab_draft_equals_target_greedy(arch, window
 
 def test_a_draft_that_cannot_propose_the_targets_tokens_still_decodes_exactly():
     target = tiny_model("llama", seed=0)
-    emitted = {token for row in hf_greedy(target, PROMPTS, 16) for token in row}
+    emitted = {token for row in greedy_reference(target, PROMPTS, 16) for token in row}
     outside = [token for token in range(target.config.vocab_size) if token not in emitted][:10]
     draft = apply_draft_vocab(noisy_copy(target, 0.3, seed=1), outside)
     results = EngineCore(target, draft, eos_token_ids=EOS, default_window=3).generate(PROMPTS, RequestSettings(max_new_tokens=16))
-    assert [r.token_ids for r in results] == hf_greedy(target, PROMPTS, 16)
+    assert [r.token_ids for r in results] == greedy_reference(target, PROMPTS, 16)
     assert all(r.metrics.accepted_lengths[1:] == [] or sum(r.metrics.accepted_lengths[1:]) == 0 for r in results)
 
 

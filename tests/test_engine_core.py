@@ -7,26 +7,12 @@ import pytest
 import torch
 
 from autojudge.decode import EngineCore, ExactRule, JudgeRule, RequestSettings, TopKRule
-from autojudge.testing import noisy_copy, tiny_model
+from autojudge.testing import greedy_reference, noisy_copy, tiny_model
 
 torch.set_num_threads(1)
 
 PROMPTS = [[1, 5, 6, 7, 8, 9, 10, 11], [1, 12, 13], [1, 14, 15, 16, 17, 3], [1]]
 EOS = 2
-
-
-def hf_greedy(model, prompts, max_new_tokens, eos=EOS):
-    """Reference: HF greedy `generate` per prompt (batch 1, KV cache); each row cut after its first EOS."""
-    rows = []
-    for prompt in prompts:
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0, eos_token_id=eos,
-            )  # fmt: skip
-        row = out[0, len(prompt) :].tolist()
-        rows.append(row[: row.index(eos) + 1] if eos is not None and eos in row else row)
-    return rows
 
 
 def pair(arch):
@@ -38,7 +24,7 @@ def pair(arch):
 @pytest.mark.parametrize("window", [1, 4])
 def test_exact_equals_greedy_generate_batched_and_single(arch, window):
     target, draft = pair(arch)
-    reference = hf_greedy(target, PROMPTS, 24)
+    reference = greedy_reference(target, PROMPTS, 24)
     engine = EngineCore(target, draft, eos_token_ids=EOS, default_window=window)
     batched = engine.generate(PROMPTS, RequestSettings(max_new_tokens=24))
     assert [r.token_ids for r in batched] == reference
@@ -55,7 +41,7 @@ def test_exact_equals_greedy_generate_batched_and_single(arch, window):
 
 def test_requests_added_mid_generation_produce_what_they_produce_alone():
     target, draft = pair("llama")
-    reference = hf_greedy(target, PROMPTS, 20)
+    reference = greedy_reference(target, PROMPTS, 20)
     engine = EngineCore(target, draft, eos_token_ids=EOS, default_window=3, max_batch=8)
     settings = RequestSettings(max_new_tokens=20)
     tokens: dict[int, list[int]] = {}
@@ -84,7 +70,7 @@ def test_more_requests_than_rows_wait_and_take_freed_slots():
     while engine.has_unfinished():
         engine.step()
     results = engine.generate(prompts, RequestSettings(max_new_tokens=16))
-    assert [r.token_ids for r in results] == hf_greedy(target, prompts, 16)
+    assert [r.token_ids for r in results] == greedy_reference(target, prompts, 16)
     assert engine.target_cache.num_rows == 2 and engine.num_running == engine.num_waiting == 0
 
 
@@ -105,7 +91,7 @@ def test_abort_frees_the_row_at_once_and_others_continue_exactly():
         for update in engine.step().updates:
             assert update.request_id != ids[1]
             tokens[update.request_id].extend(update.new_token_ids)
-    reference = hf_greedy(target, PROMPTS, 30, eos=None)
+    reference = greedy_reference(target, PROMPTS, 30, eos=None)
     assert [tokens[i] for i in ids if i != ids[1]] == [reference[0], reference[2], reference[3]]
 
 
@@ -113,7 +99,7 @@ def test_per_request_settings_are_honoured_in_one_batch():
     target, draft = pair("llama")
     judge = lambda h_t, h_d: torch.zeros(h_t.shape[0])  # every mismatch unimportant
     engine = EngineCore(target, draft, judge=judge, eos_token_ids=[], default_window=4)
-    reference = hf_greedy(target, PROMPTS, 20, eos=None)
+    reference = greedy_reference(target, PROMPTS, 20, eos=None)
     settings = [
         RequestSettings(max_new_tokens=20, mode="exact", window=2),
         RequestSettings(max_new_tokens=20, mode="autojudge", threshold=0.5),
@@ -132,9 +118,9 @@ def test_per_request_settings_are_honoured_in_one_batch():
 def test_exact_with_a_random_draft_of_a_wider_vocab_and_eos_stop():
     target = tiny_model("llama", seed=3)
     draft = tiny_model("llama", seed=4, vocab_size=112, hidden_size=16, layers=1)
-    free = hf_greedy(target, PROMPTS, 20, eos=None)
+    free = greedy_reference(target, PROMPTS, 20, eos=None)
     eos = free[0][6]  # a token the target really emits: row 0 stops there
-    reference = hf_greedy(target, PROMPTS, 20, eos=eos)
+    reference = greedy_reference(target, PROMPTS, 20, eos=eos)
     engine = EngineCore(target, draft, eos_token_ids=[eos], default_window=3)
     results = engine.generate(PROMPTS, RequestSettings(max_new_tokens=20))
     assert [r.token_ids for r in results] == reference
@@ -145,7 +131,7 @@ def test_budget_one_token_and_accept_everything_judge():
     target, draft = pair("llama")
     engine = EngineCore(target, draft, eos_token_ids=EOS, default_window=4)
     one = engine.generate(PROMPTS, RequestSettings(max_new_tokens=1))
-    assert [r.token_ids for r in one] == hf_greedy(target, PROMPTS, 1)
+    assert [r.token_ids for r in one] == greedy_reference(target, PROMPTS, 1)
     assert all(r.metrics.draft_calls == 0 and r.metrics.target_calls == 1 for r in one)
     zero = engine.generate(PROMPTS[:1], RequestSettings(max_new_tokens=0))[0]
     assert zero.token_ids == [] and zero.metrics.target_calls == 0
@@ -155,9 +141,9 @@ def test_budget_one_token_and_accept_everything_judge():
         assert result.metrics.accepted_lengths == [0, 0, 0, 0, 4]
         assert result.metrics.target_calls == 4 and result.metrics.new_tokens == 20
     top1 = engine.generate(PROMPTS, RequestSettings(max_new_tokens=16, rule=TopKRule(1)))
-    assert [r.token_ids for r in top1] == hf_greedy(target, PROMPTS, 16)
+    assert [r.token_ids for r in top1] == greedy_reference(target, PROMPTS, 16)
     exact = engine.generate(PROMPTS, RequestSettings(max_new_tokens=16, rule=ExactRule()))
-    assert [r.token_ids for r in exact] == hf_greedy(target, PROMPTS, 16)
+    assert [r.token_ids for r in exact] == greedy_reference(target, PROMPTS, 16)
 
 
 def test_stop_strings_cut_after_the_completing_token():
@@ -166,7 +152,7 @@ def test_stop_strings_cut_after_the_completing_token():
             return "".join(chr(97 + i % 26) for i in ids)
 
     target, draft = pair("llama")
-    full = hf_greedy(target, [PROMPTS[0]], 12, eos=None)[0]
+    full = greedy_reference(target, [PROMPTS[0]], 12, eos=None)[0]
     stop = CharTokenizer().decode(full[3:5])
     engine = EngineCore(target, draft, tokenizer=CharTokenizer(), default_window=4)
     result = engine.generate([PROMPTS[0]], RequestSettings(max_new_tokens=12, stop_strings=(stop,)))[0]
@@ -187,7 +173,7 @@ def test_bad_requests_are_refused_and_leave_the_engine_usable():
     with pytest.raises(ValueError, match="tokenizer"):
         engine.add_request([1, 2], RequestSettings(stop_strings=("x",)))
     assert not engine.has_unfinished()
-    assert engine.generate([PROMPTS[1]], RequestSettings(max_new_tokens=5))[0].token_ids == hf_greedy(target, [PROMPTS[1]], 5)[0]
+    assert engine.generate([PROMPTS[1]], RequestSettings(max_new_tokens=5))[0].token_ids == greedy_reference(target, [PROMPTS[1]], 5)[0]
 
 
 def test_training_free_rules_per_request_in_a_mixed_batch():
@@ -195,7 +181,7 @@ def test_training_free_rules_per_request_in_a_mixed_batch():
 
     target, draft = pair("llama")
     engine = EngineCore(target, draft, eos_token_ids=[], default_window=4)
-    reference = hf_greedy(target, PROMPTS, 16, eos=None)
+    reference = greedy_reference(target, PROMPTS, 16, eos=None)
     settings = [
         RequestSettings(max_new_tokens=16),
         RequestSettings(max_new_tokens=16, mode="typical", threshold=0.05, window=2),

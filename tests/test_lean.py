@@ -8,7 +8,7 @@ import torch
 from autojudge.decode.cache import RowKVCache, forward_rows
 from autojudge.decode.core import EngineCore, RequestSettings
 from autojudge.decode.lean import compile_lean, compiled_graphs, lean_decoder, lean_unsupported_reason, set_lean
-from autojudge.testing import noisy_copy, tiny_model
+from autojudge.testing import greedy_reference, noisy_copy, tiny_model
 
 torch.set_num_threads(1)
 
@@ -79,12 +79,5 @@ def test_compiled_lean_forward_keeps_exact_decoding_equal_to_generate():
     prompts = [[1, 5, 9, 13], [1, 7, 8, 9, 10, 11, 12], [1, 3]]
     engine = EngineCore(target, draft, eos_token_ids=[2], default_window=3, max_batch=2)
     results = engine.generate(prompts, RequestSettings(max_new_tokens=24))
-    for prompt, result in zip(prompts, results):
-        with torch.no_grad():
-            ids = torch.tensor([prompt])
-            out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24, eos_token_id=2, pad_token_id=0)
-        expected = out[0, len(prompt):].tolist()
-        if 2 in expected:
-            expected = expected[: expected.index(2) + 1]
-        assert result.token_ids == expected
+    assert [result.token_ids for result in results] == greedy_reference(target, prompts, 24)
     assert 0 < compiled_graphs() < 20  # dynamic shapes: a handful of graphs, not one per length

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from autojudge.real.data import GSM8K_INSTRUCTION
+from autojudge.testing import greedy_reference
 
 torch.set_num_threads(1)
 
@@ -146,13 +147,7 @@ def test_exact_decode_equals_greedy_generate(pair):
     tokenizer = pair.tokenizer
     prompts = gsm8k_prompts(tokenizer, 4)
     eos, budget = tokenizer.eos_token_id, 64
-    reference = []
-    for prompt in prompts:
-        with torch.no_grad():
-            out = pair.target.generate(
-                torch.tensor([prompt]), do_sample=False, max_new_tokens=budget, eos_token_id=eos, pad_token_id=eos
-            )[0, len(prompt) :].tolist()
-        reference.append(out[: out.index(eos) + 1] if eos in out else out)
+    reference = greedy_reference(pair.target, prompts, budget, eos=eos, pad_token_id=eos)
     engine = EngineCore(pair.target, pair.draft, eos_token_ids=[eos], pad_token_id=eos, default_window=8)
     settings = RequestSettings(max_new_tokens=budget)
     one_by_one = [engine.generate([p], settings)[0] for p in prompts]
@@ -235,13 +230,7 @@ def test_exact_decode_with_a_reduced_vocabulary_draft_equals_greedy_generate(pai
     draft = apply_draft_vocab(copy.deepcopy(pair.draft), ids)
     prompts = gsm8k_prompts(tokenizer, 2, offset=4)
     eos, budget = tokenizer.eos_token_id, 48
-    reference = []
-    for prompt in prompts:
-        with torch.no_grad():
-            out = pair.target.generate(
-                torch.tensor([prompt]), do_sample=False, max_new_tokens=budget, eos_token_id=eos, pad_token_id=eos
-            )[0, len(prompt) :].tolist()
-        reference.append(out[: out.index(eos) + 1] if eos in out else out)
+    reference = greedy_reference(pair.target, prompts, budget, eos=eos, pad_token_id=eos)
     engine = EngineCore(pair.target, draft, eos_token_ids=[eos], pad_token_id=eos, default_window=4)
     results = engine.generate(prompts, RequestSettings(max_new_tokens=budget))
     assert [r.token_ids for r in results] == reference

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
-from autojudge.decode.lean import lean_decoder
+from autojudge.decode.lean import lean_decoder, write_and_read_rows
 
 
 class CacheLayoutError(RuntimeError):
@@ -96,15 +96,14 @@ class RowKVCache:
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         """Write this chunk's keys/values `[b, kv_heads, C, head_dim]`; return the rows' caches."""
         assert self._rows is not None and self._write_index is not None, "update() outside forward_rows()"
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        head_dim = keys.shape[-1]
-        # one flat index_copy_ per buffer (much cheaper than a broadcast advanced-index put)
-        keys.view(-1, head_dim).index_copy_(0, self._write_index, key_states.reshape(-1, head_dim))
-        values.view(-1, head_dim).index_copy_(0, self._write_index, value_states.reshape(-1, head_dim))
-        if self._row_range is not None:  # a view, no copy
-            return keys[self._row_range, :, : self._kv_len], values[self._row_range, :, : self._kv_len]
-        # index_select on the sliced view: a gather of only the valid slots (faster than keys[rows, :, :S])
-        return keys[:, :, : self._kv_len].index_select(0, self._rows), values[:, :, : self._kv_len].index_select(0, self._rows)
+        low, high = self.row_span()
+        return write_and_read_rows(
+            self.keys[layer_idx], self.values[layer_idx], key_states, value_states, self._write_index, self._rows, low, high, self._kv_len
+        )
+
+    def row_span(self) -> tuple[int, int]:
+        """The forward's rows as a range `(low, high)`, or `(-1, -1)` when they are gathered by index."""
+        return (self._row_range.start, self._row_range.stop) if self._row_range is not None else (-1, -1)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._kv_len

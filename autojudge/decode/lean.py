@@ -92,6 +92,30 @@ def _stack(weights: list[torch.Tensor]) -> torch.Tensor:
     return stacked
 
 
+def write_and_read_rows(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_states: torch.Tensor,
+    value_states: torch.Tensor,
+    write_index: torch.Tensor,
+    rows: torch.Tensor | None,
+    low: int,
+    high: int,
+    kv_len: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's step on the per-row cache (`cache.RowKVCache`, whose `update` calls this too): write
+    the chunk's keys/values `[b, kv_heads, C, d]` to the flat `write_index` of the buffers `[rows,
+    kv_heads, capacity, d]`, then return slots `[0, kv_len)` of rows `low:high` (a view) or, when
+    `low < 0`, of the gathered `rows`."""
+    head_dim = keys.shape[-1]
+    keys.view(-1, head_dim).index_put_((write_index,), key_states.reshape(-1, head_dim))
+    values.view(-1, head_dim).index_put_((write_index,), value_states.reshape(-1, head_dim))
+    if low >= 0:
+        return keys[low:high, :, :kv_len], values[low:high, :, :kv_len]
+    assert rows is not None
+    return keys[:, :, :kv_len].index_select(0, rows), values[:, :, :kv_len].index_select(0, rows)
+
+
 class LeanDecoder:
     """The lean forward of one model; see the module docstring."""
 
@@ -145,7 +169,7 @@ class LeanDecoder:
         self.calls += 1
         cos_table, sin_table = self.rotary_table(max_position + 1, cache.keys[0].dtype)
         cos, sin = cos_table[position_ids][:, None], sin_table[position_ids][:, None]  # [b, 1, C, d]
-        low, high = (cache._row_range.start, cache._row_range.stop) if cache._row_range is not None else (-1, -1)
+        low, high = cache.row_span()
         return self.forward(input_ids, cos, sin, mask, cache.keys, cache.values, cache._write_index, cache._rows, low, high, cache._kv_len)
 
     def _set_head(self, output: Any) -> None:
@@ -212,13 +236,7 @@ class LeanDecoder:
             qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rotated * sin
-            keys[index].view(-1, d).index_put_((write_index,), qk[:, heads:].reshape(-1, d))
-            values[index].view(-1, d).index_put_((write_index,), v.reshape(-1, d))
-            if low >= 0:
-                cached_k, cached_v = keys[index][low:high, :, :kv_len], values[index][low:high, :, :kv_len]
-            else:
-                cached_k = keys[index][:, :, :kv_len].index_select(0, rows)
-                cached_v = values[index][:, :, :kv_len].index_select(0, rows)
+            cached_k, cached_v = write_and_read_rows(keys[index], values[index], qk[:, heads:], v, write_index, rows, low, high, kv_len)
             attn = F.scaled_dot_product_attention(
                 qk[:, :heads], cached_k, cached_v, attn_mask=mask, scale=self.scaling, enable_gqa=kv_heads != heads
             )  # [b, heads, C, d]
@@ -273,4 +291,4 @@ def compiled_graphs() -> int:
         return -1
 
 
-__all__ = ["LEAN_MODEL_TYPES", "LeanDecoder", "compile_lean", "compiled_graphs", "lean_decoder", "lean_unsupported_reason", "set_lean"]
+__all__ = ["LEAN_MODEL_TYPES", "LeanDecoder", "compile_lean", "compiled_graphs", "lean_decoder", "lean_unsupported_reason", "set_lean", "write_and_read_rows"]
