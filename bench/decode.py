@@ -56,6 +56,7 @@ class BenchConfig:
     judge: str = ""  # judge folder (from `autojudge run`/`train`): adds autojudge rows at its window and threshold
     compile: bool = False  # torch.compile the lean forwards (compilation happens in the warm-up, reported apart)
     hf_forward_row: bool = True  # also time engine exact with the models' own HF forward (the lean step off)
+    unpacked_row: bool = True  # also time engine exact with the lean step's weights on F.linear (no oneDNN prepacking)
     rules: tuple[str, ...] = ()  # extra training-free lossy rows, MODE:PARAMETER (typical:EPSILON, prob:MIN_PROB, topk:K)
     window_table: tuple[int, ...] = ()  # windows of the expected-vs-measured table (empty: no table)
     profile_prompts: int = 2  # prompts (after the benchmark's) that the window model is measured on
@@ -183,15 +184,16 @@ def run_hf(name: str, target: Any, prompts: list[list[int]], config: BenchConfig
     return MethodResult(name, sum(map(len, outputs)), calls[0], draft_calls, wall, outputs)
 
 
-def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int, window: int | None = None, lean: bool = True) -> MethodResult:
+def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int, window: int | None = None, lean: bool = True, pack: bool = True) -> MethodResult:
     """The engine core with at most `batch_size` rows at once (continuous batching; 1 = one prompt at a time)
     at `window` (None: --window; 0: plain greedy decoding on the engine's step, the draft unused).
-    `lean=False` runs the models' own Hugging Face forward instead of the lean step."""
+    `lean=False` runs the models' own Hugging Face forward instead of the lean step; `pack=False` the lean
+    step with every weight on `F.linear` (no oneDNN prepacked copies)."""
     from autojudge.decode import EngineCore, RequestSettings
-    from autojudge.decode.lean import set_lean
+    from autojudge.decode.lean import PACK_MIN_ELEMENTS, set_lean
 
     for model in (target, draft):
-        set_lean(model, lean)
+        set_lean(model, lean, None if pack else 1 << 62)
     try:
         k = config.window if window is None else window
         engine = EngineCore(target, draft, eos_token_ids=eos, pad_token_id=0, default_window=k, max_batch=batch_size)
@@ -201,7 +203,7 @@ def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list
             wall = time.perf_counter() - start
     finally:
         for model in (target, draft):
-            set_lean(model, True)
+            set_lean(model, True, None if pack else PACK_MIN_ELEMENTS)
     outputs = [r.token_ids for r in results]
     draft_calls = sum(r.metrics.draft_calls for r in results)
     return MethodResult(name, sum(map(len, outputs)), calls[0], draft_calls, wall, outputs)
@@ -253,6 +255,9 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
         hf1, hfb = "engine exact, HF forward (batch 1)", f"engine exact, HF forward (batch {batch})"
         methods.append((hf1, lambda p: run_engine(hf1, target, draft, ExactRule(), p, config, eos, 1, lean=False)))
         methods.append((hfb, lambda p: run_engine(hfb, target, draft, ExactRule(), p, config, eos, batch, lean=False)))
+    if config.unpacked_row:  # the lean step before oneDNN prepacking
+        up = "engine exact, lean unpacked (batch 1)"
+        methods.append((up, lambda p: run_engine(up, target, draft, ExactRule(), p, config, eos, 1, pack=False)))
     methods += [
         ("engine greedy, window 0 (batch 1)", lambda p: run_engine("engine greedy, window 0 (batch 1)", target, draft, ExactRule(), p, config, eos, 1, window=0)),
         ("engine exact (batch 1)", lambda p: run_engine("engine exact (batch 1)", target, draft, ExactRule(), p, config, eos, 1)),
@@ -406,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", default="", metavar="DIR", help="judge folder: adds autojudge rows at its window and threshold")
     parser.add_argument("--compile", action="store_true", help="torch.compile the lean forwards (compile time reported apart)")
     parser.add_argument("--no-hf-forward-row", action="store_true", help="skip the engine row with the models' own forward")
+    parser.add_argument("--no-unpacked-row", action="store_true", help="skip the engine row with the lean step's weights unpacked")
     parser.add_argument("--draft-vocab", default="", metavar="V", help="use the draft's reduced-vocabulary variant (e.g. 8k)")
     parser.add_argument("--window-table", default="", metavar="K,K,...", help="windows of the expected-vs-measured tokens/s table")
     parser.add_argument("--profile-prompts", type=int, default=defaults.profile_prompts, help="prompts the window model is measured on")
@@ -415,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(
         target=args.target, draft=with_draft_vocab(args.draft, args.draft_vocab), tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
-        task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), compile=args.compile, hf_forward_row=not args.no_hf_forward_row,
+        task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), compile=args.compile, hf_forward_row=not args.no_hf_forward_row, unpacked_row=not args.no_unpacked_row,
         window_table=tuple(int(k) for k in args.window_table.split(",") if k), profile_prompts=args.profile_prompts,
     )
     results = [] if args.windows_only else benchmark(config)[0]

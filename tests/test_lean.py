@@ -13,9 +13,9 @@ from autojudge.testing import greedy_reference, noisy_copy, tiny_model
 torch.set_num_threads(1)
 
 
-def run_rows(model, lean: bool) -> list:
+def run_rows(model, lean: bool, pack_min_elements: int | None = None) -> list:
     """Prompts of different lengths in three rows, then a roll-back and ragged chunks."""
-    set_lean(model, lean)
+    set_lean(model, lean, pack_min_elements)
     cache = RowKVCache(model, num_rows=3, capacity=32)
     first = forward_rows(model, cache, [0, 1, 2], [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]], with_logits=True)
     cache.truncate(0, 3)
@@ -24,16 +24,58 @@ def run_rows(model, lean: bool) -> list:
     return first + second + single
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_lean_forward_matches_the_models_own_forward_through_the_cache(arch):
-    model = tiny_model(arch, seed=3, hidden_size=64, layers=3)
-    reference = run_rows(model, lean=False)
-    lean = run_rows(model, lean=True)
-    assert lean_decoder(model) is not None
+def assert_same_rows(lean: list, reference: list) -> None:
     for ours, theirs in zip(lean, reference):
         assert ours.argmax == theirs.argmax
         torch.testing.assert_close(ours.hidden, theirs.hidden, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("packed", [False, True], ids=["F.linear", "prepacked"])
+def test_lean_forward_matches_the_models_own_forward_through_the_cache(arch, packed):
+    """Also with every weight (the head too) through oneDNN's prepacked kernel, which the default
+    threshold keeps for SmolLM2-sized weights."""
+    model = tiny_model(arch, seed=3, hidden_size=64, layers=3)
+    reference = run_rows(model, lean=False)
+    lean = run_rows(model, lean=True, pack_min_elements=0 if packed else None)
+    decoder = lean_decoder(model)
+    assert decoder is not None
+    if packed and torch.backends.mkldnn.is_available():
+        assert decoder.packed and decoder.head_linear is not None
+    if not packed:
+        assert not decoder.packed  # the default threshold leaves toy-sized weights on F.linear
+    assert_same_rows(lean, reference)
+
+
+def test_prepacked_weights_follow_in_place_changes():
+    """A weight changed in place (an optimizer step) re-makes its packed copy before the next forward."""
+    model = tiny_model("llama", seed=8, hidden_size=64, layers=2)
+    set_lean(model, True, pack_min_elements=0)
+    run_rows(model, lean=True, pack_min_elements=0)
+    with torch.no_grad():
+        model.base_model.layers[1].mlp.down_proj.weight.mul_(1.5)
+        model.base_model.layers[0].self_attn.k_proj.weight.add_(0.01)  # a view into the stacked q/k/v
+        model.get_output_embeddings().weight.mul_(0.5)
+    decoder = lean_decoder(model)
+    assert decoder is not None
+    reference = run_rows(model, lean=False)
+    model.__dict__["_autojudge_lean"] = decoder  # the same decoder, its packed copies now stale
+    model.__dict__["_autojudge_lean_off"] = False
+    cache = RowKVCache(model, num_rows=3, capacity=32)
+    first = forward_rows(model, cache, [0, 1, 2], [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]], with_logits=True)
+    assert_same_rows(first, reference[:3])
+
+
+def test_exact_decoding_with_prepacked_weights_equals_generate():
+    target = tiny_model("llama", seed=9, hidden_size=64, layers=2)
+    draft = noisy_copy(target, 0.1, seed=10)
+    set_lean(target, True, pack_min_elements=0)
+    set_lean(draft, True, pack_min_elements=0)
+    prompts = [[1, 5, 9, 13], [1, 7, 8, 9, 10, 11, 12], [1, 3]]
+    engine = EngineCore(target, draft, eos_token_ids=[2], default_window=3, max_batch=2)
+    results = engine.generate(prompts, RequestSettings(max_new_tokens=24))
+    assert [result.token_ids for result in results] == greedy_reference(target, prompts, 24)
 
 
 def test_lean_weights_are_views_of_the_models_parameters():
@@ -42,7 +84,7 @@ def test_lean_weights_are_views_of_the_models_parameters():
     lean = lean_decoder(model)
     assert lean is not None
     attn = model.base_model.layers[0].self_attn
-    stacked = lean.layers[0].qkv
+    stacked = lean.layers[0].qkv.weight
     assert attn.q_proj.weight.data_ptr() == stacked.data_ptr()  # no second copy of the weights
     assert attn.k_proj.weight.untyped_storage().data_ptr() == stacked.untyped_storage().data_ptr()
     for name, p in model.named_parameters():  # values unchanged
