@@ -40,8 +40,25 @@ class ModelPair:
         return next(self.target.parameters()).device
 
 
+SPEC_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+               "fp32": torch.float32, "float32": torch.float32}
+"""Suffixes `SPEC@NAME` that load a model in that dtype (e.g. `smollm2:draft-v8k@bf16`: a bfloat16 draft, whose
+one-token steps are cheaper on a CPU with bfloat16 instructions; verification stays the target's)."""
+
+
+def split_spec_dtype(spec: str) -> tuple[str, torch.dtype | None]:
+    """(the spec without its `@dtype` suffix, that dtype or None)."""
+    base, sep, name = spec.rpartition("@")
+    if not sep:
+        return spec, None
+    if name.lower() not in SPEC_DTYPES:
+        raise ModelPairError(f"{spec!r}: unknown dtype suffix @{name}; use one of {', '.join('@' + n for n in SPEC_DTYPES)}")
+    return base, SPEC_DTYPES[name.lower()]
+
+
 def resolve_spec(spec: str) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None) for a model spec."""
+    """(folder or hub id, gguf file name or None) for a model spec (an `@dtype` suffix is ignored here)."""
+    spec = split_spec_dtype(spec)[0]
     if spec.startswith("toy:"):
         which = spec.split(":", 1)[1]
         if which not in ("target", "draft"):
@@ -84,7 +101,8 @@ def load_tokenizer(spec: str) -> Any:
 
 
 def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, reduced_head: bool = True) -> Any:
-    """A causal LM from a spec, on `device`, in eval mode. With `reduced_head`, a folder holding
+    """A causal LM from a spec, on `device`, in eval mode, in the spec's `@dtype` (else `dtype`, else
+    `default_dtype(device)`). With `reduced_head`, a folder holding
     `draft_vocab.json` gets a head over only those tokens (`autojudge.draft_vocab`; drafts only:
     `load_pair` loads its target with the full head)."""
     from transformers import AutoModelForCausalLM
@@ -92,7 +110,7 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     from autojudge.draft_vocab import apply_draft_vocab, read_draft_vocab
 
     location, gguf_file = resolve_spec(spec)
-    kwargs: dict[str, Any] = {"dtype": dtype or default_dtype(device)}
+    kwargs: dict[str, Any] = {"dtype": split_spec_dtype(spec)[1] or dtype or default_dtype(device)}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:

@@ -312,7 +312,8 @@ def with_draft_vocab(draft: str, vocab: str) -> str:
     if not draft.startswith("smollm2:draft"):
         raise SystemExit(f"--draft-vocab needs a smollm2:draft* spec (got {draft!r}); for another draft, write "
                          "draft_vocab.json into its folder (autojudge.draft_vocab.write_draft_vocab)")
-    return f"{draft}-v{vocab}"
+    base, sep, dtype = draft.partition("@")
+    return f"{base}-v{vocab}{sep}{dtype}"
 
 
 @dataclass

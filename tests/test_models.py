@@ -59,3 +59,27 @@ def test_folder_without_weights_is_clear(tmp_path: Path) -> None:
     (tmp_path / "empty" / "config.json").write_text('{"model_type": "nope"}')
     with pytest.raises(ModelPairError, match="cannot load model"):
         load_model(str(tmp_path / "empty"))
+
+
+def test_a_dtype_suffix_loads_the_model_in_that_dtype_and_exact_decoding_stays_exact() -> None:
+    """`SPEC@bf16`: a bfloat16 draft; the float32 target still decides every token, so exact mode equals
+    greedy `generate` of the target."""
+    import torch
+
+    from autojudge.decode import EngineCore, RequestSettings
+    from autojudge.testing import greedy_reference
+
+    assert resolve_spec("toy:draft@bf16") == resolve_spec("toy:draft")
+    pair = load_pair("toy:target", "toy:draft@bf16")
+    assert pair.draft.dtype == torch.bfloat16 and pair.target.dtype == torch.float32
+    prompts = [pair.tokenizer.encode(q) for q in ("Tom has 3 apples and buys 5 more. How many apples?", "Sam has 12 pens.")]
+    engine = EngineCore.for_pair(pair, default_window=4, max_batch=2)
+    results = engine.generate(prompts, RequestSettings(max_new_tokens=40))
+    eos = pair.tokenizer.eos_token_id
+    assert [r.token_ids for r in results] == greedy_reference(pair.target, prompts, 40, eos=eos, pad_token_id=pair.tokenizer.pad_token_id)
+    assert sum(r.metrics.target_calls for r in results) < sum(len(r.token_ids) for r in results)  # it did speculate
+
+
+def test_an_unknown_dtype_suffix_is_named() -> None:
+    with pytest.raises(ModelPairError, match="unknown dtype suffix @int3"):
+        resolve_spec("toy:draft@int3")
