@@ -123,3 +123,17 @@ def test_compiled_lean_forward_keeps_exact_decoding_equal_to_generate():
     results = engine.generate(prompts, RequestSettings(max_new_tokens=24))
     assert [result.token_ids for result in results] == greedy_reference(target, prompts, 24)
     assert 0 < compiled_graphs() < 20  # dynamic shapes: a handful of graphs, not one per length
+
+
+def test_a_model_with_prepacked_weights_can_be_copied_and_pickled():
+    """oneDNN's packed tensors cannot be copied: the copy (and an unpickled model) builds its own lean forward."""
+    import copy
+    import pickle
+
+    model = tiny_model("llama", seed=11, hidden_size=64, layers=2)
+    set_lean(model, True, pack_min_elements=0)
+    reference = run_rows(model, lean=True, pack_min_elements=0)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.__dict__.get("_autojudge_lean") is None
+        assert_same_rows(run_rows(clone, lean=True), reference)
+        assert lean_decoder(clone) is not None

@@ -243,6 +243,14 @@ class LeanDecoder:
         low, high = cache.row_span()
         return self.forward(input_ids, cos, sin, mask, cache.keys, cache.values, cache._write_index, cache._rows, low, high, cache._kv_len)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        """A copied model builds its own lean forward on first use (oneDNN's packed tensors cannot be
+        copied, and the copy's weights are other tensors anyway)."""
+        return None
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return type(None), ()  # pickled as None, for the same reason
+
     @property
     def packed(self) -> bool:
         """Whether any weight uses oneDNN's prepacked kernel."""
