@@ -190,10 +190,10 @@ def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list
     `lean=False` runs the models' own Hugging Face forward instead of the lean step; `pack=False` the lean
     step with every weight on `F.linear` (no oneDNN prepacked copies)."""
     from autojudge.decode import EngineCore, RequestSettings
-    from autojudge.decode.lean import PACK_MIN_ELEMENTS, set_lean
+    from autojudge.decode.lean import NO_PACKING, PACK_MIN_ELEMENTS, set_lean
 
     for model in (target, draft):
-        set_lean(model, lean, None if pack else 1 << 62)
+        set_lean(model, lean, None if pack else NO_PACKING)
     try:
         k = config.window if window is None else window
         engine = EngineCore(target, draft, eos_token_ids=eos, pad_token_id=0, default_window=k, max_batch=batch_size)

@@ -51,7 +51,6 @@ def test_lean_forward_matches_the_models_own_forward_through_the_cache(arch, pac
 def test_prepacked_weights_follow_in_place_changes():
     """A weight changed in place (an optimizer step) re-makes its packed copy before the next forward."""
     model = tiny_model("llama", seed=8, hidden_size=64, layers=2)
-    set_lean(model, True, pack_min_elements=0)
     run_rows(model, lean=True, pack_min_elements=0)
     with torch.no_grad():
         model.base_model.layers[1].mlp.down_proj.weight.mul_(1.5)

@@ -183,13 +183,10 @@ def forward_rows(
     cache._rows = torch.tensor(batch_rows, device=device)
     cache._row_range = slice(low, high) if use_range else None
     kv_heads = cache.keys[0].shape[1]
-    if mask is None:  # one row, one token (every batch-1 step): the same flat indices, built as a list
-        cache._write_index = torch.tensor([(low * kv_heads + h) * cache.capacity + slots[0][0] for h in range(kv_heads)], device=device)
-    else:
-        heads = torch.arange(kv_heads, device=device)
-        cache._write_index = (
-            (cache._rows[:, None, None] * kv_heads + heads[None, :, None]) * cache.capacity + torch.tensor(slots, device=device)[:, None, :]
-        ).reshape(-1)  # [b, kv_heads, C] flattened, the order of key_states.reshape(-1, head_dim)
+    heads = torch.arange(kv_heads, device=device)
+    cache._write_index = (
+        (cache._rows[:, None, None] * kv_heads + heads[None, :, None]) * cache.capacity + torch.tensor(slots, device=device)[:, None, :]
+    ).reshape(-1)  # [b, kv_heads, C] flattened, the order of key_states.reshape(-1, head_dim)
     cache._kv_len = kv_len
     try:
         if lean is not None:  # the same function with fewer operators (`lean.py`)

@@ -52,6 +52,8 @@ LEAN_MODEL_TYPES = ("llama", "mistral", "qwen2")
 PACK_MIN_ELEMENTS = 1 << 18
 """Weights with at least this many elements use oneDNN's prepacked kernel on a CPU (SmolLM2's smallest,
 576 x 576, is above it; the toy pair's are below: there the extra call cost outweighs the gain)."""
+NO_PACKING = 1 << 62
+"""A threshold no weight reaches: every weight on `F.linear` (`set_lean(model, True, NO_PACKING)`)."""
 
 
 def pack_weight(weight: torch.Tensor, min_elements: int = PACK_MIN_ELEMENTS) -> torch.Tensor | None:
@@ -73,10 +75,13 @@ class LeanLinear:
     """`[out, in]`, a view of the model's parameters."""
     bias: torch.Tensor | None = None
     """`[out]`, or None."""
+    sources: tuple[torch.Tensor, ...] = ()
+    """The model's parameters `weight` stacks (empty: `weight` itself). They share its memory but not its
+    version counter (`_stack` sets their `.data`), so an in-place change of one is seen only on them."""
     packed: torch.Tensor | None = None
     """oneDNN's blocked copy of `weight` (`pack_weight`), or None: then `F.linear` computes it."""
-    version: int = -1
-    """`weight._version` when `packed` was made (an in-place change moves it)."""
+    version: tuple[int, ...] = ()
+    """The sources' version counters when `packed` was made (an in-place change moves one)."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -86,17 +91,16 @@ class LeanLinear:
     def pack(self, min_elements: int = PACK_MIN_ELEMENTS) -> None:
         """Make (or re-make) the packed copy; a weight below `min_elements` keeps `F.linear`."""
         with torch.inference_mode(False):
-            self.packed, self.version = pack_weight(self.weight, min_elements), _version(self.weight)
+            self.packed, self.version = pack_weight(self.weight, min_elements), self.versions()
+
+    def versions(self) -> tuple[int, ...]:
+        """The sources' version counters (-1 for an inference tensor, which has none and cannot change
+        outside inference mode)."""
+        return tuple(-1 if t.is_inference() else t._version for t in self.sources or (self.weight,))
 
     def stale(self) -> bool:
         """Whether the packed copy predates an in-place change of the weight."""
-        return self.packed is not None and _version(self.weight) != self.version
-
-
-def _version(tensor: torch.Tensor) -> int:
-    """The tensor's version counter (-1 for an inference tensor, which has none and cannot change outside
-    inference mode)."""
-    return -1 if tensor.is_inference() else tensor._version
+        return self.packed is not None and self.versions() != self.version
 
 
 @dataclass
@@ -197,17 +201,20 @@ class LeanDecoder:
             for layer in base.layers[: config.num_hidden_layers]:
                 attn, mlp = layer.self_attn, layer.mlp
                 projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+                qkv_weights = tuple(p.weight for p in projections)
+                gate_up_weights = (mlp.gate_proj.weight, mlp.up_proj.weight)
                 biases = [p.bias for p in projections]
                 self.layers.append(
                     LeanLayer(
                         input_norm=layer.input_layernorm.weight,
                         qkv=LeanLinear(
-                            _stack([p.weight for p in projections]),
+                            _stack(list(qkv_weights)),
                             _stack(biases) if all(b is not None for b in biases) else None,  # type: ignore[misc]
+                            sources=qkv_weights,
                         ),
                         o=LeanLinear(attn.o_proj.weight),
                         post_norm=layer.post_attention_layernorm.weight,
-                        gate_up=LeanLinear(_stack([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                        gate_up=LeanLinear(_stack(list(gate_up_weights)), sources=gate_up_weights),
                         down=LeanLinear(mlp.down_proj.weight),
                     )
                 )
@@ -235,8 +242,8 @@ class LeanDecoder:
         `[b, C]` (all <= `max_position`), attending through the additive `mask` `[b, 1, C, S]` (None: one
         row, one token) to the rows of `cache` that `forward_rows` set up (its write index, rows, length)."""
         self.calls += 1
-        if self.packed and any(linear.stale() for linear in self.linears):
-            for linear in self.linears:
+        for linear in self.linears:
+            if linear.stale():
                 linear.pack(self.pack_min_elements)
         cos_table, sin_table = self.rotary_table(max_position + 1, cache.keys[0].dtype)
         cos, sin = cos_table[position_ids][:, None], sin_table[position_ids][:, None]  # [b, 1, C, d]
@@ -258,7 +265,7 @@ class LeanDecoder:
 
     def unpack(self) -> None:
         """Drop the prepacked copies (the compiled path traces `F.linear`; inductor packs by itself)."""
-        self.pack_min_elements = 1 << 62
+        self.pack_min_elements = NO_PACKING
         for linear in self.linears:
             linear.pack(self.pack_min_elements)
         self.head_linear = None
@@ -394,4 +401,4 @@ def compiled_graphs() -> int:
         return -1
 
 
-__all__ = ["LEAN_MODEL_TYPES", "PACK_MIN_ELEMENTS", "LeanDecoder", "LeanLinear", "pack_weight", "compile_lean", "compiled_graphs", "lean_decoder", "lean_unsupported_reason", "set_lean", "write_and_read_rows"]
+__all__ = ["LEAN_MODEL_TYPES", "NO_PACKING", "PACK_MIN_ELEMENTS", "LeanDecoder", "LeanLinear", "pack_weight", "compile_lean", "compiled_graphs", "lean_decoder", "lean_unsupported_reason", "set_lean", "write_and_read_rows"]
