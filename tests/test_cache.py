@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autojudge.decode.cache import CacheLayoutError, RowKVCache, forward_rows
+from autojudge.decode.cache import CacheLayoutError, RowKVCache, forward_groups, forward_rows, group_by_length
 from autojudge.testing import tiny_model
 
 torch.set_num_threads(1)
@@ -43,6 +43,32 @@ def test_rows_of_different_lengths_match_single_row_forwards_through_roll_back_a
     fresh = forward_rows(model, cache, [1, 2], [[40, 41, 42], [43]], last=[3, 1], with_logits=True)
     torch.testing.assert_close(fresh[0].logits, full_logits(model, [40, 41, 42]), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fresh[1].logits[0], full_logits(model, prompts[2] + [22, 43])[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_group_by_length_splits_a_long_chunk_from_one_token_rows_when_padding_costs_more():
+    lengths = [1, 1, 2, 1, 40, 1]
+    assert group_by_length([10, 11, 12, 13, 14, 15], lengths, 16) == [[10, 11, 12, 13, 15], [14]]
+    assert group_by_length([10, 11, 12, 13, 14, 15], lengths, 1000) == [[10, 11, 12, 13, 14, 15]]  # a call costs more
+    assert group_by_length([3, 4], [5, 5], 0) in ([[3, 4]], [[3], [4]])  # equal lengths: no padding either way
+
+
+def test_forward_groups_equals_one_padded_forward_in_the_callers_row_order():
+    """A new row's prompt among one-token rows runs in a forward of its own; outputs (and cache lengths)
+    are those of the single padded forward, returned in the order the rows were given."""
+    model = tiny_model("llama", seed=3)
+    prompts = [[5, 6], [7, 8, 9], [10, 11]]
+    grouped, padded = RowKVCache(model, num_rows=4, capacity=64), RowKVCache(model, num_rows=4, capacity=64)
+    for cache in (grouped, padded):
+        forward_rows(model, cache, [0, 1, 2], prompts)
+    rows, chunks = [3, 0, 2, 1], [list(range(20, 50)), [12], [13], [14]]  # row 3 joins with a 30-token prompt
+    assert group_by_length(list(range(4)), [len(c) for c in chunks], 8) == [[1, 2, 3], [0]]
+    out = forward_groups(model, grouped, rows, chunks, last=[2, 1, 1, 1], with_logits=True, overhead_tokens=8)
+    reference = forward_rows(model, padded, rows, chunks, last=[2, 1, 1, 1], with_logits=True)
+    assert grouped.lengths == padded.lengths == [3, 4, 3, 30]
+    for ours, theirs in zip(out, reference):
+        assert ours.argmax == theirs.argmax
+        torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours.hidden, theirs.hidden, atol=1e-4, rtol=1e-4)
 
 
 def test_hidden_is_the_lm_head_input_and_grow_keeps_rows():

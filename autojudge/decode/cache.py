@@ -230,9 +230,73 @@ def forward_rows(
     return [results[row] for row in rows]
 
 
+def group_by_length(rows: list[int], lengths: list[int], overhead_tokens: int) -> list[list[int]]:
+    """Split rows into forward groups minimising sum(overhead + rows x longest chunk):
+    one long chunk (a verification) should not pad many one-token steps to its length."""
+    order = sorted(range(len(rows)), key=lambda i: lengths[i])
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of grouping the j shortest
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[order[end - 1]]
+        for begin in range(end):
+            cost = best[begin] + overhead_tokens + (end - begin) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, begin
+    groups = []
+    end = len(order)
+    while end > 0:
+        groups.append(sorted(rows[i] for i in order[cut[end] : end]))
+        end = cut[end]
+    return groups[::-1]
+
+
+FORWARD_OVERHEAD_TOKENS = 64
+"""Default fixed cost of one forward call, in fed tokens (`group_by_length`): a batch splits where padding
+every row to the longest chunk would cost more than one more call."""
+
+
+def forward_groups(
+    model: Any,
+    cache: RowKVCache,
+    rows: Sequence[int],
+    chunks: Sequence[Sequence[int]],
+    pad_token_id: int = 0,
+    last: Sequence[int] | None = None,
+    with_logits: bool = False,
+    vocab_size: int | None = None,
+    overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
+) -> list[RowOutput]:
+    """`forward_rows` over rows grouped by chunk length (`group_by_length`): a new row's prompt does
+    not pad every one-token row of the batch to its length. Outputs in the order of `rows`."""
+    if not rows:
+        return []
+    groups = group_by_length(list(range(len(rows))), [len(chunk) for chunk in chunks], overhead_tokens)
+    if len(groups) == 1:
+        return forward_rows(model, cache, rows, chunks, pad_token_id, last, with_logits, vocab_size)
+    outputs: list[RowOutput | None] = [None] * len(rows)
+    for group in groups:
+        picked = forward_rows(
+            model, cache, [rows[i] for i in group], [chunks[i] for i in group], pad_token_id,
+            None if last is None else [last[i] for i in group], with_logits, vocab_size,
+        )  # fmt: skip
+        for i, output in zip(group, picked):
+            outputs[i] = output
+    return outputs  # type: ignore[return-value]
+
+
 def truncate_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Drop padded vocabulary columns beyond `vocab_size` (models may pad their embedding matrix)."""
     return logits[..., :vocab_size] if logits.shape[-1] > vocab_size else logits
 
 
-__all__ = ["CacheLayoutError", "RowKVCache", "RowOutput", "check_cache_layout", "forward_rows", "truncate_logits"]
+__all__ = [
+    "FORWARD_OVERHEAD_TOKENS",
+    "CacheLayoutError",
+    "RowKVCache",
+    "RowOutput",
+    "check_cache_layout",
+    "forward_groups",
+    "forward_rows",
+    "group_by_length",
+    "truncate_logits",
+]

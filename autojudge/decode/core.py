@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from autojudge.decode.acceptance import AcceptanceRule, ExactRule, accepted_lengths, build_rule, greedy_prefix
-from autojudge.decode.cache import RowKVCache, RowOutput, forward_rows
+from autojudge.decode.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, forward_groups
 from autojudge.decode.lean import compile_lean
 from autojudge.decode.metrics import RequestMetrics
 
@@ -136,9 +136,13 @@ def pending(request: Request, cache: RowKVCache) -> list[int]:
     return request.tokens[cache.lengths[request.slot] :]
 
 
-def propose(draft: Any, cache: RowKVCache, rows: Sequence[Request], windows: Sequence[int], vocab_size: int, pad_id: int) -> Proposal:
+def propose(
+    draft: Any, cache: RowKVCache, rows: Sequence[Request], windows: Sequence[int], vocab_size: int, pad_id: int,
+    overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
+) -> Proposal:
     """Draft each row's window greedily: the pending tokens first, then one batched step per
-    token; a row whose rule reads draft features also feeds its last proposal."""
+    token; a row whose rule reads draft features also feeds its last proposal. Rows whose pending
+    tokens differ much in length (a new row's prompt) run in separate forwards (`forward_groups`)."""
     tokens: list[list[int]] = [[] for _ in rows]
     hidden: list[list[torch.Tensor]] = [[] for _ in rows]
     calls = [0] * len(rows)
@@ -146,7 +150,10 @@ def propose(draft: Any, cache: RowKVCache, rows: Sequence[Request], windows: Seq
     first = True
     while feed:
         indices = list(feed)
-        outputs = forward_rows(draft, cache, [rows[i].slot for i in indices], [feed[i] for i in indices], pad_id, last=[1] * len(indices), vocab_size=vocab_size)  # type: ignore[misc]
+        outputs = forward_groups(
+            draft, cache, [rows[i].slot for i in indices], [feed[i] for i in indices], pad_id,  # type: ignore[misc]
+            last=[1] * len(indices), vocab_size=vocab_size, overhead_tokens=overhead_tokens,
+        )  # fmt: skip
         feed = {}
         for i, out in zip(indices, outputs):
             calls[i] += 1
@@ -164,13 +171,18 @@ def propose(draft: Any, cache: RowKVCache, rows: Sequence[Request], windows: Seq
     )
 
 
-def verify(target: Any, cache: RowKVCache, rows: Sequence[Request], proposal: Proposal, pad_id: int) -> list[RowOutput]:
-    """One batched target forward over each row's pending tokens + its proposal; per row the
+def verify(
+    target: Any, cache: RowKVCache, rows: Sequence[Request], proposal: Proposal, pad_id: int,
+    overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
+) -> list[RowOutput]:
+    """One batched target forward over each row's pending tokens + its proposal (a new row's prompt
+    in a forward of its own when padding the others to it costs more, `forward_groups`); per row the
     outputs at the last k+1 positions: logits/argmax predicting c_1..c_k and the bonus, hidden
     states `[k + 1, Ht]` (index i >= 1 is the position holding c_i)."""
     chunks = [pending(row, cache) + drafted for row, drafted in zip(rows, proposal.tokens)]
     last = [len(drafted) + 1 for drafted in proposal.tokens]
-    return forward_rows(target, cache, [row.slot for row in rows], chunks, pad_id, last=last, with_logits=True)  # type: ignore[misc]
+    slots = [row.slot for row in rows]
+    return forward_groups(target, cache, slots, chunks, pad_id, last=last, with_logits=True, overhead_tokens=overhead_tokens)  # type: ignore[arg-type]
 
 
 def pad_rows(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
@@ -242,11 +254,14 @@ class EngineCore:
         pad_token_id: int | None = 0,
         default_window: int = 8,
         max_batch: int = 64,
+        forward_overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
     ) -> None:
         """judge: the callable of mode "autojudge" (`judge(h_target, h_draft) -> p_important`); tokenizer:
         needed for stop strings; eos_token_ids: a row stops after emitting one; pad_token_id: filler for
         padding slots (never attended to); default_window: draft tokens per cycle when a request does
-        not say; max_batch: most rows decoded together (more requests wait for a free slot)."""
+        not say; max_batch: most rows decoded together (more requests wait for a free slot);
+        forward_overhead_tokens: the fixed cost of one forward call in fed tokens, which decides when a
+        cycle's rows split into several forwards by chunk length (`cache.group_by_length`)."""
         if default_window < 0:
             raise ValueError(f"default_window must be >= 0, got {default_window}")
         if max_batch < 1:
@@ -257,6 +272,7 @@ class EngineCore:
         self.eos = {int(eos_token_ids)} if isinstance(eos_token_ids, int) else {int(t) for t in eos_token_ids}
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
         self.default_window, self.max_batch = default_window, max_batch
+        self.forward_overhead_tokens = forward_overhead_tokens
         self.vocab_size = target.get_output_embeddings().weight.shape[0]
         self.target_cache = RowKVCache(target, 0, 0)
         self.draft_cache = RowKVCache(draft, 0, 0)
@@ -348,8 +364,9 @@ class EngineCore:
         if not rows:
             return StepOutput(updates)
         windows = [min(row.window, row.settings.max_new_tokens - len(row.generated) - 1) for row in rows]
-        proposal = propose(self.draft, self.draft_cache, rows, windows, self.vocab_size, self.pad_token_id)
-        verification = verify(self.target, self.target_cache, rows, proposal, self.pad_token_id)
+        overhead = self.forward_overhead_tokens
+        proposal = propose(self.draft, self.draft_cache, rows, windows, self.vocab_size, self.pad_token_id, overhead)
+        verification = verify(self.target, self.target_cache, rows, proposal, self.pad_token_id, overhead)
         accepted = accept(rows, proposal, verification)
         for i, row in enumerate(rows):
             n = accepted[i]

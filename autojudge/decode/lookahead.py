@@ -28,7 +28,7 @@ from typing import Any, Callable, Generator, Hashable, Iterator
 import torch
 
 from autojudge.decode.acceptance import greedy_prefix
-from autojudge.decode.cache import RowKVCache, RowOutput, forward_rows
+from autojudge.decode.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, forward_rows, group_by_length
 from autojudge.decode.search import Evaluator, Label, SearchResult
 
 
@@ -461,7 +461,7 @@ class BatchedSearcher:
         pad_token_id: int,
         batch_size: int = 16,
         settings: LookaheadSettings | None = None,
-        forward_overhead_tokens: int = 64,
+        forward_overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
     ) -> None:
         """`forward_overhead_tokens`: the fixed cost of one forward call, in fed tokens; sets how
         rows with chunks of different lengths are split into forwards (`group_by_length`)."""
@@ -586,23 +586,3 @@ class BatchedSearcher:
         else:
             self.counters.draft_seconds += elapsed
         return results
-
-
-def group_by_length(rows: list[int], lengths: list[int], overhead_tokens: int) -> list[list[int]]:
-    """Split rows into forward groups minimising sum(overhead + rows x longest chunk):
-    one long chunk (a verification) should not pad many one-token steps to its length."""
-    order = sorted(range(len(rows)), key=lambda i: lengths[i])
-    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of grouping the j shortest
-    cut = [0] * (len(order) + 1)
-    for end in range(1, len(order) + 1):
-        longest = lengths[order[end - 1]]
-        for begin in range(end):
-            cost = best[begin] + overhead_tokens + (end - begin) * longest
-            if cost < best[end]:
-                best[end], cut[end] = cost, begin
-    groups = []
-    end = len(order)
-    while end > 0:
-        groups.append(sorted(rows[i] for i in order[cut[end] : end]))
-        end = cut[end]
-    return groups[::-1]
