@@ -83,12 +83,17 @@ def check_cluster_address(address: str | None) -> None:
 
 
 def init_ray(
-    address: str | None = None, num_cpus: int | None = None, local_system_config: dict[str, Any] | None = None, **kwargs: Any
+    address: str | None = None,
+    num_cpus: int | None = None,
+    local_system_config: dict[str, Any] | None = None,
+    local_env: dict[str, str] | None = None,
+    **kwargs: Any,
 ) -> None:
     """Connect to Ray once per process (see the module docstring for the order).
 
-    `num_cpus` and `local_system_config` (Ray's `_system_config`) only apply to a local
-    cluster this call starts; address "local" always starts one.
+    `num_cpus`, `local_system_config` (Ray's `_system_config`) and `local_env` (environment
+    variables of the cluster's processes; a variable already set in this process keeps its
+    value) only apply to a local cluster this call starts; address "local" always starts one.
     """
     import ray
 
@@ -109,7 +114,13 @@ def init_ray(
             log.warning("Ray cluster recorded at %s is not reachable (%s); starting a local one", node_address, err)
     if local_system_config:
         kwargs["_system_config"] = local_system_config
-    ray.init(address="local", num_cpus=num_cpus, runtime_env=RUNTIME_ENV, include_dashboard=False, **kwargs)
+    added = {name: value for name, value in (local_env or {}).items() if name not in os.environ}
+    os.environ.update(added)  # the cluster's processes inherit this process's environment as it starts
+    try:
+        ray.init(address="local", num_cpus=num_cpus, runtime_env=RUNTIME_ENV, include_dashboard=False, **kwargs)
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def add_ray_arguments(parser: Any) -> None:

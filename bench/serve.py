@@ -50,6 +50,7 @@ class BenchConfig:
     max_tokens: int = 112  # budget per request (toy answers need <= ~92)
     port: int = 8311  # HTTP port on 127.0.0.1
     settings: tuple[str, ...] = ("one-at-a-time", "continuous", "continuous-autojudge")  # which settings to run
+    high_throughput: bool = True  # Ray Serve's high-throughput mode on the local cluster (HAProxy, gRPC); --no-high-throughput: Serve's defaults
 
 
 @dataclass
@@ -208,7 +209,10 @@ def deploy(setting: str, config: BenchConfig) -> str:
         max_waiting=max(config.concurrency) + 8, default_max_tokens=config.max_tokens,
         speculation_max_batch=(config.speculation_max_batch or None) if batch > 1 else None,
     )  # fmt: skip
-    serve_config = ServeConfig(replica=replica, port=config.port, address="local", access_log=False, app_name=setting, route_prefix=f"/{setting}")
+    serve_config = ServeConfig(
+        replica=replica, port=config.port, address="local", access_log=False, app_name=setting, route_prefix=f"/{setting}",
+        high_throughput=config.high_throughput,
+    )  # fmt: skip
     return start_server(serve_config)
 
 
@@ -217,7 +221,9 @@ def main() -> None:
     defaults = BenchConfig()
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(value, tuple):
+        if isinstance(value, bool):
+            parser.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false")
+        elif isinstance(value, tuple):
             kind = int if name == "concurrency" else str
             parser.add_argument(flag, type=kind, nargs="+", default=list(value))
         else:

@@ -102,8 +102,9 @@ def test_serve_cli_refuses_a_port_in_use(capsys):
 
 
 def test_a_failed_engine_cycle_fails_its_requests_and_the_replica_keeps_serving():
-    """The decode replica in this process (no Serve): a cycle that raises answers 500 to the
-    requests in it, and a fresh engine core serves the next request."""
+    """The decode replica in this process (no Serve) with its real engine process: a cycle that
+    raises (fault injected into the engine process) answers 500 to the requests in it, and a fresh
+    engine core serves the next request."""
     import asyncio
 
     from autojudge.actors.openai_api import GenerateRequest
@@ -116,14 +117,48 @@ def test_a_failed_engine_cycle_fails_its_requests_and_the_replica_keeps_serving(
         outputs = []
         for broken in (True, False):
             if broken:
-                replica.core.step = lambda: (_ for _ in ()).throw(RuntimeError("injected"))
+                replica.inject_fault("injected")
             outputs.append([chunk async for chunk in replica.generate(request)])
         return outputs
 
-    failed, served = asyncio.run(run())
-    assert failed[-1].error["status"] == 500 and "injected" in failed[-1].error["message"]
-    assert served[-1].finish_reason in ("stop", "length") and served[-1].token_ids  # one chunk: not streamed
-    assert len(served) == 2 and served[0].prompt_tokens > 0
+    try:
+        failed, served = asyncio.run(run())
+        assert failed[-1].error["status"] == 500 and "injected" in failed[-1].error["message"]
+        assert served[-1].finish_reason in ("stop", "length") and served[-1].token_ids  # one chunk: not streamed
+        assert len(served) == 2 and served[0].prompt_tokens > 0
+        replica.check_health()  # the engine process lives on
+    finally:
+        replica.engine.close()
+
+
+def test_a_dead_engine_process_fails_its_requests_and_the_health_check():
+    """Killing the engine process (SIGKILL) ends the requests in flight with a 500, refuses new
+    ones with a 503, and fails the replica's health check (so Serve restarts the replica)."""
+    import asyncio
+
+    from autojudge.actors.openai_api import GenerateRequest
+    from autojudge.actors.server import DecodeReplica
+
+    replica = DecodeReplica(ReplicaConfig(max_batch=4))
+    long = GenerateRequest("completion", prompt_text="Tom has 3 apples.", max_tokens=200, stream=True, speculate=False)
+
+    async def run() -> tuple[list, list]:
+        chunks = []
+        async for chunk in replica.generate(long):
+            chunks.append(chunk)
+            if len(chunks) == 2:  # the row runs
+                os.kill(replica.engine.pid, signal.SIGKILL)
+        after = [chunk async for chunk in replica.generate(long)]
+        return chunks, after
+
+    try:
+        chunks, after = asyncio.run(asyncio.wait_for(run(), timeout=60))
+        assert chunks[-1].error["status"] == 500 and "engine process" in chunks[-1].error["message"]
+        assert after[0].error["status"] == 503
+        with pytest.raises(RuntimeError, match="engine process"):
+            replica.check_health()
+    finally:
+        replica.engine.close()
 
 
 def test_ingress_sends_the_last_chunk_and_done_at_once_without_waiting_for_the_stream_end():
@@ -510,8 +545,10 @@ def test_metrics_in_prometheus_text(server):
 
 
 @pytest.mark.slow
-def test_killed_replica_is_restarted_and_later_requests_succeed(server):
-    pid = get(f"{server}/debug/engine")["pid"]
+@pytest.mark.parametrize("process", ["pid", "engine_pid"])
+def test_killed_replica_is_restarted_and_later_requests_succeed(server, process):
+    """SIGKILL the decode replica's process, or its engine process: Serve restarts the replica."""
+    pid = get(f"{server}/debug/engine")[process]
     os.kill(pid, signal.SIGKILL)
 
     def serving_again() -> bool:
@@ -522,4 +559,5 @@ def test_killed_replica_is_restarted_and_later_requests_succeed(server):
         return status == 200
 
     wait_for(serving_again, timeout=180, interval=2.0)
-    assert get(f"{server}/debug/engine")["pid"] != pid
+    state = get(f"{server}/debug/engine")
+    assert state["pid"] != pid and state["engine_pid"] != pid

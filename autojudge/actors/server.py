@@ -1,16 +1,19 @@
 """The Serve deployments of `autojudge serve`: a decode replica and a FastAPI ingress.
 
-    client --HTTP--> Ingress (FastAPI, OpenAI routes)  --handle, stream=True-->  DecodeReplica
-                     parse / validate / SSE / errors                             models + one EngineCore
+    client --HTTP--> Ingress (FastAPI, OpenAI routes)  --handle, stream=True-->  DecodeReplica  --socket-->  engine process
+                     parse / validate / SSE / errors        tokenize, detokenize, stream     models + one EngineCore
 
-`DecodeReplica` holds one loaded pair and one engine core (continuous batching). One
-asyncio task drives it: between cycles it adds the requests that arrived and aborts the
-ones whose client went away, then runs `core.step()` in a worker thread (so the event
-loop keeps accepting requests and streaming while the models compute) and hands every
-row's new tokens to its request through an `asyncio.Queue`. The engine is only touched by
-that task, never concurrently. `generate` is a streaming method: the first chunk says
-whether the request was accepted (or carries its error), the following ones carry the
-tokens of each cycle, the last one the finish reason and the speculative stats.
+`DecodeReplica` validates and tokenizes requests and streams their tokens back; the models
+and the engine core (continuous batching) live in the replica's engine process
+(`engine_process.py`), which runs its cycles back to back without sharing a GIL with the
+replica's event loop. A request goes to the engine as soon as it is admitted and joins the
+batch at the next cycle; an aborted one (its client went away) leaves it at the next cycle
+boundary. The engine sends one message per cycle with every row's new tokens; the replica's
+event loop reads it as it arrives and hands each request its tokens through an
+`asyncio.Queue`. `generate` is a streaming method: the first chunk says whether the request
+was accepted (or carries its error), the following ones carry the tokens of each cycle, the
+last one the finish reason and the speculative stats. A replica whose engine process dies
+fails its requests and its health check, and Serve restarts it.
 
 Bounded wait: a request is refused (503) when `max_batch` rows run and `max_waiting`
 requests already wait. Above `speculation_max_batch` running + waiting rows a new request
@@ -28,10 +31,8 @@ Prometheus text from that agent.
 import asyncio
 import logging
 import os
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -48,14 +49,14 @@ from autojudge.actors.openai_api import (
     parse_completion,
     sse,
 )
+from autojudge.actors.engine_process import EngineConfig, EngineProcess
 from autojudge.decode.acceptance import MODES
-from autojudge.decode.core import EngineCore, RequestSettings
+from autojudge.decode.core import RequestSettings
 
 log = logging.getLogger(__name__)
 
 TTFT_BUCKETS = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
 ITL_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
-GIL_SWITCH_INTERVAL_S = 0.001  # in a decode replica's process (Python's default: 0.005)
 
 
 @dataclass
@@ -135,7 +136,8 @@ class _Stream:
     info: dict[str, Any]  # mode / threshold / window / speculation as decided
     queue: asyncio.Queue
     arrived: float
-    request_id: int | None = None
+    key: int = -1
+    """The request's name in the engine process."""
     last_emit: float | None = None
     done: bool = False
 
@@ -206,61 +208,47 @@ def coalesce(chunks: list[GenerateChunk], queue: asyncio.Queue) -> GenerateChunk
 
 
 class DecodeReplica:
-    """One loaded pair and one engine core, serving `generate` streams."""
+    """One engine process (a loaded pair and one engine core), serving `generate` streams."""
 
     def __init__(self, config: ReplicaConfig, num_gpus: float = 0.0):
         import torch
 
-        from autojudge.models import load_pair
+        from autojudge.models import load_tokenizer
 
         self.config = config
         device = config.device
         if device == "auto":
             device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        torch.set_num_threads(max(1, config.threads))
-        # The engine thread runs Python for much of a cycle (many small ops); at the default 5 ms
-        # switch interval a hand-off to the event loop's threads (a request arriving, a chunk
-        # leaving) can wait up to 5 ms for the GIL, several times per request. 1 ms keeps those short.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        self.pair = load_pair(config.target, config.draft, device=device)
-        self.tokenizer = self.pair.tokenizer
-        self.judge = None
-        if config.judge:
-            from autojudge.judge import Judge  # lazy: only a server with a judge needs it
-
-            self.judge = Judge.load(config.judge)
-            self.judge.check_model_pair(self.pair)
-        if config.mode == "autojudge" and self.judge is None:
+        if config.mode == "autojudge" and not config.judge:
             raise ValueError("mode autojudge needs a judge (--judge JUDGE_DIR)")
-        from autojudge.judge import default_window
-
-        self.default_window = config.window if config.window is not None else default_window(self.judge)
-        self.context_length = min(
-            getattr(m.config, "max_position_embeddings", None) or 10**9 for m in (self.pair.target, self.pair.draft)
+        self.tokenizer = load_tokenizer(config.target)
+        self.engine = EngineProcess(
+            EngineConfig(config.target, config.draft, config.judge, config.window, config.max_batch, device, config.threads)
         )
-        # token ids a prompt may hold: known to the tokenizer and to both embedding tables
-        self.vocab_size = min(
-            len(self.tokenizer), *(m.get_input_embeddings().weight.shape[0] for m in (self.pair.target, self.pair.draft))
-        )
-        self.core = self._new_core()
+        info = self.engine.info
+        self.has_judge = bool(info["has_judge"])
+        self.judge_threshold: float | None = info["judge_threshold"]
+        self.default_window = int(info["default_window"])
+        self.context_length = int(info["context_length"])
+        self.vocab_size = int(info["vocab_size"])
         self.metrics = ServeMetrics(config.served_name)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
-        self._arrived: list[_Stream] = []  # not yet added to the core
-        self._aborted: list[_Stream] = []  # to abort at the next cycle boundary
-        self._streams: dict[int, _Stream] = {}  # core request id -> stream
-        self._wake: asyncio.Event | None = None
-        self._loop_task: asyncio.Task | None = None
+        self._streams: dict[int, _Stream] = {}  # key -> a request sent to the engine and not finished
+        self._next_key = 0
+        self._reading: asyncio.AbstractEventLoop | None = None  # the loop that reads the engine's messages
+        self._engine_error: str | None = None  # set when the engine process is gone
         self._client_aborts = 0  # requests dropped because their caller went away
         self._steps, self._step_s, self._row_steps = 0, 0.0, 0  # cycles run, seconds in them, rows summed over them
 
-    def _new_core(self) -> EngineCore:
-        return EngineCore.for_pair(self.pair, judge=self.judge, default_window=self.default_window, max_batch=self.config.max_batch)
+    def __del__(self) -> None:
+        engine = self.__dict__.get("engine")
+        if engine is not None:
+            engine.close()
 
     # ------------------------------------------------------------------ small calls
 
     def info(self) -> dict[str, Any]:
         """Model name, context length and the server's defaults (for /v1/models, /health)."""
-        modes = [mode for mode in MODES if mode != "autojudge" or self.judge is not None]
+        modes = [mode for mode in MODES if mode != "autojudge" or self.has_judge]
         return {
             "model": self.config.served_name, "context_length": self.context_length, "modes": modes,
             "default_mode": self.config.mode, "default_window": self.default_window, "max_batch": self.config.max_batch,
@@ -268,12 +256,23 @@ class DecodeReplica:
         }  # fmt: skip
 
     def engine_state(self) -> dict[str, Any]:
-        """Rows running and waiting now (for tests and /debug/engine)."""
-        waiting = self.core.num_waiting + len(self._arrived)
+        """Rows running and waiting now (for tests and /debug/engine): the engine admits up to
+        `max_batch` of the requests sent to it at its next cycle, the rest wait."""
+        active = len(self._streams)
         return {
-            "running": self.core.num_running, "waiting": waiting, "aborted": self._client_aborts, "pid": os.getpid(),
+            "running": min(active, self.config.max_batch), "waiting": max(0, active - self.config.max_batch),
+            "aborted": self._client_aborts, "pid": os.getpid(), "engine_pid": self.engine.pid,
             "steps": self._steps, "step_s": round(self._step_s, 3), "row_steps": self._row_steps,
         }  # fmt: skip
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose engine process is gone is restarted."""
+        if self._engine_error is not None or not self.engine.alive():
+            raise RuntimeError(self._engine_error or f"the engine process exited with code {self.engine.process.returncode}")
+
+    def inject_fault(self, message: str) -> None:
+        """Tests: the engine's next cycle raises `RuntimeError(message)`."""
+        self.engine.send("fault", message)
 
     # ------------------------------------------------------------------ generate
 
@@ -285,9 +284,7 @@ class DecodeReplica:
             self.metrics.requests.inc(tags={"finish_reason": "error"})
             yield GenerateChunk(error={"status": err.status, "message": err.message, "param": err.param, "code": err.code})
             return
-        self._ensure_loop()
-        self._arrived.append(stream)
-        self._wake.set()
+        self._submit(stream)
         yield GenerateChunk(prompt_tokens=len(stream.prompt_ids), prompt_token_ids=stream.prompt_ids)
         try:
             pending: list[GenerateChunk] = []  # a non-streaming request gets one chunk at the end
@@ -304,19 +301,20 @@ class DecodeReplica:
             if not stream.done:  # the client went away (or the request was cancelled)
                 stream.done = True
                 self._client_aborts += 1
-                self._aborted.append(stream)
+                self._streams.pop(stream.key, None)
                 self.metrics.requests.inc(tags={"finish_reason": "abort"})
-                if self._wake is not None:
-                    self._wake.set()
+                self._send("abort", stream.key)
 
     def _admit(self, request: GenerateRequest) -> _Stream:
-        """Validate and tokenize a request (APIError for the client's mistakes, 503 when full)."""
+        """Validate and tokenize a request (APIError for the client's mistakes, 503 when full or down)."""
         config = self.config
         if request.model is not None and request.model != config.served_name:
             raise APIError(404, f"model '{request.model}' does not exist; this server serves '{config.served_name}'", param="model", code="model_not_found")
-        waiting = self.core.num_waiting + len(self._arrived)
-        if self.core.num_running + waiting >= config.max_batch + config.max_waiting:
-            raise APIError(503, f"server is full: {self.core.num_running} requests running and {waiting} waiting (limit {config.max_waiting}); retry later", code="queue_full")
+        if self._engine_error is not None:
+            raise APIError(503, f"decode replica unavailable: {self._engine_error}")
+        state = self.engine_state()
+        if len(self._streams) >= config.max_batch + config.max_waiting:
+            raise APIError(503, f"server is full: {state['running']} requests running and {state['waiting']} waiting (limit {config.max_waiting}); retry later", code="queue_full")
         prompt_ids = self._prompt_ids(request)
         if not prompt_ids:
             raise APIError(400, "prompt is empty (no tokens)", param="prompt")
@@ -356,13 +354,16 @@ class DecodeReplica:
             raise APIError(400, f"unknown or unavailable mode '{mode}'{why}; this server offers {', '.join(modes)}", param="mode")
         threshold = request.threshold if request.threshold is not None else (self.config.threshold if mode == self.config.mode else None)
         if mode == "autojudge" and threshold is None:
-            threshold = self.judge.default_threshold
+            threshold = self.judge_threshold
         if mode in ("exact", "topk"):
             threshold = None  # these rules take no threshold
         window = self.default_window if request.window is None else request.window
         speculation = "on"
         if not request.speculate or window == 0:
             window, speculation = 0, "off (request)"
+        limit = self.config.speculation_max_batch
+        if window and limit is not None and len(self._streams) >= limit:
+            window, speculation = 0, f"off (server: batch >= {limit})"
         settings = RequestSettings(
             max_new_tokens=max_tokens, mode=mode, threshold=threshold,
             top_k=self.config.top_k, window=window, stop_strings=request.stop,
@@ -370,83 +371,89 @@ class DecodeReplica:
         info = {"mode": mode, "threshold": threshold, "window": window, "speculation": speculation}
         return settings, info
 
-    # ------------------------------------------------------------------ the engine loop
+    # ------------------------------------------------------------------ the engine process
 
-    def _ensure_loop(self) -> None:
-        if self._loop_task is None or self._loop_task.done():
-            self._wake = asyncio.Event()
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+    def _submit(self, stream: _Stream) -> None:
+        """Send an admitted request to the engine (it joins the batch at the next cycle)."""
+        self._ensure_reader()
+        stream.key, self._next_key = self._next_key, self._next_key + 1
+        self._streams[stream.key] = stream
+        self.metrics.count("prompt", len(stream.prompt_ids))
+        self._send("add", stream.key, stream.prompt_ids, stream.settings)
 
-    async def _run(self) -> None:
-        """Add arrivals, drop aborts, run one cycle, deliver; sleep while there is nothing to do."""
+    def _send(self, *command: Any) -> None:
+        if self._engine_error is not None:
+            return
+        try:
+            self.engine.send(*command)
+        except OSError as err:
+            self._engine_gone(f"the engine process is gone ({type(err).__name__}: {err})")
+
+    def _ensure_reader(self) -> None:
+        """Read the engine's messages on this event loop as they arrive."""
         loop = asyncio.get_running_loop()
-        while True:
-            self._apply_arrivals_and_aborts()
-            self.metrics.running.set(self.core.num_running)
-            self.metrics.waiting.set(self.core.num_waiting)
-            if not self.core.has_unfinished():
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            try:
-                await self._cycle(loop)
-            except Exception as err:  # a bug in the engine or the delivery: fail the active requests, keep serving
-                log.exception("engine cycle failed")
-                self._fail_all(f"decode failed: {type(err).__name__}: {err}")
+        if self._reading is not loop:
+            if self._reading is not None:
+                self._reading.remove_reader(self.engine.conn.fileno())
+            loop.add_reader(self.engine.conn.fileno(), self._on_engine_messages)
+            self._reading = loop
 
-    async def _cycle(self, loop: asyncio.AbstractEventLoop) -> None:
-        """One `core.step()` in the worker thread, then every row's tokens to its request."""
-        started = time.perf_counter()
-        output = await loop.run_in_executor(self._executor, self.core.step)
-        now = time.perf_counter()
-        self._steps, self._step_s = self._steps + 1, self._step_s + now - started
-        self._row_steps += len(output.updates)
-        emitted = 0
-        for update in output.updates:
-            stream = self._streams.get(update.request_id)
+    def _on_engine_messages(self) -> None:
+        try:
+            messages = self.engine.messages()
+        except (EOFError, OSError):
+            self._engine_gone(f"the engine process exited (code {self.engine.process.poll()})")
+            return
+        for message in messages:
+            try:
+                self._on_engine_message(message)
+            except Exception:  # a bug in delivery: fail the active requests, keep reading
+                log.exception("delivering an engine message failed")
+                self._fail_all("delivering tokens failed", 500)
+        self._set_row_gauges()
+
+    def _on_engine_message(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "cycle":
+            _, updates, step_s = message
+            now = time.perf_counter()
+            self._steps, self._step_s, self._row_steps = self._steps + 1, self._step_s + step_s, self._row_steps + len(updates)
+            emitted = 0
+            for key, token_ids, finished, stop_reason, metrics in updates:
+                stream = self._streams.get(key)
+                if stream is not None:
+                    self._deliver(stream, token_ids, finished, stop_reason, metrics, now)
+                    emitted += len(token_ids)
+            self.metrics.count("emitted", emitted)
+        elif kind == "rejected":
+            stream = self._streams.pop(message[1], None)
             if stream is not None:
-                self._deliver(stream, update, now)
-                emitted += len(update.new_token_ids)
-        self.metrics.count("emitted", emitted)
-
-    def _apply_arrivals_and_aborts(self) -> None:
-        for stream in self._aborted:
-            if stream.request_id is not None and stream.request_id in self._streams:
-                self.core.abort(stream.request_id)
-                del self._streams[stream.request_id]
-        aborted = {id(s) for s in self._aborted}
-        self._aborted = []
-        arrivals, self._arrived = [s for s in self._arrived if id(s) not in aborted], []
-        for stream in arrivals:
-            limit = self.config.speculation_max_batch
-            if limit is not None and stream.settings.window and self.core.num_running + self.core.num_waiting >= limit:
-                stream.settings = replace(stream.settings, window=0)
-                stream.info.update(window=0, speculation=f"off (server: batch >= {limit})")
-            try:
-                stream.request_id = self.core.add_request(stream.prompt_ids, stream.settings)
-            except ValueError as err:
                 stream.done = True
-                stream.queue.put_nowait(GenerateChunk(error={"status": 400, "message": str(err), "param": None, "code": None}))
-                continue
-            self._streams[stream.request_id] = stream
-            self.metrics.count("prompt", len(stream.prompt_ids))
+                stream.queue.put_nowait(GenerateChunk(error={"status": 400, "message": message[2], "param": None, "code": None}))
+        elif kind == "failed":
+            _, keys, text = message
+            self._fail(keys, text, 500)
 
-    def _deliver(self, stream: _Stream, update: Any, now: float) -> None:
-        finished = bool(update.finished)
-        text = stream.text.push(list(update.new_token_ids), finished)
-        n = len(update.new_token_ids)
+    def _set_row_gauges(self) -> None:
+        state = self.engine_state()
+        self.metrics.running.set(state["running"])
+        self.metrics.waiting.set(state["waiting"])
+
+    def _deliver(self, stream: _Stream, token_ids: list[int], finished: bool, stop_reason: str | None, metrics: Any, now: float) -> None:
+        text = stream.text.push(list(token_ids), finished)
+        n = len(token_ids)
         if n:
             if stream.last_emit is None:
                 self.metrics.ttft.observe(now - stream.arrived)
             else:
                 self.metrics.itl.observe((now - stream.last_emit) / n)
             stream.last_emit = now
-        chunk = GenerateChunk(token_ids=list(update.new_token_ids), text=text)
+        chunk = GenerateChunk(token_ids=list(token_ids), text=text)
         if finished:
             stream.done = True
-            del self._streams[update.request_id]
-            chunk.finish_reason = "length" if update.stop_reason == "length" else "stop"
-            stats = speculative_stats(update.metrics, stream.info)
+            del self._streams[stream.key]
+            chunk.finish_reason = "length" if stop_reason == "length" else "stop"
+            stats = speculative_stats(metrics, stream.info)
             chunk.speculative = stats
             self.metrics.requests.inc(tags={"finish_reason": chunk.finish_reason})
             self.metrics.count("target_calls", stats["target_calls"])
@@ -454,14 +461,29 @@ class DecodeReplica:
             self.metrics.count("accepted", stats["accepted_tokens"])
         stream.queue.put_nowait(chunk)
 
-    def _fail_all(self, message: str) -> None:
-        """After a failed cycle: every active request gets a 500, and a fresh core takes over."""
-        for stream in self._streams.values():
+    def _fail(self, keys: list[int], message: str, status: int) -> None:
+        """These requests end with an error chunk."""
+        for key in keys:
+            stream = self._streams.pop(key, None)
+            if stream is None:
+                continue
             stream.done = True
-            stream.queue.put_nowait(GenerateChunk(error={"status": 500, "message": message, "param": None, "code": None}))
+            stream.queue.put_nowait(GenerateChunk(error={"status": status, "message": message, "param": None, "code": None}))
             self.metrics.requests.inc(tags={"finish_reason": "error"})
-        self._streams.clear()
-        self.core = self._new_core()
+
+    def _fail_all(self, message: str, status: int) -> None:
+        self._fail(list(self._streams), message, status)
+
+    def _engine_gone(self, message: str) -> None:
+        """The engine process died: every request fails now, later ones get 503, and the health
+        check makes Serve restart this replica."""
+        if self._engine_error is None:
+            self._engine_error = message
+            log.error("%s", message)
+            if self._reading is not None:
+                self._reading.remove_reader(self.engine.conn.fileno())
+                self._reading = None
+        self._fail_all(f"decode replica failed: {message}", 500)
 
 
 # --------------------------------------------------------------------------- ingress

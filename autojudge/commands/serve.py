@@ -45,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", metavar="H", help="HTTP address (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, metavar="P", help="HTTP port (default 8000)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log a line per request (Serve's access log)")
+    parser.add_argument("--no-high-throughput", action="store_true",
+                        help="a local cluster this command starts uses Serve's default Python HTTP proxy and data plane "
+                             "instead of its high-throughput mode (HAProxy ingress, gRPC between deployments)")
     add_ray_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -103,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
     return ServeConfig(
         replica=replica, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
         cpus_per_replica=args.cpus_per_replica, host=args.host, port=args.port, address=args.address,
-        access_log=not args.no_access_log,
+        access_log=not args.no_access_log, high_throughput=not args.no_high_throughput,
     )  # fmt: skip
 
 

