@@ -56,6 +56,32 @@ def test_requests_added_mid_generation_produce_what_they_produce_alone():
     assert [tokens[i] for i in order] == reference
 
 
+def test_requests_added_while_the_draft_proposes_join_that_cycles_verification():
+    """`step(poll)`: a request added by `poll` gets its first token from the same cycle, and every
+    output still equals greedy `generate`; with no free row it waits for the next cycle."""
+    target, draft = pair("llama")
+    reference = greedy_reference(target, PROMPTS, 20)
+    engine = EngineCore(target, draft, eos_token_ids=EOS, default_window=3, max_batch=3)
+    settings = RequestSettings(max_new_tokens=20)
+    order = [engine.add_request(PROMPTS[0], settings)]
+    tokens: dict[int, list[int]] = {}
+
+    def poll() -> None:  # one new request per cycle while prompts remain
+        if len(order) < len(PROMPTS):
+            order.append(engine.add_request(PROMPTS[len(order)], settings))
+
+    first = engine.step(poll).updates
+    assert {u.request_id for u in first} == set(order[:2]) and all(len(u.new_token_ids) >= 1 for u in first)
+    assert [u.metrics.draft_calls for u in first if u.request_id == order[1]] == [0]  # verified, never drafted
+    for update in first:
+        tokens.setdefault(update.request_id, []).extend(update.new_token_ids)
+    while engine.has_unfinished() or len(order) < len(PROMPTS):
+        for update in engine.step(poll).updates:
+            tokens.setdefault(update.request_id, []).extend(update.new_token_ids)
+    assert len(PROMPTS) > 3  # some waited for a free row
+    assert [tokens[i] for i in order] == reference
+
+
 def test_more_requests_than_rows_wait_and_take_freed_slots():
     target, draft = pair("qwen2")
     prompts = PROMPTS * 3

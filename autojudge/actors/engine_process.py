@@ -17,7 +17,8 @@ Protocol: pickled tuples over a socket pair (`multiprocessing.connection.Connect
                         ("rejected", key, message)    `add_request` refused the request (ValueError)
                         ("failed", keys, message)     a cycle raised: these requests failed; a fresh core took over
 
-`key` is the replica's name for a request. The child exits when its end of the socket closes,
+`key` is the replica's name for a request. Requests that arrive while the draft proposes join
+that cycle's verification (`EngineCore.step(poll)`); aborts wait for the cycle's end. The child exits when its end of the socket closes,
 which happens when the replica process ends in any way (SIGKILL included), so it never
 outlives its replica. ("fault", message) makes the next cycle raise `RuntimeError(message)`:
 fault injection for tests of the failure path.
@@ -97,60 +98,84 @@ def receive(conn: Connection, block: bool) -> list[tuple[Any, ...]]:
     return commands
 
 
-def serve_engine(conn: Connection, config: EngineConfig) -> None:
-    """The child's loop: apply commands, run a cycle while any request is unfinished, report it."""
-    try:
-        new_core, info = load_engine(config)
-        core = new_core()
-    except Exception as err:  # a bad spec, judge or device: the replica raises it
-        conn.send(("error", f"{type(err).__name__}: {err}"))
-        return
-    conn.send(("ready", info))
-    ids: dict[Any, int] = {}  # replica key -> core request id
-    keys: dict[int, Any] = {}  # core request id -> replica key
-    fault: str | None = None
-    while True:
-        try:
-            commands = receive(conn, block=not core.has_unfinished())
-        except (EOFError, OSError):
-            return  # the replica is gone
+class EngineLoop:
+    """The child's state: the core, the replica's keys of its requests, commands held for the next cycle."""
+
+    def __init__(self, conn: Connection, new_core: Callable[[], Any]) -> None:
+        self.conn, self.new_core = conn, new_core
+        self.core = new_core()
+        self.ids: dict[Any, int] = {}  # replica key -> core request id
+        self.keys: dict[int, Any] = {}  # core request id -> replica key
+        self.held: list[tuple[Any, ...]] = []  # aborts and faults that arrived inside a cycle
+        self.fault: str | None = None
+
+    def apply(self, commands: list[tuple[Any, ...]], inside_cycle: bool = False) -> None:
+        """Add requests now; abort and fault at a cycle boundary (a row cannot leave inside a cycle)."""
         for command in commands:
             if command[0] == "add":
                 _, key, prompt_ids, settings = command
                 try:
-                    request_id = core.add_request(prompt_ids, settings)
+                    request_id = self.core.add_request(prompt_ids, settings)
                 except ValueError as err:
-                    conn.send(("rejected", key, str(err)))
+                    self.conn.send(("rejected", key, str(err)))
                     continue
-                ids[key], keys[request_id] = request_id, key
-            elif command[0] == "abort" and command[1] in ids:
-                core.abort(ids[command[1]])
-                del keys[ids.pop(command[1])]
+                self.ids[key], self.keys[request_id] = request_id, key
+            elif inside_cycle:
+                self.held.append(command)
+            elif command[0] == "abort" and command[1] in self.ids:
+                self.core.abort(self.ids[command[1]])
+                del self.keys[self.ids.pop(command[1])]
             elif command[0] == "fault":
-                fault = command[1]
-        if not core.has_unfinished():
-            continue
+                self.fault = command[1]
+
+    def poll(self) -> None:
+        """Inside a cycle, after the draft proposed: requests that arrived join its verification."""
+        self.apply(receive(self.conn, block=False), inside_cycle=True)
+
+    def cycle(self) -> None:
+        """One `core.step()`, reported as one message."""
+        held, self.held = self.held, []
+        self.apply(held)
+        if not self.core.has_unfinished():
+            return
         started = time.perf_counter()
         try:
-            if fault is not None:
-                fault, message = None, fault
+            if self.fault is not None:
+                self.fault, message = None, self.fault
                 raise RuntimeError(message)
-            output = core.step()
+            output = self.core.step(self.poll)
         except Exception as err:  # fail this cycle's requests, keep serving on a fresh core
-            conn.send(("failed", list(ids), f"decode failed: {type(err).__name__}: {err}"))
-            ids.clear()
-            keys.clear()
-            core = new_core()
-            continue
+            self.conn.send(("failed", list(self.ids), f"decode failed: {type(err).__name__}: {err}"))
+            self.ids.clear()
+            self.keys.clear()
+            self.core = self.new_core()
+            return
         updates = []
         for update in output.updates:
-            key = keys.get(update.request_id)
+            key = self.keys.get(update.request_id)
             if key is None:
                 continue
             if update.finished:
-                del ids[keys.pop(update.request_id)]
+                del self.ids[self.keys.pop(update.request_id)]
             updates.append((key, update.new_token_ids, update.finished, update.stop_reason, update.metrics if update.finished else None))
-        conn.send(("cycle", updates, time.perf_counter() - started))
+        self.conn.send(("cycle", updates, time.perf_counter() - started))
+
+
+def serve_engine(conn: Connection, config: EngineConfig) -> None:
+    """The child's loop: apply commands, run a cycle while any request is unfinished, report it."""
+    try:
+        new_core, info = load_engine(config)
+        loop = EngineLoop(conn, new_core)
+    except Exception as err:  # a bad spec, judge or device: the replica raises it
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    conn.send(("ready", info))
+    while True:
+        try:
+            loop.apply(receive(conn, block=not (loop.core.has_unfinished() or loop.held)))
+        except (EOFError, OSError):
+            return  # the replica is gone
+        loop.cycle()
 
 
 class EngineProcess:
@@ -224,4 +249,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["EngineConfig", "EngineProcess", "load_engine", "serve_engine"]
+__all__ = ["EngineConfig", "EngineLoop", "EngineProcess", "load_engine", "serve_engine"]

@@ -10,6 +10,8 @@ target and the draft (`cache.RowKVCache`), and runs one cycle per `step()`:
    that reads draft features it also feeds c_k, so it has its hidden state at every c_i.
 3. `verify`: one batched target forward over every row's pending tokens + c_1..c_k gives the
    argmax t_1..t_{k+1}, the logits that predict c_1..c_k and the hidden states at c_1..c_k.
+   Requests that arrived while the draft proposed (`step(poll)`) join here with no proposal:
+   the verification reads their prompts and gives their first token.
 4. `accept`: each row's acceptance rule (per request: exact, topk, autojudge, ...) gives the
    mask `[rows, k]`, reduced to the accepted prefix length n.
 5. Emit c_1..c_n then t_{n+1}; cut at EOS, a stop string or the budget (`apply_stops`).
@@ -355,8 +357,13 @@ class EngineCore:
         return bool(self.running or self.waiting or self._finished_early)
 
     # -- one cycle ----------------------------------------------------------------------
-    def step(self) -> StepOutput:
-        """Admit waiting requests, run one speculative cycle over every active row, emit and retire."""
+    def step(self, poll: Callable[[], None] | None = None) -> StepOutput:
+        """Admit waiting requests, run one speculative cycle over every active row, emit and retire.
+
+        `poll` (optional) is called once the draft has proposed, to add requests that arrived
+        meanwhile (it must not abort any): those that find a free row join this cycle's
+        verification, which reads their prompts and gives their first token (a plain greedy
+        step for them), instead of waiting a whole cycle for the next one."""
         updates = [RowUpdate(r.id, [], True, r.stop_reason, r.metrics) for r in self._finished_early]
         self._finished_early = []
         self._admit()
@@ -366,6 +373,13 @@ class EngineCore:
         windows = [min(row.window, row.settings.max_new_tokens - len(row.generated) - 1) for row in rows]
         overhead = self.forward_overhead_tokens
         proposal = propose(self.draft, self.draft_cache, rows, windows, self.vocab_size, self.pad_token_id, overhead)
+        if poll is not None:
+            poll()
+            late = self._admit()
+            rows += late
+            proposal.tokens += [[] for _ in late]
+            proposal.hidden += [None] * len(late)
+            proposal.draft_calls += [0] * len(late)
         verification = verify(self.target, self.target_cache, rows, proposal, self.pad_token_id, overhead)
         accepted = accept(rows, proposal, verification)
         for i, row in enumerate(rows):
@@ -410,8 +424,9 @@ class EngineCore:
         return [results[request_id] for request_id in ids]
 
     # -- bookkeeping --------------------------------------------------------------------
-    def _admit(self) -> None:
-        """Move waiting requests into free slots (growing the caches as needed)."""
+    def _admit(self) -> list[Request]:
+        """Move waiting requests into free slots (growing the caches as needed); returns them."""
+        admitted = []
         while self.waiting and len(self.running) < self.max_batch:
             request = self.waiting.popleft()
             if not self._free_slots:
@@ -424,6 +439,8 @@ class EngineCore:
             self.target_cache.grow(request.capacity)
             self.draft_cache.grow(request.capacity)
             self.running[request.id] = request
+            admitted.append(request)
+        return admitted
 
     def _release(self, request: Request) -> None:
         """Free a request's slots in both caches."""
