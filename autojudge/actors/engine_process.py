@@ -130,7 +130,11 @@ class EngineLoop:
 
     def poll(self) -> None:
         """Inside a cycle, after the draft proposed: requests that arrived join its verification."""
-        self.apply(receive(self.conn, block=False), inside_cycle=True)
+        try:
+            commands = receive(self.conn, block=False)
+        except (EOFError, OSError):
+            return  # the replica is gone: the loop sees it at the cycle's end
+        self.apply(commands, inside_cycle=True)
 
     def cycle(self) -> None:
         """One `core.step()`, reported as one message."""
@@ -173,9 +177,9 @@ def serve_engine(conn: Connection, config: EngineConfig) -> None:
     while True:
         try:
             loop.apply(receive(conn, block=not (loop.core.has_unfinished() or loop.held)))
+            loop.cycle()
         except (EOFError, OSError):
             return  # the replica is gone
-        loop.cycle()
 
 
 class EngineProcess:
