@@ -265,7 +265,7 @@ class StreamFormatter:
     """Turns a request's chunks into OpenAI streaming chunk objects (one id for the stream)."""
 
     def __init__(self, kind: str, model: str, return_token_ids: bool, include_usage: bool, accepted: GenerateChunk):
-        """accepted: the replica's first chunk (prompt tokens, no text)."""
+        """accepted: the replica's first chunk (its prompt tokens; `chunks` formats its tokens too)."""
         self.kind, self.model, self.return_token_ids, self.include_usage = kind, model, return_token_ids, include_usage
         self.id, self.created = _ids(kind)
         self.prompt_tokens = accepted.prompt_tokens

@@ -10,9 +10,9 @@ replica's event loop. A request goes to the engine as soon as it is admitted and
 batch at the next cycle; an aborted one (its client went away) leaves it at the next cycle
 boundary. The engine sends one message per cycle with every row's new tokens; the replica's
 event loop reads it as it arrives and hands each request its tokens through an
-`asyncio.Queue`. `generate` is a streaming method: the first chunk says whether the request
-was accepted (or carries its error), the following ones carry the tokens of each cycle, the
-last one the finish reason and the speculative stats. A replica whose engine process dies
+`asyncio.Queue`. `generate` is a streaming method: one chunk per cycle with the request's
+new tokens (the first also carries the prompt's tokens, the last the finish reason and the
+speculative stats), or one error chunk for a refused or failed request. A replica whose engine process dies
 fails its requests and its health check, and Serve restarts it.
 
 Bounded wait: a request is refused (503) when `max_batch` rows run and `max_waiting`
@@ -277,7 +277,8 @@ class DecodeReplica:
     # ------------------------------------------------------------------ generate
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
-        """Stream of chunks: the first tells acceptance (or the error), then one per cycle."""
+        """Stream of chunks, one per engine cycle (a non-streaming request: one at the end); the
+        first also carries the prompt's tokens. A refused or failed request gets one error chunk."""
         try:
             stream = self._admit(request)
         except APIError as err:
@@ -285,15 +286,17 @@ class DecodeReplica:
             yield GenerateChunk(error={"status": err.status, "message": err.message, "param": err.param, "code": err.code})
             return
         self._submit(stream)
-        yield GenerateChunk(prompt_tokens=len(stream.prompt_ids), prompt_token_ids=stream.prompt_ids)
         try:
             pending: list[GenerateChunk] = []  # a non-streaming request gets one chunk at the end
+            first = True
             while True:
                 chunk = coalesce(pending + [await stream.queue.get()], stream.queue)
                 pending = []
                 if not request.stream and chunk.finish_reason is None and chunk.error is None:
                     pending = [chunk]
                     continue
+                if first and chunk.error is None:
+                    chunk.prompt_tokens, chunk.prompt_token_ids, first = len(stream.prompt_ids), stream.prompt_ids, False
                 yield chunk
                 if chunk.finish_reason is not None or chunk.error is not None:
                     return
@@ -564,7 +567,7 @@ class Ingress:
             return error_response(err)
         stream = self._generate_handle.generate.remote(generate_request)
         try:
-            first = await stream.__anext__()  # accepted, or the request's error
+            first = await stream.__anext__()  # the first tokens, or the request's error
         except Exception as err:
             stream.cancel()
             return error_response(APIError(503, f"decode replica unavailable: {type(err).__name__}: {err}"))
@@ -574,25 +577,31 @@ class Ingress:
         if not body.stream:
             chunks = [first]
             try:
-                async for chunk in stream:
+                while chunks[-1].finish_reason is None:  # (the replica sends a non-streaming request one chunk, at the end)
+                    chunk = await stream.__anext__()
                     if chunk.error is not None:
                         return error_response(APIError.from_dict(chunk.error))
                     chunks.append(chunk)
-                    if chunk.finish_reason is not None:
-                        break  # the last chunk: answer now, not after the replica's end of stream
             except Exception as err:
                 return error_response(APIError(500, f"decode replica failed: {type(err).__name__}: {err}"))
             return JSONResponse(full_response(generate_request.kind, model, chunks, body.return_token_ids))
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         formatter = StreamFormatter(generate_request.kind, model, body.return_token_ids, include_usage, first)
-        return StreamingResponse(self._events(stream, formatter), media_type="text/event-stream")
+        return StreamingResponse(self._events(stream, formatter, first), media_type="text/event-stream")
 
-    async def _events(self, stream: Any, formatter: StreamFormatter) -> AsyncIterator[str]:
-        """SSE text, one write per replica chunk; the last chunk (or an error) goes out with
-        `data: [DONE]` in the same write, without waiting for the replica's end of stream."""
+    async def _events(self, stream: Any, formatter: StreamFormatter, first: GenerateChunk) -> AsyncIterator[str]:
+        """SSE text, one write per replica chunk (`first`, then the stream's); the last chunk (or an
+        error) goes out with `data: [DONE]` in the same write, without waiting for the replica's end of stream."""
         finished = False
+
+        async def chunks() -> AsyncIterator[GenerateChunk]:
+            yield first
+            if first.finish_reason is None:
+                async for chunk in stream:
+                    yield chunk
+
         try:
-            async for chunk in stream:
+            async for chunk in chunks():
                 if chunk.error is not None:
                     events = sse(APIError.from_dict(chunk.error).body())
                 else:
