@@ -237,6 +237,8 @@ class DecodeReplica:
         self._reading: asyncio.AbstractEventLoop | None = None  # the loop that reads the engine's messages
         self._engine_error: str | None = None  # set when the engine process is gone
         self._client_aborts = 0  # requests dropped because their caller went away
+        self._refused = 0  # requests answered 503 because the queue was full
+        self._peak_active = 0  # most requests running and waiting at once so far
         self._steps, self._step_s, self._row_steps = 0, 0.0, 0  # cycles run, seconds in them, rows summed over them
 
     def __del__(self) -> None:
@@ -261,7 +263,8 @@ class DecodeReplica:
         active = len(self._streams)
         return {
             "running": min(active, self.config.max_batch), "waiting": max(0, active - self.config.max_batch),
-            "aborted": self._client_aborts, "pid": os.getpid(), "engine_pid": self.engine.pid,
+            "aborted": self._client_aborts, "refused": self._refused, "peak_active": self._peak_active,
+            "pid": os.getpid(), "engine_pid": self.engine.pid,
             "steps": self._steps, "step_s": round(self._step_s, 3), "row_steps": self._row_steps,
         }  # fmt: skip
 
@@ -317,6 +320,7 @@ class DecodeReplica:
             raise APIError(503, f"decode replica unavailable: {self._engine_error}")
         state = self.engine_state()
         if len(self._streams) >= config.max_batch + config.max_waiting:
+            self._refused += 1
             raise APIError(503, f"server is full: {state['running']} requests running and {state['waiting']} waiting (limit {config.max_waiting}); retry later", code="queue_full")
         prompt_ids = self._prompt_ids(request)
         if not prompt_ids:
@@ -381,6 +385,7 @@ class DecodeReplica:
         self._ensure_reader()
         stream.key, self._next_key = self._next_key, self._next_key + 1
         self._streams[stream.key] = stream
+        self._peak_active = max(self._peak_active, len(self._streams))
         self.metrics.count("prompt", len(stream.prompt_ids))
         self._send("add", stream.key, stream.prompt_ids, stream.settings)
 
