@@ -85,7 +85,6 @@ def load_engine(config: EngineConfig) -> tuple[Callable[[], Any], dict[str, Any]
         "has_judge": judge is not None,
         "judge_threshold": judge.default_threshold if judge is not None else None,
         "default_window": window,
-        "pid": os.getpid(),
     }
     return new_core, info
 
@@ -212,6 +211,7 @@ class EngineProcess:
                 self.close()
                 raise RuntimeError(f"the engine process could not start: {message[1]}")
             if self.process.poll() is not None:
+                self.conn.close()
                 raise RuntimeError(f"the engine process exited with code {self.process.returncode} while loading")
         self.close()
         raise RuntimeError(f"the engine process did not load its models within {timeout_s:.0f} s")

@@ -318,9 +318,9 @@ class DecodeReplica:
             raise APIError(404, f"model '{request.model}' does not exist; this server serves '{config.served_name}'", param="model", code="model_not_found")
         if self._engine_error is not None:
             raise APIError(503, f"decode replica unavailable: {self._engine_error}")
-        state = self.engine_state()
         if len(self._streams) >= config.max_batch + config.max_waiting:
             self._refused += 1
+            state = self.engine_state()
             raise APIError(503, f"server is full: {state['running']} requests running and {state['waiting']} waiting (limit {config.max_waiting}); retry later", code="queue_full")
         prompt_ids = self._prompt_ids(request)
         if not prompt_ids:
@@ -417,7 +417,7 @@ class DecodeReplica:
                 self._on_engine_message(message)
             except Exception:  # a bug in delivery: fail the active requests, keep reading
                 log.exception("delivering an engine message failed")
-                self._fail_all("delivering tokens failed", 500)
+                self._fail_all("delivering tokens failed")
         self._set_row_gauges()
 
     def _on_engine_message(self, message: tuple[Any, ...]) -> None:
@@ -440,7 +440,7 @@ class DecodeReplica:
                 stream.queue.put_nowait(GenerateChunk(error={"status": 400, "message": message[2], "param": None, "code": None}))
         elif kind == "failed":
             _, keys, text = message
-            self._fail(keys, text, 500)
+            self._fail(keys, text)
 
     def _set_row_gauges(self) -> None:
         state = self.engine_state()
@@ -448,7 +448,7 @@ class DecodeReplica:
         self.metrics.waiting.set(state["waiting"])
 
     def _deliver(self, stream: _Stream, token_ids: list[int], finished: bool, stop_reason: str | None, metrics: Any, now: float) -> None:
-        text = stream.text.push(list(token_ids), finished)
+        text = stream.text.push(token_ids, finished)
         n = len(token_ids)
         if n:
             if stream.last_emit is None:
@@ -456,7 +456,7 @@ class DecodeReplica:
             else:
                 self.metrics.itl.observe((now - stream.last_emit) / n)
             stream.last_emit = now
-        chunk = GenerateChunk(token_ids=list(token_ids), text=text)
+        chunk = GenerateChunk(token_ids=token_ids, text=text)  # (token_ids: this request's own list, unpickled)
         if finished:
             stream.done = True
             del self._streams[stream.key]
@@ -469,18 +469,18 @@ class DecodeReplica:
             self.metrics.count("accepted", stats["accepted_tokens"])
         stream.queue.put_nowait(chunk)
 
-    def _fail(self, keys: list[int], message: str, status: int) -> None:
-        """These requests end with an error chunk."""
+    def _fail(self, keys: list[int], message: str) -> None:
+        """These requests end with a 500 error chunk."""
         for key in keys:
             stream = self._streams.pop(key, None)
             if stream is None:
                 continue
             stream.done = True
-            stream.queue.put_nowait(GenerateChunk(error={"status": status, "message": message, "param": None, "code": None}))
+            stream.queue.put_nowait(GenerateChunk(error={"status": 500, "message": message, "param": None, "code": None}))
             self.metrics.requests.inc(tags={"finish_reason": "error"})
 
-    def _fail_all(self, message: str, status: int) -> None:
-        self._fail(list(self._streams), message, status)
+    def _fail_all(self, message: str) -> None:
+        self._fail(list(self._streams), message)
 
     def _engine_gone(self, message: str) -> None:
         """The engine process died: every request fails now, later ones get 503, and the health
@@ -491,7 +491,7 @@ class DecodeReplica:
             if self._reading is not None:
                 self._reading.remove_reader(self.engine.conn.fileno())
                 self._reading = None
-        self._fail_all(f"decode replica failed: {message}", 500)
+        self._fail_all(f"decode replica failed: {message}")
 
 
 # --------------------------------------------------------------------------- ingress
