@@ -47,9 +47,13 @@ class BenchConfig:
     requests_per_client: int = 3  # requests each client sends per level (bound in count)
     min_requests: int = 8  # at least this many requests per level (more per client at low concurrency)
     seconds: float = 60.0  # no new request after this many seconds of a level (bound in time)
+    repeats: int = 1  # run every level this many times, interleaved (each repeat: every setting once); ratios: the median
     max_tokens: int = 112  # budget per request (toy answers need <= ~92)
     port: int = 8311  # HTTP port on 127.0.0.1
     settings: tuple[str, ...] = ("one-at-a-time", "continuous", "continuous-autojudge")  # which settings to run
+    threads: int = 1  # torch CPU threads of each server's engine process (and of --engine-level)
+    engine_nice: int = -10  # both servers: the engine process's nice increment (ReplicaConfig.engine_nice; 0: the replica's priority)
+    stream_interval: int = 1  # both servers: after the first chunk, at least this many tokens per streamed chunk (1: a chunk per cycle)
     high_throughput: bool = True  # Ray Serve's high-throughput mode on the local cluster (HAProxy, gRPC); --no-high-throughput: Serve's defaults
 
 
@@ -62,6 +66,7 @@ class RequestRecord:
     tokens: int
     token_gaps: list[float] = field(default_factory=list)  # per token: chunk gap / tokens of the chunk
     target_calls: int = 0
+    chunk_gaps: list[float] = field(default_factory=list)  # seconds between two text chunks of the request
 
 
 @dataclass
@@ -82,6 +87,10 @@ class LevelResult:
     engine_steps: int  # engine cycles the replica ran during the level
     engine_busy: float  # fraction of the level's wall time the replica spent inside step()
     mean_batch: float  # rows per engine cycle, averaged over the level's cycles
+    tokens_per_chunk: float = 0.0  # completion tokens per streamed chunk that carried tokens
+    chunk_gap_p50_ms: float = 0.0  # time between two chunks of a request (what a reader waits between updates)
+    chunk_gap_p95_ms: float = 0.0
+    repeat: int = 0  # which of --repeats interleaved runs of this level
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -105,7 +114,7 @@ async def one_request(session: Any, url: str, question: str, config: BenchConfig
     if mode == "autojudge" and config.threshold is not None:
         body["autojudge"]["threshold"] = config.threshold
     start = time.perf_counter()
-    ttft, last, tokens, gaps, calls = None, None, 0, [], 0
+    ttft, last, tokens, gaps, calls, chunk_gaps = None, None, 0, [], 0, []
     async with session.post(f"{url}/v1/chat/completions", json=body) as response:
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
@@ -122,14 +131,15 @@ async def one_request(session: Any, url: str, question: str, config: BenchConfig
                     ttft = now - start
                 else:
                     gaps += [(now - last) / n] * n
+                    chunk_gaps.append(now - last)
                 last, tokens = now, tokens + n
             if chunk.get("speculative"):
                 calls = chunk["speculative"]["target_calls"]
     end = time.perf_counter()
-    return RequestRecord(ttft if ttft is not None else end - start, end - start, tokens, gaps, calls)
+    return RequestRecord(ttft if ttft is not None else end - start, end - start, tokens, gaps, calls, chunk_gaps)
 
 
-async def run_level(url: str, setting: str, concurrency: int, config: BenchConfig, questions: list[str]) -> LevelResult:
+async def run_level(url: str, setting: str, concurrency: int, config: BenchConfig, questions: list[str], repeat: int = 0) -> LevelResult:
     import aiohttp
 
     mode = "autojudge" if setting.endswith("autojudge") else "exact"
@@ -158,6 +168,8 @@ async def run_level(url: str, setting: str, concurrency: int, config: BenchConfi
     gaps = [g for r in records for g in r.token_gaps]
     ttfts = [r.ttft_s for r in records]
     calls = sum(r.target_calls for r in records)
+    chunk_gaps = [g for r in records for g in r.chunk_gaps]
+    chunks = sum(len(r.chunk_gaps) + (r.tokens > 0) for r in records)
     return LevelResult(
         setting, concurrency, len(records), round(wall, 2), round(len(records) / wall, 2), round(tokens / wall, 1),
         round(1000 * statistics.median(ttfts), 1), round(1000 * percentile(ttfts, 0.95), 1),
@@ -165,6 +177,8 @@ async def run_level(url: str, setting: str, concurrency: int, config: BenchConfi
         round(tokens / calls, 2) if calls else 0.0,
         engine_after["steps"] - engine_before["steps"], round((engine_after["step_s"] - engine_before["step_s"]) / wall, 2),
         round((engine_after["row_steps"] - engine_before["row_steps"]) / max(1, engine_after["steps"] - engine_before["steps"]), 1),
+        round(tokens / max(chunks, 1), 1), round(1000 * statistics.median(chunk_gaps), 1) if chunk_gaps else float("nan"),
+        round(1000 * percentile(chunk_gaps, 0.95), 1), repeat,
     )  # fmt: skip
 
 
@@ -176,7 +190,7 @@ def engine_level(config: BenchConfig, questions: list[str], concurrency: int, ma
     from autojudge.decode.core import EngineCore, RequestSettings
     from autojudge.models import load_pair
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(config.threads)
     pair = load_pair(config.target, config.draft)
     tokenizer = pair.tokenizer
     core = EngineCore.for_pair(pair, default_window=config.window, max_batch=max_batch)
@@ -198,6 +212,16 @@ def engine_level(config: BenchConfig, questions: list[str], concurrency: int, ma
     return tokens / (time.perf_counter() - start), rows / max(steps, 1)
 
 
+def speedups(results: list[LevelResult]) -> list[tuple[str, int, list[float]]]:
+    """(setting, clients, ratios): each repeat's tokens/s over one-at-a-time's in the same repeat."""
+    base = {(r.concurrency, r.repeat): r.tokens_per_s for r in results if r.setting == "one-at-a-time"}
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for r in results:
+        if r.setting != "one-at-a-time" and base.get((r.concurrency, r.repeat)):
+            ratios.setdefault((r.setting, r.concurrency), []).append(r.tokens_per_s / base[(r.concurrency, r.repeat)])
+    return [(setting, concurrency, values) for (setting, concurrency), values in ratios.items()]
+
+
 def deploy(setting: str, config: BenchConfig) -> str:
     """Deploy the server of a setting as its own Serve application (its URL prefix is the setting)."""
     from autojudge.actors.server import ReplicaConfig
@@ -207,7 +231,8 @@ def deploy(setting: str, config: BenchConfig) -> str:
     replica = ReplicaConfig(
         target=config.target, draft=config.draft, judge=config.judge, window=config.window, max_batch=batch,
         max_waiting=max(config.concurrency) + 8, default_max_tokens=config.max_tokens,
-        speculation_max_batch=(config.speculation_max_batch or None) if batch > 1 else None,
+        speculation_max_batch=(config.speculation_max_batch or None) if batch > 1 else None, threads=config.threads, stream_interval=config.stream_interval,
+        engine_nice=config.engine_nice,
     )  # fmt: skip
     serve_config = ServeConfig(
         replica=replica, port=config.port, address="local", access_log=False, app_name=setting, route_prefix=f"/{setting}",
@@ -245,18 +270,21 @@ def main() -> None:
         # concurrency) so that load from elsewhere on the machine hits baseline and contender alike
         urls = {name: deploy(name, config) for name in ("one-at-a-time", "continuous") if any(s.startswith(name) for s in settings)}
         for concurrency in config.concurrency:
-            for setting in settings:
-                url = urls["one-at-a-time" if setting == "one-at-a-time" else "continuous"]
-                result = asyncio.run(run_level(url, setting, concurrency, config, questions))
-                results.append(result)
-                print(json.dumps(asdict(result)), flush=True)
+            for repeat in range(config.repeats):
+                for setting in settings:
+                    url = urls["one-at-a-time" if setting == "one-at-a-time" else "continuous"]
+                    result = asyncio.run(run_level(url, setting, concurrency, config, questions, repeat))
+                    results.append(result)
+                    print(json.dumps(asdict(result)), flush=True)
     finally:
         stop_server()
-    header = "| setting | clients | requests | req/s | tokens/s | TTFT p50 / p95 (ms) | ITL p50 / p95 (ms) | tokens/target call | engine busy | rows/cycle |"
-    print("\n" + header + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    header = ("| setting | clients | requests | req/s | tokens/s | TTFT p50 / p95 (ms) | ITL p50 / p95 (ms) | tokens/chunk | "
+              "chunk gap p50 / p95 (ms) | tokens/target call | engine busy | rows/cycle |")  # fmt: skip
+    print("\n" + header + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r.setting} | {r.concurrency} | {r.requests} | {r.requests_per_s} | {r.tokens_per_s} | "
-              f"{r.ttft_p50_ms} / {r.ttft_p95_ms} | {r.itl_p50_ms} / {r.itl_p95_ms} | {r.tokens_per_target_call} | {r.engine_busy:.0%} | {r.mean_batch} |")  # fmt: skip
+              f"{r.ttft_p50_ms} / {r.ttft_p95_ms} | {r.itl_p50_ms} / {r.itl_p95_ms} | {r.tokens_per_chunk} | "
+              f"{r.chunk_gap_p50_ms} / {r.chunk_gap_p95_ms} | {r.tokens_per_target_call} | {r.engine_busy:.0%} | {r.mean_batch} |")  # fmt: skip
     if args.engine_level:
         print("\nengine core alone (no HTTP, same closed loop, exact):")
         for concurrency in config.concurrency:
@@ -264,10 +292,9 @@ def main() -> None:
             batched, rows = engine_level(config, questions, concurrency, config.max_batch)
             print(f"  {concurrency} in flight: one-at-a-time {one:.0f} tokens/s, continuous {batched:.0f} tokens/s "
                   f"({rows:.1f} rows/cycle): {batched / one:.2f}x")  # fmt: skip
-    base = {r.concurrency: r.tokens_per_s for r in results if r.setting == "one-at-a-time"}
-    for r in results:
-        if r.setting != "one-at-a-time" and r.concurrency in base and base[r.concurrency]:
-            print(f"{r.setting} at {r.concurrency} clients: {r.tokens_per_s / base[r.concurrency]:.2f}x the tokens/s of one-at-a-time")
+    for setting, concurrency, ratios in speedups(results):
+        runs = f" (median of {len(ratios)} interleaved runs: {', '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ""
+        print(f"{setting} at {concurrency} clients: {statistics.median(ratios):.2f}x the tokens/s of one-at-a-time{runs}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": asdict(config), "results": [asdict(r) for r in results]}, handle, indent=2)

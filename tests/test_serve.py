@@ -84,6 +84,8 @@ def test_text_stream_holds_back_stop_strings_and_cuts_them():
     (["--max-batch", "0"], "--max-batch must be >= 1"),
     (["--window", "-1"], "--window must be >= 0"),
     (["--threshold", "2"], "--threshold must be <= 1"),
+    (["--stream-interval", "0"], "--stream-interval must be >= 1"),
+    (["--engine-nice", "-30"], "--engine-nice must be between -20 and 19"),
     (["--judge", "/nonexistent/judge"], "/nonexistent/judge"),
     (["--target", "toy:nothing"], "toy:nothing"),
 ])  # fmt: skip
@@ -129,6 +131,49 @@ def test_a_failed_engine_cycle_fails_its_requests_and_the_replica_keeps_serving(
         replica.check_health()  # the engine process lives on
     finally:
         replica.engine.close()
+
+
+def test_stream_interval_sends_fewer_larger_chunks_with_the_same_tokens():
+    """With --stream-interval N, a streamed request's first chunk comes at once, every later chunk
+    but the last carries at least N tokens, and the tokens are those of a non-streamed request."""
+    import asyncio
+
+    from autojudge.actors.openai_api import GenerateRequest
+    from autojudge.actors.server import DecodeReplica
+    from autojudge.toy.world import generate_problems
+
+    replica = DecodeReplica(ReplicaConfig(max_batch=4, stream_interval=8))
+    question = generate_problems(1, seed=2)[0]["question"]  # a toy-world answer runs past 40 tokens
+    kwargs = dict(messages=[{"role": "user", "content": question}], max_tokens=40, speculate=False)  # a token per cycle
+
+    async def run() -> tuple[list, list]:
+        streamed = [chunk async for chunk in replica.generate(GenerateRequest("chat", stream=True, **kwargs))]
+        whole = [chunk async for chunk in replica.generate(GenerateRequest("chat", **kwargs))]
+        return streamed, whole
+
+    try:
+        streamed, whole = asyncio.run(asyncio.wait_for(run(), timeout=60))
+    finally:
+        replica.engine.close()
+    assert len(whole) == 1 and len(whole[0].token_ids) == 40
+    assert [t for chunk in streamed for t in chunk.token_ids] == whole[0].token_ids
+    assert len(streamed[0].token_ids) == 1 and streamed[0].prompt_tokens > 0  # the first token at once
+    assert all(len(chunk.token_ids) >= 8 for chunk in streamed[1:-1]) and len(streamed) <= 1 + -(-39 // 8)
+    assert "".join(chunk.text for chunk in streamed) == whole[0].text
+
+
+def test_engine_process_runs_at_its_configured_priority():
+    """`EngineConfig.nice` is added to the engine process's nice value before it loads (a raise is
+    always allowed; a negative one needs root and is reported when refused)."""
+    from autojudge.actors.engine_process import EngineConfig, EngineProcess
+
+    engine = EngineProcess(EngineConfig(max_batch=2, nice=3))
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, engine.pid) == min(19, own + 3) == engine.info["nice"]
+        assert engine.info["nice_refused"] is None
+    finally:
+        engine.close()
 
 
 def test_a_dead_engine_process_fails_its_requests_and_the_health_check():
@@ -311,6 +356,18 @@ def test_models_and_health(server):
     models = get(f"{server}/v1/models")
     assert models["object"] == "list" and models["data"][0]["id"] == MODEL and models["data"][0]["max_model_len"] == 256
     assert get(f"{server}/health")["status"] == "ok"
+
+
+def test_engine_process_runs_ahead_of_the_replica_by_default(server):
+    """The default `engine_nice` (-10) puts the engine process ahead of its replica when this user
+    may lower a nice value (root here and in CI); otherwise it keeps the replica's priority."""
+    state = get(f"{server}/debug/engine")
+    replica_nice = os.getpriority(os.PRIO_PROCESS, state["pid"])
+    assert os.getpriority(os.PRIO_PROCESS, state["engine_pid"]) == state["engine_nice"]
+    if os.geteuid() == 0:
+        assert state["engine_nice"] == max(-20, replica_nice - 10)
+    else:
+        assert state["engine_nice"] <= replica_nice
 
 
 def test_completion_with_openai_client_equals_target_greedy(client, reference):

@@ -55,6 +55,22 @@ class EngineConfig:
     """torch device of both models."""
     threads: int = 1
     """torch CPU threads."""
+    nice: int = 0
+    """CPU priority of the engine process, added to its replica's nice value (negative: ahead of
+    the replica, the ingress and the rest of the serving path; lowering needs root or
+    CAP_SYS_NICE, and without it the process keeps its replica's priority); 0: unchanged."""
+
+
+def set_priority(increment: int) -> tuple[int, str | None]:
+    """Add `increment` to this process's nice value before any other thread starts (threads
+    inherit it). Returns (the nice value now, why the change was refused or None)."""
+    refused = None
+    if increment:
+        try:
+            os.nice(increment)
+        except OSError as err:
+            refused = f"nice {increment:+d} refused ({err.strerror}): the engine process keeps its replica's priority"
+    return os.getpriority(os.PRIO_PROCESS, 0), refused
 
 
 def load_engine(config: EngineConfig) -> tuple[Callable[[], Any], dict[str, Any]]:
@@ -166,8 +182,10 @@ class EngineLoop:
 
 def serve_engine(conn: Connection, config: EngineConfig) -> None:
     """The child's loop: apply commands, run a cycle while any request is unfinished, report it."""
+    nice, refused = set_priority(config.nice)  # first: torch's threads inherit it
     try:
         new_core, info = load_engine(config)
+        info.update(nice=nice, nice_refused=refused)
         loop = EngineLoop(conn, new_core)
     except Exception as err:  # a bad spec, judge or device: the replica raises it
         conn.send(("error", f"{type(err).__name__}: {err}"))

@@ -91,6 +91,12 @@ class ReplicaConfig:
     """torch device; auto = cuda when the replica has a GPU, else cpu."""
     threads: int = 1
     """torch CPU threads per replica."""
+    engine_nice: int = -10
+    """CPU priority of the engine process relative to the replica (`EngineConfig.nice`): ahead of
+    the serving path, so a burst of request handling does not delay a running cycle; 0: the same."""
+    stream_interval: int = 1
+    """Streaming: after the first chunk, hold a request's tokens until at least this many are ready
+    (or it ends), so a long answer travels in fewer, larger chunks; 1: a chunk per engine cycle."""
 
     @property
     def served_name(self) -> str:
@@ -223,9 +229,13 @@ class DecodeReplica:
             raise ValueError("mode autojudge needs a judge (--judge JUDGE_DIR)")
         self.tokenizer = load_tokenizer(config.target)
         self.engine = EngineProcess(
-            EngineConfig(config.target, config.draft, config.judge, config.window, config.max_batch, device, config.threads)
+            EngineConfig(
+                config.target, config.draft, config.judge, config.window, config.max_batch, device, config.threads, config.engine_nice
+            )
         )
         info = self.engine.info
+        if info["nice_refused"]:
+            log.warning("%s", info["nice_refused"])
         self.has_judge = bool(info["has_judge"])
         self.judge_threshold: float | None = info["judge_threshold"]
         self.default_window = int(info["default_window"])
@@ -264,7 +274,7 @@ class DecodeReplica:
         return {
             "running": min(active, self.config.max_batch), "waiting": max(0, active - self.config.max_batch),
             "aborted": self._client_aborts, "refused": self._refused, "peak_active": self._peak_active,
-            "pid": os.getpid(), "engine_pid": self.engine.pid,
+            "pid": os.getpid(), "engine_pid": self.engine.pid, "engine_nice": self.engine.info["nice"],
             "steps": self._steps, "step_s": round(self._step_s, 3), "row_steps": self._row_steps,
         }  # fmt: skip
 
@@ -290,12 +300,13 @@ class DecodeReplica:
             return
         self._submit(stream)
         try:
-            pending: list[GenerateChunk] = []  # a non-streaming request gets one chunk at the end
+            pending: list[GenerateChunk] = []  # held back: a non-streaming request gets one chunk at the end
+            hold = 1 << 30 if not request.stream else self.config.stream_interval
             first = True
             while True:
                 chunk = coalesce(pending + [await stream.queue.get()], stream.queue)
                 pending = []
-                if not request.stream and chunk.finish_reason is None and chunk.error is None:
+                if (not first or not request.stream) and len(chunk.token_ids) < hold and chunk.finish_reason is None and chunk.error is None:
                     pending = [chunk]
                     continue
                 if first and chunk.error is None:

@@ -37,6 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="a request arriving when N or more rows run or wait decodes without speculation (default: never)")
     parser.add_argument("--max-tokens", type=int, default=128, metavar="L",
                         help="budget of requests that give no max_tokens (default 128)")
+    parser.add_argument("--engine-nice", type=int, default=-10, metavar="N",
+                        help="CPU priority of each replica's engine process relative to the replica (nice increment, -20..19): "
+                             "negative keeps request handling from delaying a running cycle; lowering needs root or "
+                             "CAP_SYS_NICE, else it is left as is with a warning (default -10; 0: unchanged)")
+    parser.add_argument("--stream-interval", type=int, default=1, metavar="N",
+                        help="streaming: after the first chunk, send a request's tokens once N are ready (or it ends); "
+                             "fewer, larger chunks cost the server less per token under load (default 1: every engine cycle)")
     parser.add_argument("--model-name", default=None, help="model name in the API (default: the --target spec)")
     parser.add_argument("--num-replicas", type=int, default=1, metavar="R", help="decode replicas (default 1)")
     parser.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G", help="GPUs per replica (default 0)")
@@ -60,9 +67,11 @@ def check_args(args: argparse.Namespace) -> None:
     from autojudge.ray_utils import check_cluster_address
 
     checks.check_options(args, at_least_1=["max_batch", "num_replicas", "max_tokens", "threads", "top_k", "port",
-                                           "speculation_max_batch"],
+                                           "speculation_max_batch", "stream_interval"],
                          at_least_0=["window", "max_waiting", "gpus_per_replica", "cpus_per_replica"],
                          thresholds=["threshold"])  # fmt: skip
+    if not -20 <= args.engine_nice <= 19:
+        raise checks.InputError(f"--engine-nice must be between -20 and 19, got {args.engine_nice}")
     if args.mode not in MODES:
         raise checks.InputError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
     if args.mode == "autojudge" and not args.judge:
@@ -101,7 +110,8 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
         target=args.target, draft=args.draft, judge=args.judge, mode=args.mode, threshold=args.threshold,
         top_k=args.top_k, window=args.window, max_batch=args.max_batch, max_waiting=args.max_waiting,
         speculation_max_batch=args.speculation_max_batch, default_max_tokens=args.max_tokens,
-        model_name=args.model_name, threads=args.threads,
+        model_name=args.model_name, threads=args.threads, stream_interval=args.stream_interval,
+        engine_nice=args.engine_nice,
     )  # fmt: skip
     return ServeConfig(
         replica=replica, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
