@@ -6,18 +6,22 @@ chunk, and send the next, until --requests-per-client requests each or --seconds
 passed (no new request after that; the ones in flight finish). Reported per level:
 requests/s, completion tokens/s (over the level's wall time), p50/p95 time to first token
 (request sent -> first text chunk) and inter-token latency (the gap between two chunks of a
-request divided by the tokens of the later chunk, one sample per token), and tokens per
-target call from the responses' speculative stats; from the replica (`/debug/engine`), the
-share of wall time spent inside `step()` and the mean rows per cycle. `--engine-level` also
-runs the same closed loop on the engine core alone (no HTTP, no Ray) for comparison.
+request divided by the tokens of the later chunk, one sample per token), tokens per chunk
+and p50/p95 of the chunk gap itself, and tokens per target call from the responses'
+speculative stats; from the replica (`/debug/engine`), the share of wall time spent inside
+`step()` and the mean rows per cycle. `--engine-level` also runs the same closed loop on the
+engine core alone (no HTTP, no Ray) for comparison.
 
-Settings (two Serve applications on one local Ray cluster, up at once; the levels run
-interleaved, every setting at one concurrency before the next concurrency):
+Settings (two Serve applications on one local Ray cluster, up at once, with the same server
+options: --threads, --engine-nice, --stream-interval; the levels run interleaved, every
+setting at one concurrency before the next concurrency, --repeats times, and each ratio to
+one-at-a-time is the median over the repeats of the ratio within a repeat):
 - `one-at-a-time`: the engine core with max batch 1 (requests queue and run alone), exact;
 - `continuous`: the engine core with max batch --max-batch (continuous batching), exact;
 - `continuous-autojudge`: the same server, requests in mode autojudge (needs --judge).
 
     PYTHONPATH=. python bench/serve.py                                   # toy pair, exact
+    PYTHONPATH=. python bench/serve.py --settings one-at-a-time continuous --concurrency 16 --repeats 3 --stream-interval 16
     PYTHONPATH=. python bench/serve.py --judge runs/X/judge --window 8 --requests-per-client 4 --engine-level --json out.json
 """
 
