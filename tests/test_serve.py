@@ -8,6 +8,7 @@ One server per module (toy pair, a random logistic judge for mode autojudge, max
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -552,14 +553,30 @@ def open_stream(url: str, body: dict):
         return err.code, json.loads(err.read())
 
 
+@contextlib.contextmanager
+def slow_engine(seconds: float):
+    """Every engine cycle of the served replica sleeps `seconds` first: a test's 200-token request
+    then runs for seconds, however fast this machine decodes (a fast engine finished it before
+    the client's disconnect reached the replica)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("DecodeReplica", app_name="autojudge")
+    handle.inject_delay.remote(seconds).result()
+    try:
+        yield
+    finally:
+        handle.inject_delay.remote(0.0).result()
+
+
 def test_client_disconnect_frees_its_row(server):
     before = get(f"{server}/debug/engine")["aborted"]
-    status, response = open_stream(server, {"prompt": QUESTIONS[6], "max_tokens": 200, "speculate": False, "stream": True})
-    assert status == 200
-    response.readline()  # the first chunk arrived: the row runs
-    assert get(f"{server}/debug/engine")["running"] == 1
-    response.close()
-    state = wait_for(lambda: (s := get(f"{server}/debug/engine"))["aborted"] > before and s["running"] == 0 and s)
+    with slow_engine(0.02):  # 200 tokens, one per cycle: >= 4 s
+        status, response = open_stream(server, {"prompt": QUESTIONS[6], "max_tokens": 200, "speculate": False, "stream": True})
+        assert status == 200
+        response.readline()  # the first chunk arrived: the row runs
+        assert get(f"{server}/debug/engine")["running"] == 1
+        response.close()
+        state = wait_for(lambda: (s := get(f"{server}/debug/engine"))["aborted"] > before and s["running"] == 0 and s)
     assert state["waiting"] == 0
     assert_serving(server)
 
@@ -570,7 +587,7 @@ def test_full_queue_answers_503_then_recovers(server):
     before the last ones arrived, which a loaded machine can stretch)."""
     body = {"prompt": QUESTIONS[7], "max_tokens": 200, "speculate": False, "stream": True}
     count = MAX_BATCH + MAX_WAITING + 16
-    with ThreadPoolExecutor(count) as pool:
+    with slow_engine(0.005), ThreadPoolExecutor(count) as pool:  # the first requests last >= 1 s
         results = list(pool.map(lambda _: open_stream(server, body), range(count)))
     refused = [r for status, r in results if status == 503]
     accepted = [r for status, r in results if status == 200]
@@ -586,27 +603,40 @@ def test_full_queue_answers_503_then_recovers(server):
     assert_serving(server)
 
 
+def scrape_metrics(server: str) -> dict[str, float] | None:
+    """/metrics summed per project metric name (and "serve": 1 if Serve's own are there), or None
+    until every project counter has been reported."""
+    with urllib.request.urlopen(f"{server}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("ray_autojudge_") and "{" in line:
+            name = line.split("{", 1)[0]
+            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    values["serve"] = float(any(line.startswith("ray_serve_") for line in text.splitlines()))
+    wanted = ("requests_total", "emitted_tokens_total", "target_calls_total", "draft_tokens_total", "accepted_tokens_total")
+    return values if all(values.get(f"ray_autojudge_{name}", 0) > 0 for name in wanted) else None
+
+
 def test_metrics_in_prometheus_text(server):
     assert_serving(server)
-
-    def scrape() -> dict[str, float] | None:
-        with urllib.request.urlopen(f"{server}/metrics", timeout=30) as response:
-            text = response.read().decode()
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("ray_autojudge_") and "{" in line:
-                name = line.split("{", 1)[0]
-                values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-        values["serve"] = float(any(line.startswith("ray_serve_") for line in text.splitlines()))
-        wanted = ("requests_total", "emitted_tokens_total", "target_calls_total", "draft_tokens_total", "accepted_tokens_total")
-        return values if all(values.get(f"ray_autojudge_{name}", 0) > 0 for name in wanted) else None
-
-    values = wait_for(scrape, timeout=60, interval=1.0)
+    values = wait_for(lambda: scrape_metrics(server), timeout=60, interval=1.0)
     assert values["serve"] == 1.0
     for name in ("running_rows", "waiting_rows", "time_to_first_token_seconds_count", "inter_token_latency_seconds_count"):
         assert f"ray_autojudge_{name}" in values
+
     assert values["ray_autojudge_time_to_first_token_seconds_count"] > 0
     assert values["ray_autojudge_accepted_tokens_total"] <= values["ray_autojudge_draft_tokens_total"]
+
+
+@pytest.mark.slow
+def test_row_gauges_stay_in_metrics_when_the_server_is_idle(server):
+    """Ray drops a gauge that nobody set for ~20-30 s from /metrics; an idle replica still reports
+    0 running and 0 waiting rows (it re-sets them at every health check)."""
+    assert_serving(server)
+    time.sleep(40)
+    values = wait_for(lambda: scrape_metrics(server), timeout=30, interval=1.0)
+    assert values["ray_autojudge_running_rows"] == 0 and values["ray_autojudge_waiting_rows"] == 0
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ with every row's new tokens (one pickle per cycle, not one Ray message per row).
 
 Protocol: pickled tuples over a socket pair (`multiprocessing.connection.Connection` framing).
 
-    replica -> engine   ("add", key, prompt_ids, settings) | ("abort", key) | ("fault", message)
+    replica -> engine   ("add", key, prompt_ids, settings) | ("abort", key) | ("fault", message) | ("delay", seconds)
     engine -> replica   ("ready", info) | ("error", message)            once, after loading
                         ("cycle", updates, step_s)    updates: [(key, token_ids, finished, stop_reason, metrics | None)]
                         ("rejected", key, message)    `add_request` refused the request (ValueError)
@@ -21,7 +21,8 @@ Protocol: pickled tuples over a socket pair (`multiprocessing.connection.Connect
 that cycle's verification (`EngineCore.step(poll)`); aborts wait for the cycle's end. The child exits when its end of the socket closes,
 which happens when the replica process ends in any way (SIGKILL included), so it never
 outlives its replica. ("fault", message) makes the next cycle raise `RuntimeError(message)`:
-fault injection for tests of the failure path.
+fault injection for tests of the failure path; ("delay", seconds) makes every cycle sleep that
+long first (0: none), so that a test's request is certain to still run a while later.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class EngineLoop:
         self.keys: dict[int, Any] = {}  # core request id -> replica key
         self.held: list[tuple[Any, ...]] = []  # aborts and faults that arrived inside a cycle
         self.fault: str | None = None
+        self.delay = 0.0  # seconds each cycle sleeps first (tests)
 
     def apply(self, commands: list[tuple[Any, ...]], inside_cycle: bool = False) -> None:
         """Add requests now; abort and fault at a cycle boundary (a row cannot leave inside a cycle)."""
@@ -142,6 +144,8 @@ class EngineLoop:
                 del self.keys[self.ids.pop(command[1])]
             elif command[0] == "fault":
                 self.fault = command[1]
+            elif command[0] == "delay":
+                self.delay = float(command[1])
 
     def poll(self) -> None:
         """Inside a cycle, after the draft proposed: requests that arrived join its verification."""
@@ -157,6 +161,8 @@ class EngineLoop:
         self.apply(held)
         if not self.core.has_unfinished():
             return
+        if self.delay:
+            time.sleep(self.delay)
         started = time.perf_counter()
         try:
             if self.fault is not None:

@@ -279,13 +279,20 @@ class DecodeReplica:
         }  # fmt: skip
 
     def check_health(self) -> None:
-        """Serve's health check: a replica whose engine process is gone is restarted."""
+        """Serve's health check (every 2 s): a replica whose engine process is gone is restarted.
+        It also re-sets the row gauges: Ray drops a gauge not set for a while from /metrics, and
+        an idle server must still show 0 rows."""
+        self._set_row_gauges()
         if self._engine_error is not None or not self.engine.alive():
             raise RuntimeError(self._engine_error or f"the engine process exited with code {self.engine.process.returncode}")
 
     def inject_fault(self, message: str) -> None:
         """Tests: the engine's next cycle raises `RuntimeError(message)`."""
         self.engine.send("fault", message)
+
+    def inject_delay(self, seconds: float) -> None:
+        """Tests: every engine cycle sleeps `seconds` first (0: none), so a request runs long enough."""
+        self.engine.send("delay", seconds)
 
     # ------------------------------------------------------------------ generate
 
