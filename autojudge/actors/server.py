@@ -297,8 +297,9 @@ class DecodeReplica:
     # ------------------------------------------------------------------ generate
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
-        """Stream of chunks, one per engine cycle (a non-streaming request: one at the end); the
-        first also carries the prompt's tokens. A refused or failed request gets one error chunk."""
+        """Stream of chunks: the first tokens at once, then one chunk per engine cycle, or per
+        `stream_interval` tokens (a non-streaming request: one chunk at the end); the first also
+        carries the prompt's tokens. A refused or failed request gets one error chunk."""
         try:
             stream = self._admit(request)
         except APIError as err:
@@ -307,19 +308,20 @@ class DecodeReplica:
             return
         self._submit(stream)
         try:
-            pending: list[GenerateChunk] = []  # held back: a non-streaming request gets one chunk at the end
-            hold = 1 << 30 if not request.stream else self.config.stream_interval
+            pending: list[GenerateChunk] = []  # tokens held back until the chunk is big enough
+            interval = self.config.stream_interval if request.stream else 1 << 30  # not streamed: all at the end
             first = True
             while True:
                 chunk = coalesce(pending + [await stream.queue.get()], stream.queue)
                 pending = []
-                if (not first or not request.stream) and len(chunk.token_ids) < hold and chunk.finish_reason is None and chunk.error is None:
+                ends = chunk.finish_reason is not None or chunk.error is not None
+                if not ends and len(chunk.token_ids) < (1 if first and request.stream else interval):
                     pending = [chunk]
                     continue
                 if first and chunk.error is None:
                     chunk.prompt_tokens, chunk.prompt_token_ids, first = len(stream.prompt_ids), stream.prompt_ids, False
                 yield chunk
-                if chunk.finish_reason is not None or chunk.error is not None:
+                if ends:
                     return
         finally:
             if not stream.done:  # the client went away (or the request was cancelled)
