@@ -146,6 +146,7 @@ def test_stream_interval_sends_fewer_larger_chunks_with_the_same_tokens():
     replica = DecodeReplica(ReplicaConfig(max_batch=4, stream_interval=8))
     question = generate_problems(1, seed=2)[0]["question"]  # a toy-world answer runs past 40 tokens
     kwargs = dict(messages=[{"role": "user", "content": question}], max_tokens=40, speculate=False)  # a token per cycle
+    replica.inject_delay(0.03)  # cycles slower than the replica reads: tokens never pile up before the first chunk
 
     async def run() -> tuple[list, list]:
         streamed = [chunk async for chunk in replica.generate(GenerateRequest("chat", stream=True, **kwargs))]
@@ -187,6 +188,7 @@ def test_a_dead_engine_process_fails_its_requests_and_the_health_check():
 
     replica = DecodeReplica(ReplicaConfig(max_batch=4))
     long = GenerateRequest("completion", prompt_text="Tom has 3 apples.", max_tokens=200, stream=True, speculate=False)
+    replica.inject_delay(0.05)  # the row (a few tokens to EOS) still runs when the kill lands, however loaded the machine
 
     async def run() -> tuple[list, list]:
         chunks = []

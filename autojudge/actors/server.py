@@ -11,9 +11,11 @@ batch at the next cycle; an aborted one (its client went away) leaves it at the 
 boundary. The engine sends one message per cycle with every row's new tokens; the replica's
 event loop reads it as it arrives and hands each request its tokens through an
 `asyncio.Queue`. `generate` is a streaming method: one chunk per cycle with the request's
-new tokens (the first also carries the prompt's tokens, the last the finish reason and the
-speculative stats), or one error chunk for a refused or failed request. A replica whose engine process dies
-fails its requests and its health check, and Serve restarts it.
+new tokens, or per `stream_interval` tokens after the first (the first also carries the
+prompt's tokens, the last the finish reason and the speculative stats), or one error chunk
+for a refused or failed request. The engine process runs at a higher CPU priority than the
+replica (`engine_nice`). A replica whose engine process dies fails its requests and its
+health check, and Serve restarts it.
 
 Bounded wait: a request is refused (503) when `max_batch` rows run and `max_waiting`
 requests already wait. Above `speculation_max_batch` running + waiting rows a new request
@@ -230,8 +232,9 @@ class DecodeReplica:
         self.tokenizer = load_tokenizer(config.target)
         self.engine = EngineProcess(
             EngineConfig(
-                config.target, config.draft, config.judge, config.window, config.max_batch, device, config.threads, config.engine_nice
-            )
+                target=config.target, draft=config.draft, judge=config.judge, window=config.window,
+                max_batch=config.max_batch, device=device, threads=config.threads, nice=config.engine_nice,
+            )  # fmt: skip
         )
         info = self.engine.info
         if info["nice_refused"]:
@@ -267,12 +270,17 @@ class DecodeReplica:
             "max_waiting": self.config.max_waiting, "pid": os.getpid(),
         }  # fmt: skip
 
-    def engine_state(self) -> dict[str, Any]:
-        """Rows running and waiting now (for tests and /debug/engine): the engine admits up to
-        `max_batch` of the requests sent to it at its next cycle, the rest wait."""
+    def _rows(self) -> tuple[int, int]:
+        """(running, waiting): the engine admits up to `max_batch` of the requests sent to it at its
+        next cycle, the rest wait."""
         active = len(self._streams)
+        return min(active, self.config.max_batch), max(0, active - self.config.max_batch)
+
+    def engine_state(self) -> dict[str, Any]:
+        """Rows running and waiting now, and the replica's counters (for tests and /debug/engine)."""
+        running, waiting = self._rows()
         return {
-            "running": min(active, self.config.max_batch), "waiting": max(0, active - self.config.max_batch),
+            "running": running, "waiting": waiting,
             "aborted": self._client_aborts, "refused": self._refused, "peak_active": self._peak_active,
             "pid": os.getpid(), "engine_pid": self.engine.pid, "engine_nice": self.engine.info["nice"],
             "steps": self._steps, "step_s": round(self._step_s, 3), "row_steps": self._row_steps,
@@ -340,8 +348,8 @@ class DecodeReplica:
             raise APIError(503, f"decode replica unavailable: {self._engine_error}")
         if len(self._streams) >= config.max_batch + config.max_waiting:
             self._refused += 1
-            state = self.engine_state()
-            raise APIError(503, f"server is full: {state['running']} requests running and {state['waiting']} waiting (limit {config.max_waiting}); retry later", code="queue_full")
+            running, waiting = self._rows()
+            raise APIError(503, f"server is full: {running} requests running and {waiting} waiting (limit {config.max_waiting}); retry later", code="queue_full")
         prompt_ids = self._prompt_ids(request)
         if not prompt_ids:
             raise APIError(400, "prompt is empty (no tokens)", param="prompt")
@@ -463,9 +471,9 @@ class DecodeReplica:
             self._fail(keys, text)
 
     def _set_row_gauges(self) -> None:
-        state = self.engine_state()
-        self.metrics.running.set(state["running"])
-        self.metrics.waiting.set(state["waiting"])
+        running, waiting = self._rows()
+        self.metrics.running.set(running)
+        self.metrics.waiting.set(waiting)
 
     def _deliver(self, stream: _Stream, token_ids: list[int], finished: bool, stop_reason: str | None, metrics: Any, now: float) -> None:
         text = stream.text.push(token_ids, finished)
