@@ -208,6 +208,19 @@ def check_prompt_lengths(prompts: Iterable[tuple[str, int]], context: int, where
             )
 
 
+def check_fly_parameters(entropies: Any, window: int, draft_window: Any = None) -> None:
+    """FLy's entropy thresholds in [0, ln 3] (the top-3 entropy never exceeds ln 3) and its window in
+    2..64 and below the draft window (else it can accept nothing)."""
+    for entropy in entropies:
+        if not 0.0 <= entropy <= math.log(3):
+            raise InputError(f"--fly-entropy must be in [0, {math.log(3):.3f}] nats (ln 3, the most a top-3 entropy can be), got {entropy}")
+    if not 2 <= window <= 64:
+        raise InputError(f"--fly-window must be in 2..64, got {window}")
+    if isinstance(draft_window, int) and 0 < draft_window <= window:
+        raise InputError(f"--fly-window {window} needs --window larger than it (got {draft_window}): FLy decides a "
+                         "mismatch only once the window of draft tokens after it is verified in the same pass")
+
+
 def check_pair_tokenizers(target: str, draft: str) -> Any:
     """Load only the two tokenizers (no weights) and refuse a pair that does not share one;
     returns the target's tokenizer. Done on the driver before any cluster or model starts."""

@@ -72,3 +72,87 @@ def test_build_rule_and_bad_parameters():
             TypicalRule(bad)
         with pytest.raises(ValueError):
             ProbRule(bad)
+
+
+# ---------------------------------------------------------------------------------- FLy
+
+
+def fly_logits(argmax: list[int], uncertain: list[bool], vocab: int = 6) -> torch.Tensor:
+    """`[1, k, vocab]`: at each position the target's argmax is `argmax[i]`, with a peaked (top-3
+    entropy ~0.17 nats) or spread (~1.1 nats) distribution."""
+    rows = []
+    for token, spread in zip(argmax, uncertain):
+        probs = [0.02] * vocab if spread else [0.006] * vocab
+        probs[token] = 0.5 if spread else 0.97
+        if spread:
+            probs[(token + 1) % vocab], probs[(token + 2) % vocab] = 0.3, 0.12
+        total = sum(probs)
+        rows.append([p / total for p in probs])
+    return logits_from_probs([rows])
+
+
+def test_top3_entropy_is_the_authors_measure():
+    from autojudge.decode.acceptance import top3_entropy
+
+    logits = fly_logits([0, 0], [False, True])
+    probs = torch.softmax(logits.double(), -1)[0]
+    for i in range(2):
+        top = probs[i].topk(3).values
+        assert top3_entropy(logits)[0, i].item() == pytest.approx(-(top * top.log()).sum().item(), abs=1e-5)
+    assert top3_entropy(logits)[0, 0] < 0.3 < top3_entropy(logits)[0, 1]
+
+
+def test_fly_accepts_an_uncertain_mismatch_once_the_following_draft_tokens_match():
+    from autojudge.decode.acceptance import FlyRule
+
+    rule = FlyRule(entropy=0.3, window=3)
+    target = [1, 2, 3, 4, 5, 1, 2, 3]
+    logits = fly_logits(target, [True] * 8)
+    # mismatch at 1, then 2 matches (window 3 = mismatch + 2 followers): accepted, the whole run kept
+    draft = torch.tensor([[1, 0, 3, 4, 5, 1, 2, 3]])
+    mask = rule(draft, logits)
+    assert mask.tolist() == [[True] * 8]
+    assert accepted_lengths(mask).tolist() == [8]
+    # the same mismatch with a second mismatch among its followers: rejected (the draft has not re-synchronised)
+    draft = torch.tensor([[1, 0, 3, 0, 5, 1, 2, 3]])
+    assert accepted_lengths(rule(draft, logits)).tolist() == [1]
+    # exact mode on the first draft stops at the mismatch
+    assert accepted_lengths(build_rule("exact")(torch.tensor([[1, 0, 3, 4, 5, 1, 2, 3]]), logits)).tolist() == [1]
+
+
+def test_fly_rejects_a_mismatch_where_the_target_is_certain():
+    from autojudge.decode.acceptance import FlyRule
+
+    target = [1, 2, 3, 4, 5, 1, 2, 3]
+    certain_at_1 = fly_logits(target, [True, False, True, True, True, True, True, True])
+    draft = torch.tensor([[1, 0, 3, 4, 5, 1, 2, 3]])
+    assert accepted_lengths(FlyRule(0.3, 3)(draft, certain_at_1)).tolist() == [1]
+    assert accepted_lengths(FlyRule(0.0, 3)(draft, certain_at_1)).tolist() == [8]  # threshold 0: entropy ignored
+
+
+def test_fly_defers_the_decision_to_verified_tokens_only():
+    from autojudge.decode.acceptance import FlyRule
+
+    rule = FlyRule(entropy=0.3, window=3)
+    target = [1, 2, 3, 4, 5, 1]
+    logits = fly_logits(target, [True] * 6)
+    # k = 6, window 3: a mismatch at i is decided only when i + 3 < 6 (the authors' last-window rule)
+    assert accepted_lengths(rule(torch.tensor([[1, 2, 0, 4, 5, 1]]), logits)).tolist() == [6]  # i = 2: decided
+    assert accepted_lengths(rule(torch.tensor([[1, 2, 3, 0, 5, 1]]), logits)).tolist() == [3]  # i = 3: not yet
+    # a shorter row (padding -1) is decided against its own length, not the batch's
+    two = torch.cat([logits, logits])
+    draft = torch.tensor([[1, 2, 0, 4, 5, 1], [1, 2, 0, 4, 5, -1]])
+    assert accepted_lengths(rule(draft, two)).tolist() == [6, 2]
+    # a window longer than the proposal allows accepts nothing lossy
+    assert accepted_lengths(FlyRule(0.3, 6)(torch.tensor([[1, 0, 3, 4, 5, 1]]), logits)).tolist() == [1]
+
+
+def test_fly_parameters_are_checked_and_the_mode_is_built():
+    from autojudge.decode.acceptance import FlyRule
+
+    assert "fly" in MODES
+    rule = build_rule("fly", fly_entropy=0.5, fly_window=4)
+    assert isinstance(rule, FlyRule) and rule.describe() == {"mode": "fly", "entropy": 0.5, "window": 4}
+    for entropy, window in ((-0.1, 6), (float("nan"), 6), (0.3, 1), (0.3, 100)):
+        with pytest.raises(ValueError):
+            FlyRule(entropy, window)

@@ -72,6 +72,33 @@ def test_fast_search_equals_plain_algorithm(noise: float, batch_size: int) -> No
             torch.testing.assert_close(a.h_draft, b.h_draft, atol=1e-4, rtol=1e-4)
 
 
+def test_shared_prefix_gives_the_labels_of_a_full_prefill() -> None:
+    """Prompts behind one common header (a few-shot prefix): the searcher that copies the header's
+    keys/values into each row finds the labels and responses of the plain algorithm, and feeds fewer tokens."""
+    torch.set_num_threads(1)
+    target, draft = tiny_pair(noise=0.15)
+    rng = random.Random(3)
+    header = [rng.randrange(3, 96) for _ in range(20)]
+    prompts = [header + [rng.randrange(3, 96) for _ in range(rng.randrange(1, 8))] for _ in range(8)]
+    prompts.append(header[:5] + [7, 8])  # shares only part of the header
+    budget = 24
+    plain = [plain_search(target, draft, p, ParityEvaluator(), budget, [EOS], 0) for p in prompts]
+    assert sum(len(r.labels) for r in plain) > 10
+    shared = BatchedSearcher(target, draft, [EOS], 0, batch_size=3, shared_prefix=header)
+    full = BatchedSearcher(target, draft, [EOS], 0, batch_size=3)
+    jobs = [SearchJob(i, p, ParityEvaluator(), budget) for i, p in enumerate(prompts)]
+    got, reference = dict(shared.run(jobs)), dict(full.run(jobs))
+    for index, expected in enumerate(plain):
+        assert label_keys(got[index]) == label_keys(expected)
+        assert got[index].final_response == expected.final_response
+        for a, b in zip(got[index].labels, expected.labels):
+            torch.testing.assert_close(a.h_target, b.h_target, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(a.h_draft, b.h_draft, atol=1e-4, rtol=1e-4)
+    assert shared.shared_prefix is not None and shared.shared_prefix.loaded_tokens >= 8 * 20 * 2 - 2 * 20
+    saved = full.counters.target_tokens - shared.counters.target_tokens
+    assert saved >= 7 * 20  # every row after the first skipped the header (the first computed it once)
+
+
 def test_realign_prefers_longest_nearest_ngram() -> None:
     settings = LookaheadSettings(max_ngram=3, window=8)
     old = [10, 11, 12, 13, 14, 15, 12, 13]

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from autojudge.decode.acceptance import FLY_ENTROPY, FLY_WINDOW
 from autojudge.errors import InputError
 
 
@@ -25,7 +26,7 @@ class DecodeStageConfig:
     draft: str = "toy:draft"
     """Draft model spec; must share the target's tokenizer."""
     mode: str = "exact"
-    """Acceptance rule: exact | topk | autojudge | typical | prob."""
+    """Acceptance rule: exact | topk | autojudge | typical | prob | fly."""
     judge: str | None = None
     """Judge folder (mode autojudge); it must match the model pair."""
     threshold: float | None = None
@@ -36,6 +37,10 @@ class DecodeStageConfig:
     """Epsilon of mode typical (delta = sqrt(epsilon))."""
     min_prob: float = 0.3
     """Least target probability of a draft token in mode prob."""
+    fly_entropy: float = FLY_ENTROPY
+    """Least top-3 target entropy (nats) at a mismatch mode fly may accept."""
+    fly_window: int = FLY_WINDOW
+    """Mode fly: the mismatch plus the draft tokens after it that must match."""
     window: int = 4
     """Draft tokens proposed per target call."""
     batch_size: int = 16
@@ -113,10 +118,10 @@ def load_decode_state(config: DecodeStageConfig, num_gpus: float = 0.0) -> Decod
         judge = Judge.load(config.judge)
         judge.check_model_pair(pair)
     engine = EngineCore.for_pair(pair, judge=judge, default_window=config.window, max_batch=max(1, config.batch_size))
-    threshold = {"typical": config.epsilon, "prob": config.min_prob}.get(config.mode, config.threshold)
+    threshold = {"typical": config.epsilon, "prob": config.min_prob, "fly": config.fly_entropy}.get(config.mode, config.threshold)
     settings = RequestSettings(
         max_new_tokens=config.max_new_tokens, mode=config.mode, threshold=threshold, top_k=config.top_k,
-        stop_strings=tuple(config.stop),
+        fly_window=config.fly_window, stop_strings=tuple(config.stop),
     )
     engine.rule_for(settings)  # a bad mode or threshold fails here, once per replica
     max_prompt = config.max_prompt_tokens

@@ -117,7 +117,8 @@ class MiningWorker:
         tokenizer = pair.tokenizer
         self.eos_ids = eos_token_ids(tokenizer, pair.target)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.searcher = BatchedSearcher(pair.target, pair.draft, self.eos_ids, self.pad_id, batch_size, settings=lookahead)
+        self.searcher = BatchedSearcher(pair.target, pair.draft, self.eos_ids, self.pad_id, batch_size, settings=lookahead,
+                                        shared_prefix=task.shared_prefix_ids(tokenizer))  # a few-shot header, computed once
         self.context = min(model_context(pair.target), model_context(pair.draft))
         self.jobs: queue.Queue = queue.Queue()
         self.open_calls: set[_Collector] = set()
@@ -243,7 +244,8 @@ def load_worker(config: Any) -> MiningWorker:
     from autojudge.tasks import build_task
 
     pair = load_pair(config.target, config.draft, config.device())
-    task = build_task(config.task, seed=config.seed, instruction=config.instruction)
+    task = build_task(config.task, seed=config.seed, instruction=config.instruction, shots=config.shots,
+                      shots_file=config.shots_file)
     return MiningWorker(pair, task, config.max_new_tokens, config.batch_size, config.method)
 
 

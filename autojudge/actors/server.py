@@ -77,6 +77,8 @@ class ReplicaConfig:
     """Default judge threshold tau (None: the judge's default)."""
     top_k: int = 4
     """K of mode topk."""
+    fly_window: int = 6
+    """Mode fly: the mismatch plus the draft tokens after it that must match (`decode.acceptance.FLY_WINDOW`)."""
     window: int | None = None
     """Default draft tokens per cycle (None: the judge's window, else 8)."""
     max_batch: int = 32
@@ -401,7 +403,7 @@ class DecodeReplica:
             window, speculation = 0, f"off (server: batch >= {limit})"
         settings = RequestSettings(
             max_new_tokens=max_tokens, mode=mode, threshold=threshold,
-            top_k=self.config.top_k, window=window, stop_strings=request.stop,
+            top_k=self.config.top_k, fly_window=self.config.fly_window, window=window, stop_strings=request.stop,
         )  # fmt: skip
         info = {"mode": mode, "threshold": threshold, "window": window, "speculation": speculation}
         return settings, info

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from autojudge.commands import add_rule_arguments, check_rule_arguments
 from autojudge.tasks import add_task_arguments
 
 
@@ -24,21 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
     parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
-    parser.add_argument(
-        "--mode", choices=["exact", "topk", "autojudge", "typical", "prob"], default="exact",
-        help="acceptance rule: exact (lossless), topk (draft token in target's top-K), autojudge (trained judge), "
-        "typical (training-free typical acceptance: p_T(token) > min(epsilon, sqrt(epsilon) * exp(-entropy))), "
-        "prob (training-free: p_T(token) >= --min-prob)",
-    )
-    parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder from `autojudge train` (mode autojudge)")
-    parser.add_argument(
-        "--threshold", type=float, metavar="TAU",
-        help="judge threshold: accept a mismatch when p(important) < TAU (default: the judge's default)",
-    )
-    parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
-    parser.add_argument("--epsilon", type=float, default=0.09,
-                        help="mode typical: posterior threshold epsilon (default 0.09, Medusa's and vLLM's; delta = sqrt(epsilon))")
-    parser.add_argument("--min-prob", type=float, default=0.3, help="mode prob: least target probability of a draft token (default 0.3)")
+    add_rule_arguments(parser)
     parser.add_argument("--window", type=window_option, default=None, metavar="K",
                         help="draft tokens per target call (default: the judge's window in mode autojudge, else 8); "
                         "'auto': measure the pair on the first prompts (step cost of each model, acceptance per "
@@ -99,8 +86,8 @@ def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
     if args.mode != "autojudge":
         if args.judge:
             print(f"autojudge decode: note: --judge is ignored in mode {args.mode}", file=sys.stderr)
-        check_rule_parameters(args.mode, args.epsilon, args.min_prob)
-        return build_rule(args.mode, top_k=args.top_k, epsilon=args.epsilon, min_prob=args.min_prob), None
+        return build_rule(args.mode, top_k=args.top_k, epsilon=args.epsilon, min_prob=args.min_prob,
+                          fly_entropy=args.fly_entropy, fly_window=args.fly_window), None
     if not args.judge:
         raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
     from autojudge.judge import Judge  # lazy: only this mode needs it
@@ -108,16 +95,6 @@ def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
     judge = Judge.load(args.judge)
     judge.check_model_pair(pair)
     return build_rule("autojudge", judge=judge, threshold=args.threshold), judge
-
-
-def check_rule_parameters(mode: str, epsilon: float, min_prob: float) -> None:
-    """InputError for a typical / prob parameter outside (0, 1]."""
-    from autojudge.tasks import InputError
-
-    if mode == "typical" and not 0.0 < epsilon <= 1.0:
-        raise InputError(f"--epsilon must be in (0, 1], got {epsilon}")
-    if mode == "prob" and not 0.0 < min_prob <= 1.0:
-        raise InputError(f"--min-prob must be in (0, 1], got {min_prob}")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -128,6 +105,7 @@ def check_args(args: argparse.Namespace) -> None:
                          thresholds=["threshold"])
     if args.window != "auto":
         checks.check_options(args, at_least_1=["window"])
+    check_rule_arguments(args)
     checks.check_input_file("--input", args.input)
     checks.check_output_file("--output", args.output)
     if args.mode == "autojudge":
@@ -142,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)  # before the heavy imports: a bad option fails in a blink
     from autojudge.tasks import InputError, build_task, write_jsonl
 
-    task = build_task(args.task, instruction=args.instruction)
+    task = build_task(args.task, instruction=args.instruction, shots=args.shots, shots_file=args.shots_file)
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
     if not problems:
         raise InputError(f"--input {args.input}: no records")
@@ -176,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     auto = args.window == "auto"
     args.window = default_window(judge) if auto or args.window is None else args.window
     tokenizer = pair.tokenizer
-    engine = EngineCore.for_pair(pair, judge=judge, default_window=args.window, max_batch=args.batch_size, compile=args.compile)
+    engine = EngineCore.for_pair(pair, judge=judge, default_window=args.window, max_batch=args.batch_size, compile=args.compile,
+                                 shared_prefix=task.shared_prefix_ids(pair.tokenizer))
     if auto:
         args.window = engine.default_window = auto_window(engine, prompts, args.max_new_tokens, rule)
     settings = RequestSettings(max_new_tokens=args.max_new_tokens, stop_strings=tuple(args.stop), rule=rule)

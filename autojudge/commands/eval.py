@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from autojudge.checks import check_fly_parameters
+from autojudge.commands import FLY_WINDOW
 from autojudge.tasks import add_task_arguments
 
 
@@ -47,6 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="epsilons of the training-free typical-acceptance baseline, e.g. 0.03,0.09,0.3 (default none)")
     parser.add_argument("--min-probs", type=_floats, default=(), metavar="P,P",
                         help="thresholds of the training-free prob baseline, e.g. 0.5,0.3,0.1 (default none)")
+    parser.add_argument("--fly-entropies", type=_floats, default=(), metavar="H,H",
+                        help="entropy thresholds (nats) of the training-free FLy baseline, e.g. 0.3,0.6 (default none)")
+    parser.add_argument("--fly-window", type=int, default=FLY_WINDOW,
+                        help=f"FLy's window: the mismatch plus the draft tokens after it that must match (default {FLY_WINDOW}; "
+                        "needs --window larger than it)")
     parser.add_argument(
         "--set-default", action="store_true",
         help="write the recommended threshold into the judge as its default (use on validation problems, not test)",
@@ -66,6 +73,10 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if any(k != int(k) for k in args.top_k):
         raise checks.InputError(f"--top-k takes whole numbers, got {','.join(f'{k:g}' for k in args.top_k)}")
+    if any(not 0.0 < x <= 1.0 for x in (*args.typical_epsilons, *args.min_probs)):
+        raise checks.InputError("--typical-epsilons and --min-probs must lie in (0, 1]")
+    if args.fly_entropies:
+        check_fly_parameters(args.fly_entropies, args.fly_window, args.window)
     checks.check_input_file("--input", args.input)
     checks.check_output_dir("--out", args.out)
     if args.judge:
@@ -92,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     check_args(args)  # before the heavy imports: a bad option fails in a blink
     from autojudge.tasks import InputError, build_task
 
-    task = build_task(args.task, seed=args.seed, instruction=args.instruction)
+    task = build_task(args.task, seed=args.seed, instruction=args.instruction, shots=args.shots, shots_file=args.shots_file)
     problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
     if not problems:
         raise InputError(f"no problems to evaluate in {args.input or f'{args.task} seed {args.seed}'}")
@@ -128,9 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,
         max_accuracy_drop=args.max_drop / 100.0, device=args.device, quality=args.quality,
         typical_epsilons=args.typical_epsilons, min_probs=args.min_probs,
+        fly_entropies=args.fly_entropies, fly_window=args.fly_window,
     )
-    if any(not 0.0 < x <= 1.0 for x in (*args.typical_epsilons, *args.min_probs)):
-        raise InputError("--typical-epsilons and --min-probs must lie in (0, 1]")
     results = evaluate_modes(pair, task, problems, judge, config)
     chosen = recommend_threshold(results, config.max_accuracy_drop, config.quality) if judge else None
     source = args.input or f"{args.task} seed {args.seed}"

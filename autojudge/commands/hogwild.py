@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "is already doing this (default: never)")
     parser.add_argument("--stop-on-answer", action="store_true",
                         help="stop all workers as soon as one has written a final answer")
-    add_task_arguments(parser, default="gsm8k", seed=None)
+    add_task_arguments(parser, default="gsm8k", seed=None, shots=False)
     parser.add_argument("--input", required=True, metavar="FILE", help="prompts JSONL (id + question or prompt)")
     parser.add_argument("--output", required=True, metavar="FILE", help="output JSONL")
     parser.add_argument("--limit", type=int, help="only the first N records")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 
+from autojudge.commands import add_rule_arguments, check_rule_arguments
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from autojudge.ray_utils import add_ray_arguments
 
@@ -26,13 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input-format", choices=["auto", "jsonl", "parquet"], default="auto", help="default: by extension")
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
     parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
-    parser.add_argument("--mode", choices=["exact", "topk", "autojudge", "typical", "prob"], default="exact",
-                        help="acceptance rule (typical, prob: training-free lossy baselines)")
-    parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder (mode autojudge)")
-    parser.add_argument("--threshold", type=float, metavar="TAU", help="judge threshold (default: the judge's)")
-    parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
-    parser.add_argument("--epsilon", type=float, default=0.09, help="mode typical: epsilon (default 0.09; delta = sqrt(epsilon))")
-    parser.add_argument("--min-prob", type=float, default=0.3, help="mode prob: least target probability (default 0.3)")
+    add_rule_arguments(parser)
     parser.add_argument("--window", type=int, default=None, metavar="K",
                         help="draft tokens per target call (default: the judge's window in mode autojudge, else 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
@@ -60,6 +57,7 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_options(args, at_least_1=["window", "max_new_tokens", "max_prompt_tokens", "batch_size",
                                            "num_replicas", "top_k", "num_cpus"],
                          at_least_0=["num_gpus_per_replica", "num_cpus_per_replica"], thresholds=["threshold"])
+    check_rule_arguments(args)
     if args.mode == "autojudge" and not args.judge:
         raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
     if args.mode == "autojudge":
@@ -84,15 +82,13 @@ def run(args: argparse.Namespace) -> int:
     from autojudge.pipeline.infer import DecodeStageConfig, InferConfig, run_infer
     from autojudge.judge import Judge, default_window
 
-    from autojudge.commands.decode import check_rule_parameters
-
-    check_rule_parameters(args.mode, args.epsilon, args.min_prob)
     if args.window is None:
         args.window = default_window(Judge.load(args.judge) if args.mode == "autojudge" and args.judge else None)
 
     stage = DecodeStageConfig(
         target=args.target, draft=args.draft, mode=args.mode, judge=args.judge, threshold=args.threshold,
-        top_k=args.top_k, epsilon=args.epsilon, min_prob=args.min_prob, window=args.window, max_new_tokens=args.max_new_tokens, task=args.task,
+        top_k=args.top_k, epsilon=args.epsilon, min_prob=args.min_prob, fly_entropy=args.fly_entropy,
+        fly_window=args.fly_window, window=args.window, max_new_tokens=args.max_new_tokens, task=args.task,
         stop=tuple(args.stop), max_prompt_tokens=args.max_prompt_tokens, device=args.device,
     )
     config = InferConfig(

@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     config = MineConfig(
         task=args.task,
         instruction=args.instruction,
+        shots=args.shots,
+        shots_file=args.shots_file,
         target=args.target,
         draft=args.draft,
         out=args.out,

@@ -37,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="task gsm8k: train problems skipped first (default 0; the preset skips those the draft was fitted on)")
     parser.add_argument("--test-input", metavar="FILE", default=None, help="task gsm8k: held-out test JSONL")
     parser.add_argument("--instruction", default=None, help="task gsm8k: text appended to every question")
+    parser.add_argument("--shots", type=int, default=None,
+                        help="task gsm8k: the train file's first N solved problems as earlier chat turns (few-shot; default 0)")
     parser.add_argument("--quality", choices=["accuracy", "agreement"], default=None,
                         help="what the chosen tau may lose --max-drop points of: accuracy (ground truth, default) or "
                         "agreement (same final answer as the target's own greedy decoding)")
@@ -44,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="epsilons of the training-free typical-acceptance baseline on the test curve ('' for none)")
     parser.add_argument("--min-probs", type=_float_list, default=None, metavar="P,P",
                         help="thresholds of the training-free prob baseline on the test curve ('' for none)")
+    parser.add_argument("--fly-entropies", type=_float_list, default=None, metavar="H,H",
+                        help="entropy thresholds (nats) of the training-free FLy baseline on the test curve ('' for none)")
+    parser.add_argument("--fly-window", type=int, default=None,
+                        help="FLy's window: the mismatch plus the draft tokens after it that must match (default 6)")
     parser.add_argument("--extra-judges", type=_str_list, default=None, metavar="MODEL:FEATURES,...",
                         help="other judges on the test curve, e.g. lightgbm:DD-DT,logreg:DT ('' for none)")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>)")
@@ -103,14 +109,15 @@ GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final an
 
 PRESETS: dict[str, dict[str, object]] = {
     "smollm2-gsm8k": {
-        "target": "smollm2:target", "draft": "smollm2:draft", "task": "gsm8k",
+        "target": "smollm2:target@bf16", "draft": "smollm2:draft@bf16", "task": "gsm8k",
         "train_input": "gsm8k:train", "test_input": "gsm8k:test", "train_offset": 400,
-        "instruction": GSM8K_INSTRUCTION, "quality": "agreement",
-        "mine_problems": 300, "select_problems": 100, "test_problems": 200, "max_new_tokens": 192,
-        "window": 4, "compare_windows": (), "top_ks": (2,), "typical_epsilons": (0.3, 0.09),
-        "min_probs": (0.3, 0.1), "mine_workers": 0, "mine_batch_size": 16, "eval_batch_size": 32,
-        "extra_judges": ("lightgbm:DD-DT",), "extra_judge_taus": 2,
-        "recall_levels": (1.0, 0.9), "low_taus": (),
+        "instruction": None, "shots": 5, "quality": "agreement",
+        "mine_problems": 1000, "select_problems": 100, "test_problems": 300, "max_new_tokens": 192,
+        "window": 8, "compare_windows": (), "top_ks": (2,), "typical_epsilons": (0.3, 0.09),
+        "min_probs": (0.3, 0.1), "fly_entropies": (0.6, 0.3, 0.1), "fly_window": 3,
+        "mine_workers": 0, "mine_batch_size": 64, "eval_batch_size": 64,
+        "extra_judges": ("lightgbm:DD-DT",), "extra_judge_taus": 3,
+        "recall_levels": (1.0, 0.95, 0.9, 0.8), "low_taus": (),
     },
 }
 """Named settings of `autojudge run`. smollm2-gsm8k: the real pair on GSM8K at the issue's
@@ -177,12 +184,13 @@ def build_config(args: argparse.Namespace) -> "RunConfig":  # noqa: F821 - lazy 
     flags = {
         "out": args.out, "target": args.target, "draft": args.draft, "task": args.task,
         "train_input": args.train_input, "train_offset": args.train_offset, "test_input": args.test_input,
-        "instruction": args.instruction, "quality": args.quality, "mine_problems": args.mine_problems,
+        "instruction": args.instruction, "shots": args.shots, "quality": args.quality, "mine_problems": args.mine_problems,
         "select_problems": args.select_problems, "test_problems": args.test_problems, "window": args.window,
         "compare_windows": args.compare_windows, "max_new_tokens": args.max_new_tokens,
         "judge_model": args.judge_model, "feature_setup": args.features, "mine_workers": args.mine_workers,
         "threads": args.threads, "device": args.device, "typical_epsilons": args.typical_epsilons,
         "min_probs": args.min_probs, "extra_judges": args.extra_judges,
+        "fly_entropies": args.fly_entropies, "fly_window": args.fly_window,
         "max_accuracy_drop": None if args.max_drop is None else args.max_drop / 100.0,
     }
     values.update({key: value for key, value in flags.items() if value is not None})

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from autojudge.checks import check_fly_parameters
+from autojudge.commands import FLY_WINDOW
 from autojudge.ray_utils import add_ray_arguments
 
 
@@ -28,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "rule of this build (default exact)")
     parser.add_argument("--threshold", type=float, metavar="TAU", help="default judge threshold (default: the judge's)")
     parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
+    parser.add_argument("--fly-window", type=int, default=FLY_WINDOW,
+                        help=f"mode fly: the mismatch plus the draft tokens after it that must match (default {FLY_WINDOW}); "
+                        "a request's threshold is FLy's entropy threshold")
     parser.add_argument("--window", type=int, default=None, metavar="K",
                         help="default draft tokens per cycle (default: the judge's window, else 8)")
     parser.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together per replica (default 32)")
@@ -76,6 +81,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise checks.InputError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
     if args.mode == "autojudge" and not args.judge:
         raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
+    check_fly_parameters([] if args.threshold is None or args.mode != "fly" else [args.threshold], args.fly_window,
+                         args.window if args.mode == "fly" else None)
     if args.judge:
         from autojudge.judge_format import check_judge_folder
 
@@ -108,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
 
     replica = ReplicaConfig(
         target=args.target, draft=args.draft, judge=args.judge, mode=args.mode, threshold=args.threshold,
-        top_k=args.top_k, window=args.window, max_batch=args.max_batch, max_waiting=args.max_waiting,
+        top_k=args.top_k, fly_window=args.fly_window, window=args.window, max_batch=args.max_batch, max_waiting=args.max_waiting,
         speculation_max_batch=args.speculation_max_batch, default_max_tokens=args.max_tokens,
         model_name=args.model_name, threads=args.threads, stream_interval=args.stream_interval,
         engine_nice=args.engine_nice,

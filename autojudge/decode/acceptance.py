@@ -1,7 +1,7 @@
 """Acceptance rules: which draft tokens a verification pass keeps (DESIGN.md §1.4, step 3).
 
-A rule is called as `rule(draft_tokens, target_logits, h_target, h_draft)` and returns a
-boolean mask `[batch, k]`: True where draft token c_i may stay. The engine keeps the
+A rule is called as `rule(draft_tokens, target_logits, h_target, h_draft)` (rows shorter
+than k padded with draft token -1) and returns a boolean mask `[batch, k]`: True where draft token c_i may stay. The engine keeps the
 accepted *prefix* (`accepted_lengths`): everything from the first False on is dropped and
 the target's own token replaces the first rejected one. So a rule only ever decides from
 the first unaccepted position on; an exact match is always accepted.
@@ -16,6 +16,9 @@ the first unaccepted position on; an exact match is always accepted.
   or target probability of c_i > min(epsilon, delta * exp(-H)), H the entropy of the target
   distribution at that position. Defaults: epsilon 0.09, delta sqrt(epsilon) = 0.3.
 - `ProbRule(min_prob)`: training-free: exact match, or target probability of c_i >= min_prob.
+- `FlyRule(entropy, window)`: training-free FLy (arXiv 2511.22972): a mismatch is accepted when
+  the target is uncertain there (top-3 entropy >= `entropy`) and the next `window - 1` draft
+  tokens, verified in the same pass, all equal the target's argmax (the draft re-synchronised).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Callable, Container, Sequence
 import torch
 
 Judge = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-MODES = ("exact", "topk", "autojudge", "typical", "prob")
+MODES = ("exact", "topk", "autojudge", "typical", "prob", "fly")
 
 
 def accepted_lengths(mask: torch.Tensor) -> torch.Tensor:
@@ -114,7 +117,7 @@ class JudgeRule(AcceptanceRule):
         if h_target is None or (h_draft is None and self.needs_draft_hidden):
             raise ValueError("JudgeRule needs h_target (and h_draft unless the judge's feature_setup is 'DT')")
         accept = exact_matches(draft_tokens, target_logits)  # [batch, k]
-        mismatch = ~accept  # [batch, k]
+        mismatch = ~accept & (draft_tokens >= 0)  # [batch, k]; negative = padding of a shorter row
         if mismatch.any():
             h_t = h_target[mismatch]  # [n, Ht]
             h_d = h_draft[mismatch] if h_draft is not None else None  # [n, Hd]
@@ -133,7 +136,7 @@ def draft_token_probs(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -
     """(target probability of each draft token `[batch, k]`, entropy of the target distribution
     `[batch, k]`, in nats), at temperature 1, computed in float32."""
     log_probs = torch.log_softmax(target_logits.float(), dim=-1)  # [batch, k, vocab]
-    token_log_probs = log_probs.gather(-1, draft_tokens[..., None].long()).squeeze(-1)  # [batch, k]
+    token_log_probs = log_probs.gather(-1, draft_tokens.clamp(min=0)[..., None].long()).squeeze(-1)  # [batch, k] (padding -1)
     entropy = -(log_probs.exp() * log_probs).sum(dim=-1)  # [batch, k]
     return token_log_probs.exp(), entropy
 
@@ -183,12 +186,65 @@ class ProbRule(AcceptanceRule):
         return {"mode": "prob", "min_prob": self.min_prob}
 
 
+FLY_ENTROPY = 0.3
+"""Default entropy threshold of FLy (nats, top-3 entropy; their shipped Llama-3.1-70B config)."""
+FLY_WINDOW = 6
+"""Default FLy window: a mismatch plus the draft tokens after it that must all match (their config)."""
+
+
+def top3_entropy(target_logits: torch.Tensor) -> torch.Tensor:
+    """`[batch, k]` FLy's uncertainty: -sum p log p over the target's 3 most likely tokens (full-vocabulary
+    softmax, float32, nats)."""
+    top = torch.log_softmax(target_logits.float(), dim=-1).topk(min(3, target_logits.shape[-1]), dim=-1).values
+    return -(top.exp() * top).sum(dim=-1)
+
+
+class FlyRule(AcceptanceRule):
+    """FLy (Li et al., ICLR 2026): accept c_i when it is the target's argmax, or when the target is
+    uncertain at i (top-3 entropy >= `entropy`) and c_{i+1}..c_{i+window-1} all equal the target's
+    argmax: a paraphrase after which the draft is back on the target's path.
+
+    The decision on a mismatch is deferred until the tokens after it are verified: in one pass
+    that means i + window < k (the authors' rule also leaves the last `window` positions of a
+    proposal to exact matching), so a window of w needs at least w + 1 draft tokens per cycle to
+    accept anything. Rows shorter than k are marked by negative draft tokens (padding)."""
+
+    def __init__(self, entropy: float = FLY_ENTROPY, window: int = FLY_WINDOW):
+        if not entropy >= 0.0 or entropy > 10.0:
+            raise ValueError(f"FLy entropy threshold must be in [0, 10] nats, got {entropy}")
+        if not 2 <= window <= 64:
+            raise ValueError(f"FLy window must be in 2..64, got {window}")
+        self.entropy, self.window = float(entropy), int(window)
+
+    def __call__(self, draft_tokens, target_logits, h_target=None, h_draft=None):
+        exact = exact_matches(draft_tokens, target_logits) & (draft_tokens >= 0)  # [batch, k]
+        batch, k = exact.shape
+        if k < self.window + 1:
+            return exact
+        lengths = (draft_tokens >= 0).sum(dim=-1)  # [batch]
+        # followers[:, i]: c_{i+1} .. c_{i+window-1} all exact (for i <= k - window)
+        followers = exact[:, 1:].unfold(1, self.window - 1, 1).all(dim=-1)  # [batch, k - window + 1]
+        resync = torch.zeros_like(exact)
+        resync[:, : followers.shape[1]] = followers
+        position = torch.arange(k, device=exact.device)[None, :]
+        decided = position + self.window < lengths[:, None]  # the authors' last-window exclusion, per row
+        uncertain = top3_entropy(target_logits) >= self.entropy
+        return exact | (~exact & resync & uncertain & decided & (draft_tokens >= 0))
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "fly", "entropy": self.entropy, "window": self.window}
+
+
 def build_rule(
     mode: str, judge: Judge | None = None, threshold: float | None = None, top_k: int = 4,
-    epsilon: float = TYPICAL_EPSILON, min_prob: float = 0.3,
+    epsilon: float = TYPICAL_EPSILON, min_prob: float = 0.3, fly_entropy: float = FLY_ENTROPY,
+    fly_window: int = FLY_WINDOW,
 ) -> AcceptanceRule:
     """The rule for a decode mode: "exact" | "topk" | "autojudge" (needs `judge`; threshold
-    defaults to `judge.default_threshold`) | "typical" (epsilon) | "prob" (min_prob)."""
+    defaults to `judge.default_threshold`) | "typical" (epsilon) | "prob" (min_prob) | "fly"
+    (fly_entropy, fly_window)."""
+    if mode == "fly":
+        return FlyRule(fly_entropy, fly_window)
     if mode == "exact":
         return ExactRule()
     if mode == "topk":

@@ -134,6 +134,17 @@ class RowKVCache:
         """Free a row for a new sequence."""
         self.lengths[row] = 0
 
+    def snapshot_row(self, row: int, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Copies of a row's first `length` keys and values per layer, `[kv_heads, length, head_dim]`."""
+        return [k[row, :, :length].clone() for k in self.keys], [v[row, :, :length].clone() for v in self.values]
+
+    def load_row(self, row: int, snapshot: tuple[list[torch.Tensor], list[torch.Tensor]], length: int) -> None:
+        """Make a row hold the first `length` tokens of a snapshot (`snapshot_row`), nothing after."""
+        for buffers, stored in zip((self.keys, self.values), snapshot):
+            for layer, tensor in zip(buffers, stored):
+                layer[row, :, :length] = tensor[:, :length]
+        self.lengths[row] = length
+
 
 @torch.inference_mode()
 def forward_rows(
@@ -230,6 +241,44 @@ def forward_rows(
     return [results[row] for row in rows]
 
 
+class SharedPrefix:
+    """Keys and values of a token prefix that many sequences start with (a few-shot header),
+    computed once per model and copied into each new row instead of being recomputed.
+
+    `load` makes a fresh row hold the longest common prefix of `tokens` and the row's prompt
+    (at most the prompt minus its last token, so the row still feeds one token and gets the
+    outputs at the prompt's end). The copy is the same computation as a row's own prefill up
+    to float rounding (the prefix runs in a forward of its own shape)."""
+
+    def __init__(self, tokens: Sequence[int]) -> None:
+        self.tokens = [int(token) for token in tokens]
+        self._snapshots: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self.loaded_tokens = 0
+        """Prompt tokens not fed because they were copied (for profiling)."""
+
+    def length_for(self, prompt: Sequence[int]) -> int:
+        """How many leading tokens of `prompt` can be copied."""
+        limit = min(len(self.tokens), len(prompt) - 1)
+        n = 0
+        while n < limit and self.tokens[n] == prompt[n]:
+            n += 1
+        return n
+
+    def load(self, model: Any, cache: RowKVCache, row: int, prompt: Sequence[int], pad_token_id: int = 0) -> int:
+        """Reset `row` and copy the shared part of `prompt` into it; returns its length (0: nothing shared)."""
+        cache.reset(row)
+        n = self.length_for(prompt)
+        if n == 0:
+            return 0
+        snapshot = self._snapshots.get(id(model))
+        if snapshot is None:  # first use on this model: one forward of the prefix on this row
+            forward_rows(model, cache, [row], [self.tokens], pad_token_id, last=[1])
+            snapshot = self._snapshots[id(model)] = cache.snapshot_row(row, len(self.tokens))
+        cache.load_row(row, snapshot, n)
+        self.loaded_tokens += n
+        return n
+
+
 def group_by_length(rows: list[int], lengths: list[int], overhead_tokens: int) -> list[list[int]]:
     """Split rows into forward groups minimising sum(overhead + rows x longest chunk):
     one long chunk (a verification) should not pad many one-token steps to its length."""
@@ -294,6 +343,7 @@ __all__ = [
     "CacheLayoutError",
     "RowKVCache",
     "RowOutput",
+    "SharedPrefix",
     "check_cache_layout",
     "forward_groups",
     "forward_rows",

@@ -33,8 +33,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from autojudge.decode.acceptance import AcceptanceRule, ExactRule, accepted_lengths, build_rule, greedy_prefix
-from autojudge.decode.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, forward_groups
+from autojudge.decode.acceptance import FLY_WINDOW, AcceptanceRule, ExactRule, accepted_lengths, build_rule, greedy_prefix
+from autojudge.decode.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_groups
 from autojudge.decode.lean import compile_lean
 from autojudge.decode.metrics import RequestMetrics
 
@@ -49,9 +49,11 @@ class RequestSettings:
     """Acceptance rule: "exact", "topk", "autojudge" (needs the engine's judge) or another mode of `build_rule`."""
     threshold: float | None = None
     """The lossy rule's parameter: autojudge tau (None: the judge's default), typical epsilon, prob
-    least probability (None: the rule's default)."""
+    least probability, fly entropy threshold (None: the rule's default)."""
     top_k: int = 4
     """K of the "topk" rule."""
+    fly_window: int = FLY_WINDOW
+    """Window of the "fly" rule: a mismatch and the draft tokens after it that must match."""
     window: int | None = None
     """Draft tokens proposed per cycle; None: the engine's default; 0: no speculation (plain greedy)."""
     stop_strings: tuple[str, ...] = ()
@@ -212,7 +214,7 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
         lengths = [len(proposal.tokens[i]) for i in members]
         width = max(lengths)
         device = verification[members[0]].hidden.device
-        drafted = pad_rows([torch.tensor(proposal.tokens[i], device=device) for i in members], width)  # [b, k]
+        drafted = pad_rows([torch.tensor(proposal.tokens[i], device=device) + 1 for i in members], width) - 1  # [b, k], padding -1
         logits = pad_rows([verification[i].logits[:k] for i, k in zip(members, lengths)], width)  # type: ignore[index]
         h_target = pad_rows([verification[i].hidden[1 : k + 1] for i, k in zip(members, lengths)], width)  # [b, k, Ht]
         h_draft = pad_rows([proposal.hidden[i] for i in members], width) if rule.needs_draft_hidden else None  # type: ignore[misc]
@@ -257,13 +259,16 @@ class EngineCore:
         default_window: int = 8,
         max_batch: int = 64,
         forward_overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
+        shared_prefix: Sequence[int] = (),
     ) -> None:
         """judge: the callable of mode "autojudge" (`judge(h_target, h_draft) -> p_important`); tokenizer:
         needed for stop strings; eos_token_ids: a row stops after emitting one; pad_token_id: filler for
         padding slots (never attended to); default_window: draft tokens per cycle when a request does
         not say; max_batch: most rows decoded together (more requests wait for a free slot);
         forward_overhead_tokens: the fixed cost of one forward call in fed tokens, which decides when a
-        cycle's rows split into several forwards by chunk length (`cache.group_by_length`)."""
+        cycle's rows split into several forwards by chunk length (`cache.group_by_length`); shared_prefix:
+        tokens many prompts start with (a few-shot header), whose keys and values are computed once per
+        model and copied into each new row (`cache.SharedPrefix`)."""
         if default_window < 0:
             raise ValueError(f"default_window must be >= 0, got {default_window}")
         if max_batch < 1:
@@ -278,6 +283,7 @@ class EngineCore:
         self.vocab_size = target.get_output_embeddings().weight.shape[0]
         self.target_cache = RowKVCache(target, 0, 0)
         self.draft_cache = RowKVCache(draft, 0, 0)
+        self.shared_prefix = SharedPrefix(shared_prefix) if shared_prefix else None
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}
         self._free_slots: list[int] = []
@@ -286,7 +292,8 @@ class EngineCore:
         self._next_id = 0
 
     @classmethod
-    def for_pair(cls, pair: Any, judge: Any = None, default_window: int = 8, max_batch: int = 64, compile: bool = False) -> "EngineCore":
+    def for_pair(cls, pair: Any, judge: Any = None, default_window: int = 8, max_batch: int = 64, compile: bool = False,
+                 shared_prefix: Sequence[int] = ()) -> "EngineCore":
         """The engine for a loaded `models.ModelPair`: its tokenizer, and the one EOS policy (the
         tokenizer's EOS and both models' generation-config EOS ids, as `generate` stops on).
         `compile`: `torch.compile` both models' lean forwards (`lean.compile_lean`)."""
@@ -301,7 +308,7 @@ class EngineCore:
         return cls(
             pair.target, pair.draft, judge=judge, tokenizer=tokenizer,
             eos_token_ids=eos_token_ids(tokenizer, pair.target, pair.draft), pad_token_id=pad,
-            default_window=default_window, max_batch=max_batch,
+            default_window=default_window, max_batch=max_batch, shared_prefix=shared_prefix,
         )  # fmt: skip
 
     # -- requests -----------------------------------------------------------------------
@@ -328,11 +335,13 @@ class EngineCore:
         """The (shared) rule object for a request's settings; rows with equal settings are judged together."""
         if settings.rule is not None:
             return settings.rule
-        key = (settings.mode, settings.threshold, settings.top_k)
+        key = (settings.mode, settings.threshold, settings.top_k, settings.fly_window)
         if key not in self._rules:
-            parameter = {} if settings.threshold is None else {"typical": {"epsilon": settings.threshold}, "prob": {"min_prob": settings.threshold}}.get(settings.mode, {})
+            named = {"typical": "epsilon", "prob": "min_prob", "fly": "fly_entropy"}
+            parameter = {} if settings.threshold is None or settings.mode not in named else {named[settings.mode]: settings.threshold}
             self._rules[key] = build_rule(
-                settings.mode, judge=self.judge, threshold=settings.threshold, top_k=settings.top_k, **parameter
+                settings.mode, judge=self.judge, threshold=settings.threshold, top_k=settings.top_k,
+                fly_window=settings.fly_window, **parameter,
             )
         return self._rules[key]
 
@@ -438,6 +447,10 @@ class EngineCore:
             request.slot = self._free_slots.pop(0)  # lowest first: active rows stay a compact range
             self.target_cache.grow(request.capacity)
             self.draft_cache.grow(request.capacity)
+            if self.shared_prefix is not None:  # the row starts with the prefix's keys/values: `pending` skips it
+                prompt = request.tokens[: request.prompt_len]
+                self.shared_prefix.load(self.target, self.target_cache, request.slot, prompt, self.pad_token_id)
+                self.shared_prefix.load(self.draft, self.draft_cache, request.slot, prompt, self.pad_token_id)
             self.running[request.id] = request
             admitted.append(request)
         return admitted

@@ -23,12 +23,12 @@ forward, and the draft hidden from a one-token draft call that runs in the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Hashable, Iterator
+from typing import Any, Callable, Generator, Hashable, Iterator, Sequence
 
 import torch
 
 from autojudge.decode.acceptance import greedy_prefix
-from autojudge.decode.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, forward_rows, group_by_length
+from autojudge.decode.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_rows, group_by_length
 from autojudge.decode.search import Evaluator, Label, SearchResult
 
 
@@ -462,9 +462,12 @@ class BatchedSearcher:
         batch_size: int = 16,
         settings: LookaheadSettings | None = None,
         forward_overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
+        shared_prefix: Sequence[int] = (),
     ) -> None:
         """`forward_overhead_tokens`: the fixed cost of one forward call, in fed tokens; sets how
-        rows with chunks of different lengths are split into forwards (`group_by_length`)."""
+        rows with chunks of different lengths are split into forwards (`group_by_length`).
+        `shared_prefix`: tokens many prompts start with (a few-shot header), computed once per model
+        and copied into each new row (`cache.SharedPrefix`); the searches never see the difference."""
         self.target, self.draft = target, draft
         self.eos_ids, self.pad_token_id = eos_ids, pad_token_id
         self.batch_size = batch_size
@@ -472,6 +475,8 @@ class BatchedSearcher:
         self.counters = SearchCounters()
         self.forward_overhead_tokens = forward_overhead_tokens
         self.corpus = NgramCorpus(self.settings)
+        self.shared_prefix = SharedPrefix(shared_prefix) if shared_prefix else None
+        self._pinned: dict[int, int] = {}  # row -> leading prompt tokens its caches hold from the shared prefix
 
     def run(self, jobs: list[SearchJob]) -> Iterator[tuple[Any, SearchResult | Exception]]:
         """Yield (key, result or the exception that search raised) as searches finish."""
@@ -526,6 +531,13 @@ class BatchedSearcher:
                 row = free.pop()
                 target_cache.reset(row)
                 draft_cache.reset(row)
+                self._pinned.pop(row, None)
+                if self.shared_prefix is not None:
+                    pad = self.pad_token_id
+                    self.shared_prefix.load(self.target, target_cache, row, job.prompt, pad)
+                    pinned = self.shared_prefix.load(self.draft, draft_cache, row, job.prompt, pad)
+                    if pinned:
+                        self._pinned[row] = pinned
                 search = fast_search(job.prompt, job.evaluator, job.budget, self.eos_ids, self.settings, self.corpus)
                 yield from advance(row, job.key, search, lambda s=search: next(s))
             if not active:
@@ -569,11 +581,14 @@ class BatchedSearcher:
             return {}
         start = time.perf_counter()
         results: dict[int, RowOutput] = {}
-        for group in group_by_length(rows, [len(calls[row].tokens) for row in rows], self.forward_overhead_tokens):  # type: ignore[union-attr]
+        skips = {row: self._copied(row, calls[row], cache) for row in rows}  # type: ignore[arg-type]
+        sizes = [len(calls[row].tokens) - skips[row] for row in rows]  # type: ignore[union-attr]
+        for group in group_by_length(rows, sizes, self.forward_overhead_tokens):
             for row in group:
-                cache.truncate(row, calls[row].keep)  # type: ignore[union-attr]
-            chunks = [calls[row].tokens for row in group]  # type: ignore[union-attr]
-            results.update(zip(group, forward_rows(model, cache, group, chunks, self.pad_token_id)))
+                cache.truncate(row, calls[row].keep + skips[row])  # type: ignore[union-attr]
+            chunks = [calls[row].tokens[skips[row] :] for row in group]  # type: ignore[union-attr]
+            outputs = forward_rows(model, cache, group, chunks, self.pad_token_id)
+            results.update((row, pad_front(output, skips[row])) for row, output in zip(group, outputs))
             if is_target:
                 self.counters.target_forwards += 1
                 self.counters.target_tokens += sum(len(chunk) for chunk in chunks)
@@ -586,3 +601,19 @@ class BatchedSearcher:
         else:
             self.counters.draft_seconds += elapsed
         return results
+
+    def _copied(self, row: int, call: Call, cache: RowKVCache) -> int:
+        """Leading tokens of `call` its row already holds from the shared prefix (never all of them)."""
+        pinned = self._pinned.get(row, 0)
+        if call.keep >= pinned or cache.lengths[row] < pinned:
+            return 0
+        return min(pinned - call.keep, len(call.tokens) - 1)
+
+
+def pad_front(output: RowOutput, count: int) -> RowOutput:
+    """`output` as if `count` more tokens had been fed before its chunk (placeholder argmax -1, zero
+    hidden states): what a search indexes by fed position sees the same layout."""
+    if count == 0:
+        return output
+    hidden = torch.cat([output.hidden.new_zeros((count, output.hidden.shape[-1])), output.hidden])
+    return RowOutput(argmax=[-1] * count + output.argmax, hidden=hidden)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from autojudge.decode.acceptance import FLY_WINDOW
 from autojudge.tasks.base import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ class EvalConfig:
     """Epsilons of the training-free `typical` acceptance baseline (delta = sqrt(epsilon)); () = not run."""
     min_probs: tuple[float, ...] = ()
     """Thresholds p of the training-free `prob` baseline (accept when p_T(draft token) >= p); () = not run."""
+    fly_entropies: tuple[float, ...] = ()
+    """Entropy thresholds of the training-free FLy baseline (nats, top-3 entropy); () = not run."""
+    fly_window: int = FLY_WINDOW
+    """FLy's window (a mismatch plus the draft tokens after it that must match); needs `window` > it."""
     quality: str = "accuracy"
     """What `max_accuracy_drop` is measured on: "accuracy" (ground truth) or "agreement" (with exact's answer)."""
 
@@ -170,11 +175,15 @@ def evaluate_setting(
     elif mode == "prob":
         rule = build_rule("prob", min_prob=float(param))  # type: ignore[arg-type]
         label = f"prob p={param:g}"
+    elif mode == "fly":
+        rule = build_rule("fly", fly_entropy=float(param), fly_window=config.fly_window)  # type: ignore[arg-type]
+        label = f"fly H={param:g} w={config.fly_window}"
     else:
         rule = build_rule("exact")
         label = "exact"
     tokenizer = pair.tokenizer
-    engine = EngineCore.for_pair(pair, judge=judge, default_window=config.window, max_batch=config.batch_size)
+    engine = EngineCore.for_pair(pair, judge=judge, default_window=config.window, max_batch=config.batch_size,
+                                 shared_prefix=task.shared_prefix_ids(tokenizer))
     settings = RequestSettings(max_new_tokens=config.max_new_tokens, rule=rule)
     texts, metrics, wall_s = decode_problems(engine, settings, tokenizer, task, problems, progress)
     answers = [task.answer(problem, text) for problem, text in zip(problems, texts)]
@@ -207,6 +216,8 @@ def quality_of(result: SettingResult, quality: str = "accuracy") -> float:
 def setting_cache_path(cache_dir: str | Path, mode: str, param: float | None, config: EvalConfig, num_problems: int) -> Path:
     """File holding one finished setting: mode, parameter, window, budget and problem count in the name."""
     name = f"{mode.replace(':', '_')}-{'none' if param is None else f'{param:g}'}-k{config.window}-L{config.max_new_tokens}-n{num_problems}"
+    if mode == "fly":
+        name += f"-w{config.fly_window}"
     return Path(cache_dir) / f"{name}.json"
 
 
@@ -251,6 +262,7 @@ def evaluate_modes(
     settings += [("autojudge", tau, judge) for tau in thresholds]
     settings += [("typical", float(eps), None) for eps in config.typical_epsilons]
     settings += [("prob", float(p), None) for p in config.min_probs]
+    settings += [("fly", float(h), None) for h in config.fly_entropies]
     settings += [("topk", float(k), None) for k in config.top_ks]
     for name, (other, taus) in (extra_judges or {}).items():
         settings += [(f"judge:{name}", float(tau), other) for tau in sorted(taus)]
@@ -280,8 +292,8 @@ def evaluate_modes(
         if stop_after_drop and judged and quality_of(result, config.quality) < exact_quality - config.max_accuracy_drop - 1e-12:
             stopped.add(mode)
     bar.close()
-    order = {"exact": 0, "topk": 1, "typical": 2, "prob": 3, "autojudge": 4}
-    return sorted(results, key=lambda r: order.get(r.mode, 5))  # stable: parameters keep their order
+    order = {"exact": 0, "topk": 1, "typical": 2, "prob": 3, "fly": 4, "autojudge": 5}
+    return sorted(results, key=lambda r: order.get(r.mode, 6))  # stable: parameters keep their order
 
 
 def recommend_threshold(
@@ -293,13 +305,13 @@ def recommend_threshold(
 
     Walking up from small tau and stopping at the first failure keeps a lucky high-tau
     point past a breakdown (small sets are noisy) from being recommended. None when even
-    the smallest threshold loses too much. For `prob` and `typical` (a larger p / epsilon is
-    more conservative) the walk goes from large down.
+    the smallest threshold loses too much. For `prob`, `typical` and `fly` (a larger p / epsilon /
+    entropy threshold is more conservative) the walk goes from large down.
     """
     exact = next(r for r in results if r.mode == "exact")
     floor = quality_of(exact, quality) - max_accuracy_drop - 1e-12
     qualifying: list[SettingResult] = []
-    descending = mode in ("prob", "typical")
+    descending = mode in ("prob", "typical", "fly")
     for result in sorted((r for r in results if r.mode == mode), key=lambda r: r.param or 0.0, reverse=descending):
         if quality_of(result, quality) < floor:
             break
@@ -314,7 +326,7 @@ def recommend_threshold(
 
 MODE_STYLES: dict[str, tuple[str, str]] = {
     "exact": ("black", "s"), "topk": ("tab:orange", "^"), "autojudge": ("tab:blue", "o"),
-    "typical": ("tab:green", "v"), "prob": ("tab:purple", "D"),
+    "typical": ("tab:green", "v"), "prob": ("tab:purple", "D"), "fly": ("tab:red", "p"),
 }
 """Colour and marker per mode in `pareto.png`; other judges (`judge:<name>`) cycle through the rest."""
 
@@ -328,6 +340,8 @@ def _point_label(result: SettingResult) -> str:
         return f"ε={result.param:.2g}"
     if result.mode == "prob":
         return f"p={result.param:.2g}"
+    if result.mode == "fly":
+        return f"H={result.param:.2g}"
     return f"τ={result.param:.2g}"
 
 
@@ -342,7 +356,7 @@ def plot_pareto(results: Sequence[SettingResult], path: str | Path, title: str, 
 
     fig, ax = plt.subplots(figsize=(9.5, 5.2), dpi=120)
     exact = next(r for r in results if r.mode == "exact")
-    modes = [m for m in ("topk", "typical", "prob", "autojudge") if any(r.mode == m for r in results)]
+    modes = [m for m in ("topk", "typical", "prob", "fly", "autojudge") if any(r.mode == m for r in results)]
     modes += sorted({r.mode for r in results if r.mode.startswith("judge:")})
     others = iter(OTHER_JUDGE_STYLES * 4)
     for number, mode in enumerate(modes):

@@ -31,6 +31,10 @@ class MineConfig:
     """Task name: `toy`, `gsm8k` or `humaneval` (E of DESIGN §1.1 comes from it)."""
     instruction: str | None = None
     """Text appended to every question (None: the task's default)."""
+    shots: int = 0
+    """Task gsm8k: solved examples shown first as earlier chat turns (few-shot)."""
+    shots_file: str | None = None
+    """Task gsm8k: JSONL whose first `shots` problems are the examples (None: the shared train file)."""
     target: str = "toy:target"
     """Target model spec (HF id, folder, .gguf, or toy:target)."""
     draft: str = "toy:draft"
@@ -90,7 +94,8 @@ def load_problems(config: MineConfig) -> list[Any]:
 def build_task(config: MineConfig) -> Any:
     from autojudge.tasks import build_task as task_from_settings
 
-    return task_from_settings(config.task, seed=config.seed, instruction=config.instruction)
+    return task_from_settings(config.task, seed=config.seed, instruction=config.instruction, shots=config.shots,
+                              shots_file=config.shots_file)
 
 
 def chunked(items: list[Any], size: int) -> list[list[Any]]:
@@ -163,7 +168,7 @@ def mine(config: MineConfig) -> Path:
     return out
 
 
-RESUME_KEYS = ("task", "instruction", "target", "draft", "input", "seed", "max_new_tokens", "method")
+RESUME_KEYS = ("task", "instruction", "shots", "shots_file", "target", "draft", "input", "seed", "max_new_tokens", "method")
 """Settings that must match to resume a folder (the labels would mix otherwise)."""
 
 

@@ -111,12 +111,19 @@ class RunConfig:
     """GSM8K-format JSONL of the held-out test problems (task gsm8k)."""
     instruction: str | None = None
     """Text appended to every question in the user turn (task gsm8k)."""
+    shots: int = 0
+    """Solved train problems shown first as earlier chat turns (task gsm8k; `tasks.gsm8k.GSM8KTask.shots`).
+    They come from the train file's head, before `train_offset`."""
     quality: str = "accuracy"
     """What the chosen threshold may lose `max_accuracy_drop` of: "accuracy" or "agreement" (with the target's answer)."""
     typical_epsilons: tuple[float, ...] = ()
     """Epsilons of the training-free typical-acceptance baseline on the test curve (() = not run)."""
     min_probs: tuple[float, ...] = ()
     """Thresholds p of the training-free `prob` baseline on the test curve (() = not run)."""
+    fly_entropies: tuple[float, ...] = ()
+    """Entropy thresholds (nats) of the training-free FLy baseline on the test curve (() = not run)."""
+    fly_window: int = 6
+    """FLy's window (`decode.acceptance.FLY_WINDOW`): the mismatch plus the draft tokens after it that must match."""
     extra_judges: tuple[str, ...] = ()
     """Other judges trained on the same labels and put on the test curve, as "model:features"
     (e.g. "lightgbm:DD-DT", "logreg:DT"), each on a short tau sweep."""
@@ -214,6 +221,9 @@ def check_run_config(config: RunConfig) -> None:
         raise InputError(f"--quality must be accuracy or agreement, got {config.quality!r}")
     if config.train_offset < 0:
         raise InputError(f"--train-offset must be >= 0, got {config.train_offset}")
+    if config.task == "gsm8k" and config.shots > config.train_offset:
+        raise InputError(f"--shots {config.shots} takes the train file's first problems as examples: --train-offset "
+                         f"({config.train_offset}) must skip at least that many, so no example is mined or selected on")
     if min(config.mine_problems, config.select_problems, config.test_problems, config.max_new_tokens, config.window) < 1:
         raise InputError("--mine-problems, --select-problems, --test-problems, --max-new-tokens and --window must be >= 1")
     for spec in config.extra_judges:
@@ -222,6 +232,10 @@ def check_run_config(config: RunConfig) -> None:
             raise InputError(f"extra judge {spec!r}: use MODEL:FEATURES with MODEL logreg|lightgbm and FEATURES DT|DD-DT")
     if any(not 0.0 < x <= 1.0 for x in (*config.typical_epsilons, *config.min_probs)):
         raise InputError("--typical-epsilons and --min-probs must lie in (0, 1]")
+    if config.fly_entropies:
+        from autojudge.checks import check_fly_parameters
+
+        check_fly_parameters(config.fly_entropies, config.fly_window, config.window)
     if config.task == "gsm8k":
         for stage in ("mine", "select", "test"):
             stage_problems(config, stage)  # missing file, too few problems, problems without answers
@@ -242,10 +256,12 @@ def mine_stage(config: RunConfig, out: Path) -> Path:
         slice_path = out.parent / "inputs" / "mine.jsonl"
         slice_path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(slice_path, [{"id": p.id, "question": p.question, "answer": p.answer} for p in stage_problems(config, "mine")])
-        where = {"task": "gsm8k", "input": str(slice_path), "instruction": config.instruction}
+        where = {"task": "gsm8k", "input": str(slice_path), "instruction": config.instruction,
+                 "shots": config.shots, "shots_file": config.train_input if config.shots else None}
     mine_config = MineConfig(
         target=config.target, draft=config.draft, limit=config.mine_problems,
         out=str(out), max_new_tokens=config.max_new_tokens, batch_size=config.mine_batch_size,
+        chunk_size=max(1, config.mine_batch_size // 2), max_chunks_in_flight=4,  # small shards: a kill loses little
         workers=config.mine_workers, cpus_per_worker=config.threads,
         gpus_per_worker=1.0 if config.device.startswith("cuda") else 0.0, **where,
     )
@@ -313,7 +329,9 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
 
     pair = load_pair(config.target, config.draft, device=config.device)
     judge.check_model_pair(pair)
-    task = build_task(config.task, instruction=config.instruction if config.task == "gsm8k" else None)
+    gsm8k = config.task == "gsm8k"
+    task = build_task(config.task, instruction=config.instruction if gsm8k else None, shots=config.shots if gsm8k else 0,
+                      shots_file=config.train_input if gsm8k and config.shots else None)
     eval_config = EvalConfig(
         window=config.window, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
         top_ks=config.top_ks, max_accuracy_drop=config.max_accuracy_drop, device=config.device,
@@ -334,7 +352,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
         "mined": f"{len(data)} mismatches ({int(data.important.sum())} important) from {len(set(data.prompt_ids.tolist()))} prompts",
     }
     if config.task == "gsm8k":
-        context["task"] = f"gsm8k, instruction {config.instruction!r}"
+        context["task"] = f"gsm8k, instruction {config.instruction!r}, {config.shots} few-shot examples"
 
     select_problems = stage_problems(config, "select")
 
@@ -367,7 +385,8 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
     def test() -> Any:
         thresholds = tuple(sorted(set(eval_config.thresholds or ()) | {round(judge.default_threshold, 4)}))
         test_config = EvalConfig(**dict(asdict(eval_config), thresholds=thresholds,
-                                        typical_epsilons=config.typical_epsilons, min_probs=config.min_probs))
+                                        typical_epsilons=config.typical_epsilons, min_probs=config.min_probs,
+                                        fly_entropies=config.fly_entropies, fly_window=config.fly_window))
         others = {name: (other, extra_judge_taus(other, config.extra_judge_taus)) for name, other in extra.items()}
         results = evaluate_modes(pair, task, test_problems, judge, test_config, extra_judges=others,
                                  cache_dir=run_dir / "eval" / "settings")

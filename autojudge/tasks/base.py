@@ -49,6 +49,16 @@ class Task(ABC):
         (a chat template already holds them). The one place prompts become ids."""
         return list(tokenizer(self.render_prompt(problem, tokenizer), add_special_tokens=False).input_ids)
 
+    def shared_prefix(self, tokenizer: Any) -> str:
+        """Text every prompt of this task starts with (a few-shot header), whose keys and values the
+        engine and the miner compute once; "" when there is none worth sharing."""
+        return ""
+
+    def shared_prefix_ids(self, tokenizer: Any) -> list[int]:
+        """`shared_prefix` as token ids ([] when none); prompts share its ids up to the tokenizer's boundary."""
+        text = self.shared_prefix(tokenizer)
+        return list(tokenizer(text, add_special_tokens=False).input_ids) if text else []
+
     @abstractmethod
     def answer(self, problem: Problem, response: str) -> Hashable:
         """The outcome of a response that `same` compares (a* = answer(problem, y))."""

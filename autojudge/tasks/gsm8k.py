@@ -57,15 +57,74 @@ def load_problems(path: str | Path, limit: int | None = None, strict: bool = Tru
     return problems
 
 
+def shared_gsm8k_file(split: str) -> str:
+    """$AUTOJUDGE_DATA/gsm8k/<split>.jsonl, else ../shared/data/gsm8k/<split>.jsonl next to the repository."""
+    import os
+
+    if os.environ.get("AUTOJUDGE_DATA"):
+        return str(Path(os.environ["AUTOJUDGE_DATA"]) / "gsm8k" / f"{split}.jsonl")
+    return str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / f"{split}.jsonl")
+
+
+def clean_solution(answer: str) -> str:
+    """A GSM8K reference solution without its calculator annotations (`<<48/2=24>>`), ending in `#### N`."""
+    import re
+
+    return re.sub(r"<<[^>]*>>", "", answer).strip()
+
+
+MAX_SHOTS = 32
+"""Most solved examples a few-shot prompt may hold."""
+
+
 @dataclass
 class GSM8KTask(Task):
-    """Math word problems; the outcome of a response is its final number."""
+    """Math word problems; the outcome of a response is its final number.
+
+    With `shots` > 0 the prompt is few-shot in the chat template: the first `shots` problems of
+    `shots_file` as earlier user/assistant turns (question; reference solution without calculator
+    annotations, ending `#### N`), then the question. An instruct model then ends its answer with
+    `#### N` and its end-of-turn token (EOS), so answers stop without stop strings."""
 
     instruction: str = ""
     """Text appended to the question in the user message (e.g. "End with 'The final answer is N'.")."""
     system: str | None = None
     """Optional system message for the chat template."""
+    shots: int = 0
+    """Solved train problems shown first as earlier chat turns (few-shot); 0: the question alone."""
+    shots_file: str | None = None
+    """GSM8K-format JSONL whose first `shots` problems are the examples (default: the shared GSM8K train file)."""
     name: str = "gsm8k"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shots <= MAX_SHOTS:
+            raise InputError(f"--shots must be in 0..{MAX_SHOTS}, got {self.shots}")
+        self._examples: list[Problem] | None = None
+
+    def examples(self) -> list[Problem]:
+        """The few-shot examples (loaded once; each must have a question and an answer)."""
+        if self._examples is None:
+            source = self.shots_file or shared_gsm8k_file("train")
+            if not self.shots:
+                self._examples = []
+            elif not Path(source).exists():
+                raise InputError(f"--shots-file {source}: not found (the few-shot examples come from it)")
+            else:
+                examples = load_problems(source, limit=self.shots)
+                if len(examples) < self.shots or any(not (p.question and p.answer) for p in examples):
+                    raise InputError(f"--shots-file {source}: needs {self.shots} problems with 'question' and 'answer'")
+                self._examples = examples
+        return self._examples
+
+    def shared_prefix(self, tokenizer: Any) -> str:
+        """The text every rendered question prompt starts with (system turn, few-shot examples): the
+        common prefix of two prompts that differ only in the question."""
+        first = self.render_prompt(Problem(id="a", question="A"), tokenizer)
+        second = self.render_prompt(Problem(id="b", question="B"), tokenizer)
+        n = 0
+        while n < min(len(first), len(second)) and first[n] == second[n]:
+            n += 1
+        return first[:n]
 
     def load(self, source: str | None = None, limit: int | None = None, strict: bool = True) -> list[Problem]:
         if source is None:
@@ -91,7 +150,17 @@ class GSM8KTask(Task):
         if problem.question is None:
             raise InputError(f"problem {problem.id}: has neither 'question' nor 'prompt'")
         message = problem.question if not self.instruction else f"{problem.question}\n{self.instruction}"
-        return chat_prompt(tokenizer, message, self.system)
+        if not self.shots:
+            return chat_prompt(tokenizer, message, self.system)
+        turns = [(example.question, clean_solution(example.answer or "")) for example in self.examples()]
+        if not getattr(tokenizer, "chat_template", None):  # a plain Question/Answer frame
+            shown = "".join(f"Question: {question}\nAnswer: {answer}\n\n" for question, answer in turns)
+            return f"{self.system}\n\n" * bool(self.system) + shown + f"Question: {message}\nAnswer:"
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for question, answer in turns:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": message})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def answer(self, problem: Problem, response: str) -> str | None:
         return extract_answer(response)
