@@ -136,3 +136,47 @@ def test_a_model_with_prepacked_weights_can_be_copied_and_pickled():
         assert clone.__dict__.get("_autojudge_lean") is None
         assert_same_rows(run_rows(clone, lean=True), reference)
         assert lean_decoder(clone) is not None
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_prefix_attention_equals_attention_over_each_rows_cache(dtype, tolerance):
+    """Reading a shared prefix once for every row gives each row's own attention over its whole cache."""
+    from autojudge.decode.lean import prefix_attention
+
+    g = torch.Generator().manual_seed(0)
+    b, heads, kv_heads, c, d, prefix, rest = 3, 6, 2, 4, 8, 11, 7
+    prefix_k, prefix_v = (torch.randn(kv_heads, prefix, d, generator=g).to(dtype) for _ in range(2))
+    own_k, own_v = (torch.randn(b, kv_heads, rest, d, generator=g).to(dtype) for _ in range(2))
+    keys = torch.cat([prefix_k.expand(b, -1, -1, -1), own_k], dim=2)
+    values = torch.cat([prefix_v.expand(b, -1, -1, -1), own_v], dim=2)
+    q = torch.randn(b, heads, c, d, generator=g).to(dtype)
+    lengths = [2, 5, 7]  # row r's chunk sits at slots prefix + lengths[r] - c + j; later slots are masked
+    allowed = torch.zeros(b, 1, c, prefix + rest, dtype=torch.bool)
+    for row, length in enumerate(lengths):
+        for j in range(c):
+            allowed[row, 0, j, : prefix + max(length - c + j + 1, 1)] = True
+    mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=d**-0.5, enable_gqa=True)
+    got = prefix_attention(q, prefix_k, prefix_v, keys, values, mask, d**-0.5)
+    assert got.dtype == dtype and got.shape == expected.shape
+    torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+def test_engine_with_a_shared_prefix_equals_greedy_generate(monkeypatch):
+    """Prompts behind one header: rows copy the header's keys/values and attention reads them once; exact
+    decoding still equals the target's greedy `generate`, and the rows fed only what follows the header."""
+    torch.set_num_threads(1)
+    target = tiny_model("llama", seed=0, layers=2)
+    draft = noisy_copy(target, scale=0.3, seed=1)
+    header = [1, 9, 8, 7, 6, 5, 4, 3, 12, 13, 14, 15]
+    prompts = [header + tail for tail in ([20, 21], [22], [23, 24, 25], [26, 27])] + [header[:4] + [30]]
+    reference = greedy_reference(target, prompts, 16)
+    import autojudge.decode.lean as lean
+
+    calls = []
+    original = lean.prefix_attention
+    monkeypatch.setattr(lean, "prefix_attention", lambda *args: calls.append(1) or original(*args))
+    engine = EngineCore(target, draft, eos_token_ids=2, default_window=3, max_batch=4, shared_prefix=header)
+    assert [r.token_ids for r in engine.generate(prompts, RequestSettings(max_new_tokens=16))] == reference
+    assert calls, "batched forwards over rows behind the header read it once"
+    assert engine.shared_prefix is not None and engine.shared_prefix.loaded_tokens == 2 * (4 * 12 + 4)

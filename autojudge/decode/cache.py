@@ -82,11 +82,16 @@ class RowKVCache:
         self.values = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(num_layers)]
         self.lengths = [0] * num_rows
         """Valid cached tokens per row."""
+        self.shared: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        """Keys and values per layer `[kv_heads, P, head_dim]` of a prefix rows share (`SharedPrefix`), or None."""
+        self.shared_rows = [False] * num_rows
+        """Per row: its first `shared_length` slots hold the shared prefix (attention reads it once for all such rows)."""
         # state of the forward pass in progress (set by `forward_rows`)
         self._rows: torch.Tensor | None = None  # [b]
         self._row_range: slice | None = None  # set when the batch is a contiguous range of rows
         self._write_index: torch.Tensor | None = None  # [b * kv_heads * C]: flat (row, head, slot) of each fed key
         self._kv_len = 0
+        self._shared_active = False  # this forward reads the shared prefix once (set by `forward_rows`)
 
     @property
     def num_rows(self) -> int:
@@ -123,27 +128,44 @@ class RowKVCache:
                 new[:old_rows, :, :old_slots] = old[:, :, :old_slots]
                 buffers[layer] = new
         self.lengths += [0] * (num_rows - old_rows)
+        self.shared_rows += [False] * (num_rows - old_rows)
         self.capacity = capacity + 1
         self.trash_slot = capacity
 
     def truncate(self, row: int, length: int) -> None:
         """Roll a row back to its first `length` tokens (a longer `length` changes nothing)."""
         self.lengths[row] = min(self.lengths[row], length)
+        if self.lengths[row] < self.shared_length:
+            self.shared_rows[row] = False
 
     def reset(self, row: int) -> None:
         """Free a row for a new sequence."""
         self.lengths[row] = 0
+        self.shared_rows[row] = False
+
+    @property
+    def shared_length(self) -> int:
+        """Tokens of the shared prefix (0: none)."""
+        return 0 if self.shared is None else int(self.shared[0][0].shape[1])
 
     def snapshot_row(self, row: int, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Copies of a row's first `length` keys and values per layer, `[kv_heads, length, head_dim]`."""
         return [k[row, :, :length].clone() for k in self.keys], [v[row, :, :length].clone() for v in self.values]
 
-    def load_row(self, row: int, snapshot: tuple[list[torch.Tensor], list[torch.Tensor]], length: int) -> None:
-        """Make a row hold the first `length` tokens of a snapshot (`snapshot_row`), nothing after."""
+    def load_row(self, row: int, snapshot: tuple[list[torch.Tensor], list[torch.Tensor]], length: int, shared: bool = False) -> None:
+        """Make a row hold the first `length` tokens of a snapshot (`snapshot_row`), nothing after. With
+        `shared` (the whole snapshot), the row is marked as starting with the cache's shared prefix, which
+        becomes this snapshot: forwards whose rows all start with it attend to it once (`lean.prefix_attention`)."""
         for buffers, stored in zip((self.keys, self.values), snapshot):
             for layer, tensor in zip(buffers, stored):
                 layer[row, :, :length] = tensor[:, :length]
         self.lengths[row] = length
+        self.shared_rows[row] = False
+        if shared and length == int(snapshot[0][0].shape[1]):
+            if self.shared is not snapshot:
+                self.shared = snapshot
+                self.shared_rows = [False] * self.num_rows
+            self.shared_rows[row] = True
 
 
 @torch.inference_mode()
@@ -199,6 +221,12 @@ def forward_rows(
         (cache._rows[:, None, None] * kv_heads + heads[None, :, None]) * cache.capacity + torch.tensor(slots, device=device)[:, None, :]
     ).reshape(-1)  # [b, kv_heads, C] flattened, the order of key_states.reshape(-1, head_dim)
     cache._kv_len = kv_len
+    # rows that all start with the shared prefix, fed after it: attention reads the prefix once for all of them
+    cache._shared_active = (
+        cache.shared is not None and lean is not None and len(batch_rows) > 1
+        and all(cache.shared_rows[row] for row in requested)
+        and min(cache.lengths[row] for row in requested) >= cache.shared_length
+    )  # fmt: skip
     try:
         if lean is not None:  # the same function with fewer operators (`lean.py`)
             hidden = lean(cache, input_ids, position_ids, mask, max(max(p) for p in positions))
@@ -212,6 +240,7 @@ def forward_rows(
             ).last_hidden_state  # [b, C, H]
     finally:
         cache._rows = cache._write_index = None
+        cache._shared_active = False
     # the positions whose outputs are returned: the last n of each requested row's chunk
     picks = [
         index * width + position
@@ -274,7 +303,7 @@ class SharedPrefix:
         if snapshot is None:  # first use on this model: one forward of the prefix on this row
             forward_rows(model, cache, [row], [self.tokens], pad_token_id, last=[1])
             snapshot = self._snapshots[id(model)] = cache.snapshot_row(row, len(self.tokens))
-        cache.load_row(row, snapshot, n)
+        cache.load_row(row, snapshot, n, shared=True)
         self.loaded_tokens += n
         return n
 

@@ -248,7 +248,9 @@ class LeanDecoder:
         cos_table, sin_table = self.rotary_table(max_position + 1, cache.keys[0].dtype)
         cos, sin = cos_table[position_ids][:, None], sin_table[position_ids][:, None]  # [b, 1, C, d]
         low, high = cache.row_span()
-        return self.forward(input_ids, cos, sin, mask, cache.keys, cache.values, cache._write_index, cache._rows, low, high, cache._kv_len)
+        shared = cache.shared if cache._shared_active else None
+        return self.forward(input_ids, cos, sin, mask, cache.keys, cache.values, cache._write_index, cache._rows, low, high,
+                            cache._kv_len, shared)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> None:
         """A copied model builds its own lean forward on first use (oneDNN's packed tensors cannot be
@@ -327,11 +329,14 @@ class LeanDecoder:
         low: int,
         high: int,
         kv_len: int,
+        shared: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """The decoder layers and final norm: a function of tensors and ints only (what `torch.compile`
         traces). Each layer writes its new keys/values `[b, kv_heads, C, d]` to the flat `write_index` of
         the cache buffers `keys[i]`/`values[i]` `[rows, kv_heads, capacity, d]`, then attends to slots
-        `[0, kv_len)` of rows `low:high` (a view) or, when `low < 0`, of the gathered `rows`."""
+        `[0, kv_len)` of rows `low:high` (a view) or, when `low < 0`, of the gathered `rows`. With `shared`
+        (keys and values `[kv_heads, P, d]` per layer that every row's first P slots hold), the first P slots
+        are read once for all rows (`prefix_attention`) instead of once per row."""
         b, c = input_ids.shape
         x = F.embedding(input_ids, self.embed)
         heads, kv_heads, d = self.heads, self.kv_heads, self.head_dim
@@ -343,13 +348,58 @@ class LeanDecoder:
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rotated * sin
             cached_k, cached_v = write_and_read_rows(keys[index], values[index], qk[:, heads:], v, write_index, rows, low, high, kv_len)
-            attn = F.scaled_dot_product_attention(
-                qk[:, :heads], cached_k, cached_v, attn_mask=mask, scale=self.scaling, enable_gqa=kv_heads != heads
-            )  # [b, heads, C, d]
+            if shared is not None and mask is not None:
+                attn = prefix_attention(qk[:, :heads], shared[0][index], shared[1][index], cached_k, cached_v, mask, self.scaling)
+            else:
+                attn = F.scaled_dot_product_attention(
+                    qk[:, :heads], cached_k, cached_v, attn_mask=mask, scale=self.scaling, enable_gqa=kv_heads != heads
+                )  # [b, heads, C, d]
             x = x + layer.o(attn.transpose(1, 2).reshape(b, c, heads * d))
             gate, up = layer.gate_up(self.rms_norm(x, layer.post_norm)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         return self.rms_norm(x, self.norm)
+
+
+def prefix_attention(
+    q: torch.Tensor,
+    prefix_k: torch.Tensor,
+    prefix_v: torch.Tensor,
+    cached_k: torch.Tensor,
+    cached_v: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of queries `q` `[b, heads, C, d]` over rows whose caches `[b, kv_heads, S, d]` all start
+    with the same P slots, given once as `prefix_k`/`prefix_v` `[kv_heads, P, d]` (`mask` `[b, 1, C, S]`
+    additive, every query at a position >= P). The same function as attending to each row's whole cache:
+
+    - the prefix part is one matrix product per key/value head over every query of every row (a dense
+      product instead of b memory-bound ones: a few-shot header of hundreds of tokens is read once);
+    - the part after it (slots P..S) is per row, as usual;
+    - the two partial softmaxes are merged with their maxima and sums (as cascade / shared-prefix
+      attention kernels do), in float32."""
+    b, heads, c, d = q.shape
+    kv_heads, prefix_len = prefix_k.shape[0], prefix_k.shape[1]
+    group = heads // kv_heads
+    queries = q.reshape(b, kv_heads, group * c, d)  # heads h = kv * group + g share key/value head kv
+    flat = queries.transpose(0, 1).reshape(kv_heads, b * group * c, d)
+    scores = torch.bmm(flat, prefix_k.transpose(1, 2)).float() * scale  # [kv, b*g*C, P]
+    top1 = scores.amax(-1, keepdim=True)
+    weights = torch.exp(scores - top1)
+    sum1 = weights.sum(-1, keepdim=True)
+    out1 = torch.bmm(weights.to(prefix_v.dtype), prefix_v).float()  # [kv, b*g*C, d]
+    out1, top1, sum1 = (t.reshape(kv_heads, b, group * c, -1).transpose(0, 1) for t in (out1, top1, sum1))  # [b, kv, g*C, .]
+    rest_k, rest_v = cached_k[:, :, prefix_len:], cached_v[:, :, prefix_len:]
+    scores = torch.matmul(queries, rest_k.transpose(-1, -2)).float() * scale  # [b, kv, g*C, S-P]
+    scores = (scores.view(b, kv_heads, group, c, -1) + mask[:, :, None, :, prefix_len:].float()).view(b, kv_heads, group * c, -1)
+    top2 = scores.amax(-1, keepdim=True)
+    weights = torch.exp(scores - top2)
+    sum2 = weights.sum(-1, keepdim=True)
+    out2 = torch.matmul(weights.to(rest_v.dtype), rest_v).float()
+    top = torch.maximum(top1, top2)
+    scale1, scale2 = torch.exp(top1 - top), torch.exp(top2 - top)
+    out = (out1 * scale1 + out2 * scale2) / (sum1 * scale1 + sum2 * scale2)
+    return out.to(q.dtype).reshape(b, heads, c, d)
 
 
 def lean_decoder(model: Any) -> LeanDecoder | None:
@@ -401,4 +451,4 @@ def compiled_graphs() -> int:
         return -1
 
 
-__all__ = ["LEAN_MODEL_TYPES", "NO_PACKING", "PACK_MIN_ELEMENTS", "LeanDecoder", "LeanLinear", "pack_weight", "compile_lean", "compiled_graphs", "lean_decoder", "lean_unsupported_reason", "set_lean", "write_and_read_rows"]
+__all__ = ["LEAN_MODEL_TYPES", "NO_PACKING", "PACK_MIN_ELEMENTS", "LeanDecoder", "LeanLinear", "pack_weight", "compile_lean", "compiled_graphs", "lean_decoder", "lean_unsupported_reason", "prefix_attention", "set_lean", "write_and_read_rows"]
