@@ -141,11 +141,12 @@ def load_models(config: BenchConfig) -> BenchInputs:
                              f"autojudge/toy/weights); use --tiny for a random stand-in pair")
     pair = load_pair(config.target, config.draft, device="cpu", dtype=torch.float32)
     if bench_task(config) == "gsm8k":
-        from autojudge.commands.run import GSM8K_INSTRUCTION, _gsm8k_file
+        from autojudge.commands.run import GSM8K_INSTRUCTION
+        from autojudge.tasks.gsm8k import shared_gsm8k_file
         from autojudge.tasks.gsm8k import load_problems
 
         task = get_task("gsm8k", instruction=GSM8K_INSTRUCTION)
-        problems = load_problems(_gsm8k_file("test"), limit=config.num_prompts)
+        problems = load_problems(shared_gsm8k_file("test"), limit=config.num_prompts)
     else:
         task = get_task("toy")
         records = generate_problems(config.num_prompts, seed=config.seed)

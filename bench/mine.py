@@ -171,6 +171,8 @@ def run_whole_command(args: argparse.Namespace, out: str, batch_size: int | None
     command += ["--seed", str(args.seed)] if args.task == "toy" else ["--input", args.input_slice]
     if args.instruction:
         command += ["--instruction", args.instruction]
+    if args.shots:
+        command += ["--shots", str(args.shots), "--shots-file", args.input]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -242,7 +244,7 @@ def load_bench_problems(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     if args.task == "toy":
         task = build_task("toy", seed=args.seed, instruction=args.instruction)
         return task, task.load(limit=args.limit)
-    task = build_task(args.task, instruction=args.instruction)
+    task = build_task(args.task, instruction=args.instruction, shots=args.shots, shots_file=args.input if args.shots else None)
     problems = load_problems(args.input, limit=args.offset + args.limit)[args.offset:]
     args.input_slice = str(Path(tempfile.mkdtemp(prefix="bench-mine-")) / "prompts.jsonl")
     write_jsonl(args.input_slice, [{"id": p.id, "question": p.question, "answer": p.answer} for p in problems])
@@ -263,7 +265,10 @@ def main() -> None:
     parser.add_argument("--task", default="toy", choices=["toy", "gsm8k"], help="toy (generated) or gsm8k (--input)")
     parser.add_argument("--input", default=None, help="task gsm8k: JSONL (default: the shared GSM8K train file)")
     parser.add_argument("--offset", type=int, default=400, help="task gsm8k: first problem used (default 400, past the draft's fitting data)")
-    parser.add_argument("--instruction", default=None, help="text appended to every question (gsm8k default: the real-model instruction)")
+    parser.add_argument("--instruction", default=None,
+                        help="text appended to every question (gsm8k default: the real-model instruction, none with --shots)")
+    parser.add_argument("--shots", type=int, default=0,
+                        help="task gsm8k: the train file's first N solved problems as earlier chat turns (the run preset's 5)")
     parser.add_argument("--limit", type=int, default=50, help="prompts")
     parser.add_argument("--seed", type=int, default=1, help="toy: seed of the generated problems")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -285,10 +290,12 @@ def main() -> None:
     from autojudge.models import load_pair
 
     if args.task == "gsm8k":
-        from autojudge.commands.run import GSM8K_INSTRUCTION, _gsm8k_file
+        from autojudge.commands.run import GSM8K_INSTRUCTION
+        from autojudge.tasks.gsm8k import shared_gsm8k_file
 
-        args.input = args.input or _gsm8k_file("train")
-        args.instruction = args.instruction if args.instruction is not None else GSM8K_INSTRUCTION
+        args.input = args.input or shared_gsm8k_file("train")
+        if args.instruction is None and not args.shots:
+            args.instruction = GSM8K_INSTRUCTION
     torch.set_num_threads(args.threads)
     load_start = time.perf_counter()
     pair = load_pair(args.target, args.draft)

@@ -94,16 +94,6 @@ def _str_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _gsm8k_file(split: str) -> str:
-    """$AUTOJUDGE_DATA/gsm8k/<split>.jsonl, else ../shared/data/gsm8k/<split>.jsonl next to the repo."""
-    import os
-    from pathlib import Path
-
-    if os.environ.get("AUTOJUDGE_DATA"):
-        return str(Path(os.environ["AUTOJUDGE_DATA"]) / "gsm8k" / f"{split}.jsonl")
-    return str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / f"{split}.jsonl")
-
-
 GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final answer is N".'
 """The instruction of the real-model set-up (`autojudge.real.measure.GSM8K_INSTRUCTION`)."""
 
@@ -111,8 +101,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "smollm2-gsm8k": {
         "target": "smollm2:target@bf16", "draft": "smollm2:draft@bf16", "task": "gsm8k",
         "train_input": "gsm8k:train", "test_input": "gsm8k:test", "train_offset": 400,
-        "instruction": None, "shots": 5, "quality": "agreement",
-        "mine_problems": 1000, "select_problems": 100, "test_problems": 300, "max_new_tokens": 192,
+        "instruction": None, "shots": 3, "quality": "agreement",
+        "mine_problems": 1000, "select_problems": 100, "test_problems": 300, "max_new_tokens": 160,
         "window": 8, "compare_windows": (), "top_ks": (2,), "typical_epsilons": (0.3, 0.09),
         "min_probs": (0.3, 0.1), "fly_entropies": (0.6, 0.3, 0.1), "fly_window": 3,
         "mine_workers": 0, "mine_batch_size": 64, "eval_batch_size": 64,
@@ -175,6 +165,7 @@ def build_config(args: argparse.Namespace) -> "RunConfig":  # noqa: F821 - lazy 
     """RunConfig from the defaults, then the preset, then the flags given explicitly."""
     from autojudge.pipeline.run import RunConfig
     from autojudge.tasks import InputError
+    from autojudge.tasks.gsm8k import shared_gsm8k_file
 
     values: dict[str, object] = {}
     if args.preset is not None:
@@ -196,7 +187,7 @@ def build_config(args: argparse.Namespace) -> "RunConfig":  # noqa: F821 - lazy 
     values.update({key: value for key, value in flags.items() if value is not None})
     for key in ("train_input", "test_input"):  # preset shorthands for the shared GSM8K files
         if isinstance(values.get(key), str) and str(values[key]).startswith("gsm8k:"):
-            values[key] = _gsm8k_file(str(values[key]).split(":", 1)[1])
+            values[key] = shared_gsm8k_file(str(values[key]).split(":", 1)[1])
     if values.get("task", "toy") == "gsm8k":
         for key in ("train_input", "test_input"):
             if not values.get(key):
