@@ -159,7 +159,7 @@ def run_straightforward(pair: Any, task: Any, problems: list[Any], args: argpars
 
 def run_whole_command(args: argparse.Namespace, out: str, batch_size: int | None = None) -> dict[str, Any]:
     """`autojudge mine` as a user runs it (new interpreter, Ray start, model loading, 1 worker): wall
-    seconds. batch_size None = the command's default (16)."""
+    seconds. batch_size None = the command's default (64)."""
     import subprocess
     import sys
 
@@ -179,7 +179,7 @@ def run_whole_command(args: argparse.Namespace, out: str, batch_size: int | None
     if done.returncode != 0:
         raise RuntimeError(f"autojudge mine failed: {done.stderr[-2000:]}")
     counts = json.loads((Path(out) / "manifest.json").read_text())["counts"]
-    return {"command": " ".join(command), "batch_size": batch_size or 16, "seconds": seconds, "labels": counts["labels"],
+    return {"command": " ".join(command), "batch_size": batch_size or 64, "seconds": seconds, "labels": counts["labels"],
             "labels_per_s": counts["labels"] / seconds}
 
 

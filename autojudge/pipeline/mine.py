@@ -53,7 +53,7 @@ class MineConfig:
     """GPUs per actor (0 on CPU machines); > 0 puts the models on cuda."""
     cpus_per_worker: int = 1
     """CPUs reserved per actor; the actor also uses this many torch threads."""
-    batch_size: int = 16
+    batch_size: int = 64
     """Searches in flight per replica (rows of one batched forward)."""
     max_new_tokens: int = 128
     """Response budget per prompt (the same for the first response and every alternative)."""
