@@ -221,12 +221,40 @@ def check_fly_parameters(entropies: Any, window: int, draft_window: Any = None) 
                          "mismatch only once the window of draft tokens after it is verified in the same pass")
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags (/proc/cpuinfo) of bfloat16 matrix instructions; without them torch runs bfloat16 emulated, slower than float32."""
+
+
+def cpu_runs_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (`BF16_CPU_FLAGS`); True where /proc/cpuinfo is absent
+    (not Linux: no way to tell, torch decides)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    flags = set(cpuinfo.split())
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def check_spec_precision(name: str, spec: str, device: str = "cpu", cpuinfo: str | None = None) -> None:
+    """A spec's `@dtype` suffix must be one this hardware runs: `@bf16` on a CPU needs its bfloat16 instructions."""
+    base, _, suffix = spec.rpartition("@")
+    if not base or suffix.lower() not in ("bf16", "bfloat16") or device.startswith("cuda"):
+        return
+    if not cpu_runs_bf16(cpuinfo):
+        raise InputError(f"{name} {spec}: this CPU has no bfloat16 matrix instructions ({' or '.join(BF16_CPU_FLAGS)} in "
+                         f"/proc/cpuinfo), so bfloat16 would run emulated and slower than float32; drop the @{suffix} suffix")
+
+
 def check_pair_tokenizers(target: str, draft: str) -> Any:
     """Load only the two tokenizers (no weights) and refuse a pair that does not share one;
     returns the target's tokenizer. Done on the driver before any cluster or model starts."""
     from autojudge.errors import ModelPairError
     from autojudge.models import check_same_tokenizer, load_tokenizer
 
+    for name, spec in (("--target", target), ("--draft", draft)):
+        check_spec_precision(name, spec)
     try:
         target_tokenizer = load_tokenizer(target)
         check_same_tokenizer(target_tokenizer, load_tokenizer(draft), target, draft)

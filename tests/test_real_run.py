@@ -66,6 +66,36 @@ def test_gsm8k_run_needs_its_files_and_enough_problems(tmp_path: Path, capsys: p
     assert code == 2 and "must lie in (0, 1]" in err
 
 
+def test_few_shot_and_fly_settings_are_checked_before_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train = write_problems(tmp_path / "train.jsonl", 12)
+    base = ["--task", "gsm8k", "--train-input", str(train), "--test-input", str(train), "--mine-problems", "2",
+            "--select-problems", "1", "--test-problems", "1", "--out", str(tmp_path / "r")]
+    code, err = run_cli([*base, "--shots", "3"], capsys)  # the examples would be mined: train offset 0
+    assert code == 2 and "--train-offset (0) must skip at least that many" in err
+    code, err = run_cli([*base, "--shots", "40", "--train-offset", "40"], capsys)
+    assert code == 2 and "--shots must be in 0..32" in err
+    code, err = run_cli([*base, "--fly-entropies", "0.3", "--fly-window", "8", "--window", "8"], capsys)
+    assert code == 2 and "--fly-window 8 needs --window larger than it" in err
+    code, err = run_cli([*base, "--fly-entropies", "2.0"], capsys)
+    assert code == 2 and "--fly-entropy must be in [0, 1.099]" in err
+    code, err = run_cli([*base, "--shots", "2", "--train-offset", "2", "--max-new-tokens", "3"], capsys)
+    assert code == 2 and "--max-new-tokens 3 is shorter than every few-shot example's answer" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_bf16_needs_a_cpu_with_bfloat16_instructions() -> None:
+    from autojudge.checks import InputError, check_spec_precision, cpu_runs_bf16
+
+    with_amx = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    without = "flags\t\t: fpu sse2 avx2 avx512f\n"
+    assert cpu_runs_bf16(with_amx) and not cpu_runs_bf16(without)
+    check_spec_precision("--target", "smollm2:target@bf16", cpuinfo=with_amx)
+    check_spec_precision("--target", "smollm2:target", cpuinfo=without)  # float32: any CPU
+    check_spec_precision("--target", "smollm2:target@bf16", device="cuda", cpuinfo=without)  # the GPU's business
+    with pytest.raises(InputError, match="no bfloat16 matrix instructions .* drop the @bf16 suffix"):
+        check_spec_precision("--target", "smollm2:target@bf16", cpuinfo=without)
+
+
 def test_pair_whose_tokenizers_differ_is_refused_before_mining(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     target = save_word_level_model(tmp_path / "t", ["a", "b", "c"])
     draft = save_word_level_model(tmp_path / "d", ["a", "b", "x"])
@@ -81,8 +111,10 @@ def test_preset_fills_settings_and_flags_override_it() -> None:
 
     args = build_parser().parse_args(["run", "--preset", "smollm2-gsm8k", "--test-problems", "7", "--out", "x"])
     config = build_config(args)
-    assert (config.target, config.draft, config.task, config.quality) == ("smollm2:target", "smollm2:draft", "gsm8k", "agreement")
-    assert config.test_problems == 7 and config.mine_problems == 300 and config.max_new_tokens >= 192
+    assert (config.target, config.draft, config.task, config.quality) == ("smollm2:target@bf16", "smollm2:draft@bf16", "gsm8k", "agreement")
+    assert config.test_problems == 7 and config.mine_problems == 1000 and config.select_problems == 100
+    assert config.shots == 3 and config.instruction is None and config.max_new_tokens == 160
+    assert config.fly_entropies and config.window > config.fly_window
     assert config.train_input.endswith("gsm8k/train.jsonl") and config.test_input.endswith("gsm8k/test.jsonl")
     assert config.typical_epsilons and config.min_probs and config.train_offset >= 348
     plain = build_config(build_parser().parse_args(["run"]))
@@ -107,7 +139,7 @@ def test_miniature_smollm2_gsm8k_run_end_to_end(tmp_path: Path, capsys: pytest.C
     out = tmp_path / "run"
     args = ["--preset", "smollm2-gsm8k", "--mine-problems", "4", "--select-problems", "2", "--test-problems", "2",
             "--max-new-tokens", "48", "--compare-windows", "", "--typical-epsilons", "0.09", "--min-probs", "0.3",
-            "--extra-judges", "lightgbm:DT", "--out", str(out)]
+            "--fly-entropies", "0.3", "--extra-judges", "lightgbm:DT", "--out", str(out)]
     code, _ = run_cli(args, capsys)
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -115,13 +147,13 @@ def test_miniature_smollm2_gsm8k_run_end_to_end(tmp_path: Path, capsys: pytest.C
     assert 0.0 <= summary["judge"]["val_roc_auc"] <= 1.0 or summary["judge"]["val_roc_auc"] != summary["judge"]["val_roc_auc"]
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     modes = {s["mode"] for s in metrics["settings"]}
-    assert {"exact", "topk", "typical", "prob", "autojudge", "judge:lightgbm-DT"} <= modes
+    assert {"exact", "topk", "typical", "prob", "fly", "autojudge", "judge:lightgbm-DT"} <= modes
     exact = next(s for s in metrics["settings"] if s["mode"] == "exact")
     assert exact["agreement_with_target"] == 1.0 and exact["num_problems"] == 2
     assert (out / "eval" / "pareto.png").stat().st_size > 0
     assert "same answer as target" in (out / "eval" / "report.md").read_text()
     mined = json.loads((out / "mined" / "manifest.json").read_text())
-    assert mined["task"] == "gsm8k" and mined["settings"]["instruction"].endswith('"The final answer is N".')
+    assert mined["task"] == "gsm8k" and mined["settings"]["shots"] == 3 and mined["settings"]["instruction"] is None
     # resume: every stage is already done, nothing is decoded again (the stored settings are reused)
     stored = sorted(p.name for p in (out / "eval" / "settings").iterdir())
     code, _ = run_cli(args, capsys)

@@ -219,6 +219,10 @@ def check_run_config(config: RunConfig) -> None:
         raise InputError(f"autojudge run supports --task toy or gsm8k, got {config.task!r}")
     if config.quality not in ("accuracy", "agreement"):
         raise InputError(f"--quality must be accuracy or agreement, got {config.quality!r}")
+    from autojudge.tasks.gsm8k import MAX_SHOTS
+
+    if not 0 <= config.shots <= MAX_SHOTS:
+        raise InputError(f"--shots must be in 0..{MAX_SHOTS}, got {config.shots}")
     if config.train_offset < 0:
         raise InputError(f"--train-offset must be >= 0, got {config.train_offset}")
     if config.task == "gsm8k" and config.shots > config.train_offset:
@@ -242,7 +246,18 @@ def check_run_config(config: RunConfig) -> None:
     from autojudge.models import check_same_tokenizer, load_tokenizer
 
     # a pair that cannot work is refused before anything is mined (ModelPairError names both)
-    check_same_tokenizer(load_tokenizer(config.target), load_tokenizer(config.draft), config.target, config.draft)
+    tokenizer = load_tokenizer(config.target)
+    check_same_tokenizer(tokenizer, load_tokenizer(config.draft), config.target, config.draft)
+    if config.task == "gsm8k" and config.shots:
+        from autojudge.tasks import build_task
+        from autojudge.tasks.gsm8k import clean_solution
+
+        task = build_task("gsm8k", shots=config.shots, shots_file=config.train_input)
+        shortest = min(len(tokenizer(clean_solution(example.answer or ""), add_special_tokens=False).input_ids)
+                       for example in task.examples())
+        if config.max_new_tokens < shortest:
+            raise InputError(f"--max-new-tokens {config.max_new_tokens} is shorter than every few-shot example's answer "
+                             f"(the shortest is {shortest} tokens): no answer of the form the examples show fits")
 
 
 def mine_stage(config: RunConfig, out: Path) -> Path:
