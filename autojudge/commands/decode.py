@@ -124,8 +124,9 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before the models load (autojudge.checks)."""
     from autojudge import checks
 
-    checks.check_options(args, at_least_1=["max_new_tokens", "batch_size", "limit", "top_k", "threads"],
-                         thresholds=["threshold"])
+    checks.check_options(args, at_least_1=["max_new_tokens", "batch_size", "limit", "top_k"],
+                         thresholds=["threshold"], threads=["threads"])
+    checks.check_stop_strings("--stop", args.stop)
     if args.window != "auto":
         checks.check_options(args, at_least_1=["window"])
     checks.check_input_file("--input", args.input)
@@ -151,10 +152,9 @@ def run(args: argparse.Namespace) -> int:
     # the pair, the judge and the prompts' lengths from tokenizers and configs, before any weights load
     tokenizer = checks.check_pair_tokenizers(args.target, args.draft)
     prompts = [task.prompt_ids(p, tokenizer) for p in problems]
-    checks.check_prompt_lengths(
-        ((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)),
-        checks.context_of_specs(args.target, args.draft), args.input,
-    )
+    context = checks.context_of_specs(args.target, args.draft)
+    checks.check_prompt_lengths(((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)), context, args.input)
+    checks.check_decode_lengths(context, args.window, args.max_new_tokens, args.judge if args.mode == "autojudge" else None)
     if args.mode == "autojudge":
         from autojudge.judge import Judge, check_judge_for_specs
 

@@ -61,8 +61,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before the models load (autojudge.checks)."""
     from autojudge import checks
 
-    checks.check_options(args, at_least_1=["limit", "window", "max_new_tokens", "batch_size", "top_k", "threads"],
-                         thresholds=["thresholds"])
+    checks.check_options(args, at_least_1=["limit", "window", "max_new_tokens", "batch_size", "top_k"],
+                         thresholds=["thresholds"], threads=["threads"], seeds=["seed"])
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if any(k != int(k) for k in args.top_k):
         raise checks.InputError(f"--top-k takes whole numbers, got {','.join(f'{k:g}' for k in args.top_k)}")
@@ -111,11 +111,13 @@ def _run(args: argparse.Namespace) -> int:
 
     # the pair, the judge and the prompts' lengths from tokenizers and configs, before any weights load
     tokenizer = checks.check_pair_tokenizers(target, draft)
+    context = checks.context_of_specs(target, draft)
     checks.check_prompt_lengths(
         ((f"problem {p.id!r}", len(task.prompt_ids(p, tokenizer)))
          for p in problems),
-        checks.context_of_specs(target, draft), args.input or args.task,
+        context, args.input or args.task,
     )
+    checks.check_decode_lengths(context, args.window, args.max_new_tokens, args.judge)
     if judge is not None:
         from autojudge.judge import check_judge_for_specs
 

@@ -60,6 +60,7 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_options(args, at_least_1=["window", "max_new_tokens", "max_prompt_tokens", "batch_size",
                                            "num_replicas", "top_k", "num_cpus"],
                          at_least_0=["num_gpus_per_replica", "num_cpus_per_replica"], thresholds=["threshold"])
+    checks.check_stop_strings("--stop", args.stop)
     if args.mode == "autojudge" and not args.judge:
         raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
     if args.mode == "autojudge":
@@ -73,6 +74,8 @@ def check_args(args: argparse.Namespace) -> None:
         checks.check_not_protected("--output", args.output)
     check_cluster_address(args.address)
     checks.check_pair_tokenizers(args.target, args.draft)
+    checks.check_decode_lengths(checks.context_of_specs(args.target, args.draft), args.window, args.max_new_tokens,
+                                args.judge if args.mode == "autojudge" else None)
     if args.mode == "autojudge":
         from autojudge.judge import Judge, check_judge_for_specs
 

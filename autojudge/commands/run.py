@@ -136,14 +136,17 @@ def check_args(args: argparse.Namespace, config: "RunConfig") -> None:  # noqa: 
     from autojudge.ray_utils import check_cluster_address
 
     checks.check_options(args, at_least_1=["mine_problems", "select_problems", "test_problems", "window",
-                                           "compare_windows", "max_new_tokens", "threads"],
-                         at_least_0=["mine_workers"])
+                                           "compare_windows", "max_new_tokens"],
+                         at_least_0=["mine_workers"], threads=["threads"])
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if args.out:
         checks.check_output_dir("--out", args.out)
     if config.mine_workers > 0:
         check_cluster_address(None)
     checks.check_pair_tokenizers(config.target, config.draft)
+    checks.check_within_context([("--max-new-tokens", config.max_new_tokens), ("--window", config.window),
+                                 *(("--compare-windows", window) for window in config.compare_windows)],
+                                checks.context_of_specs(config.target, config.draft))
 
 
 def run(args: argparse.Namespace) -> int:

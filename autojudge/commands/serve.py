@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -66,10 +67,12 @@ def check_args(args: argparse.Namespace) -> None:
     from autojudge.decode.acceptance import MODES
     from autojudge.ray_utils import check_cluster_address
 
-    checks.check_options(args, at_least_1=["max_batch", "num_replicas", "max_tokens", "threads", "top_k", "port",
+    checks.check_options(args, at_least_1=["max_batch", "num_replicas", "max_tokens", "threads", "top_k",
                                            "speculation_max_batch", "stream_interval"],
                          at_least_0=["window", "max_waiting", "gpus_per_replica", "cpus_per_replica"],
-                         thresholds=["threshold"])  # fmt: skip
+                         thresholds=["threshold"], ports=["port"])  # fmt: skip
+    if not (args.address or os.environ.get("RAY_ADDRESS")):  # a local cluster: the replicas run on these cores
+        checks.check_options(args, threads=["threads"])
     if not -20 <= args.engine_nice <= 19:
         raise checks.InputError(f"--engine-nice must be between -20 and 19, got {args.engine_nice}")
     if args.mode not in MODES:
@@ -83,6 +86,8 @@ def check_args(args: argparse.Namespace) -> None:
     check_cluster_address(args.address)
     check_port_free(args.host, args.port)
     checks.check_pair_tokenizers(args.target, args.draft)
+    checks.check_decode_lengths(checks.context_of_specs(args.target, args.draft), args.window, args.max_tokens,
+                                args.judge, budget="--max-tokens")
     if args.judge:
         from autojudge.judge import Judge, check_judge_for_specs
 

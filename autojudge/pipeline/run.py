@@ -216,6 +216,13 @@ def check_run_config(config: RunConfig) -> None:
         raise InputError(f"--train-offset must be >= 0, got {config.train_offset}")
     if min(config.mine_problems, config.select_problems, config.test_problems, config.max_new_tokens, config.window) < 1:
         raise InputError("--mine-problems, --select-problems, --test-problems, --max-new-tokens and --window must be >= 1")
+    if config.task == "toy":  # what the world can generate, refused before any problem is built
+        from autojudge.toy.world import MAX_PROBLEMS
+
+        for what, count in (("--mine-problems + --select-problems", config.mine_problems + config.select_problems),
+                            ("--test-problems", config.test_problems)):
+            if count > MAX_PROBLEMS:
+                raise InputError(f"{what} must be <= {MAX_PROBLEMS:,} (the toy world's problems per seed), got {count:,}")
     for spec in config.extra_judges:
         model, _, features = spec.partition(":")
         if model not in ("logreg", "lightgbm") or features not in ("DT", "DD-DT"):
