@@ -55,7 +55,12 @@ def check_args(args: argparse.Namespace) -> None:
 
     resume_settings(Path(args.out))  # a corrupt manifest is refused before anything loads
     if args.workers > 0:
+        from autojudge.pipeline.mine import RESOURCE_ADVICE
+        from autojudge.ray_utils import check_actor_resources
+
         check_cluster_address(args.address)
+        check_actor_resources("mining workers", args.workers, args.cpus_per_worker, args.gpus_per_worker, args.address,
+                              advice=RESOURCE_ADVICE)
     checks.check_pair_tokenizers(args.target, args.draft)
     checks.check_within_context([("--max-new-tokens", args.max_new_tokens)], checks.context_of_specs(args.target, args.draft))
 

@@ -142,7 +142,12 @@ def check_args(args: argparse.Namespace, config: "RunConfig") -> None:  # noqa: 
     if args.out:
         checks.check_output_dir("--out", args.out)
     if config.mine_workers > 0:
+        from autojudge.pipeline.mine import RESOURCE_ADVICE
+        from autojudge.ray_utils import check_actor_resources
+
         check_cluster_address(None)
+        check_actor_resources("mining workers", config.mine_workers, config.threads,
+                              1.0 if config.device.startswith("cuda") else 0.0, None, advice=RESOURCE_ADVICE)
     checks.check_pair_tokenizers(config.target, config.draft)
     checks.check_within_context([("--max-new-tokens", config.max_new_tokens), ("--window", config.window),
                                  *(("--compare-windows", window) for window in config.compare_windows)],

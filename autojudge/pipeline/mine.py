@@ -148,6 +148,12 @@ def mine(config: MineConfig) -> Path:
     out = Path(config.out)
     check_resumable(config, out)
     problems = load_problems(config)  # a missing input fails here, before the folder exists
+    if config.workers > 0:  # actors the cluster cannot place would wait forever: refused before the folder is touched
+        from autojudge.ray_utils import check_actor_resources, init_ray
+
+        init_ray(config.address)
+        check_actor_resources("mining workers", config.workers, config.cpus_per_worker, config.gpus_per_worker,
+                              config.address, advice=RESOURCE_ADVICE)
     out.mkdir(parents=True, exist_ok=True)
     shards.clean_orphans(out)
     done = shards.finished_prompt_ids(out)
@@ -161,6 +167,9 @@ def mine(config: MineConfig) -> Path:
     progress.close()
     write_manifest(config, out, models, status="complete")
     return out
+
+
+RESOURCE_ADVICE = "use fewer --workers (autojudge run: --mine-workers) or --cpus-per-worker (run: --threads)"
 
 
 RESUME_KEYS = ("task", "instruction", "target", "draft", "input", "seed", "max_new_tokens", "method")
