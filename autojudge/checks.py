@@ -269,6 +269,17 @@ def check_stop_strings(name: str, values: Iterable[str] | None) -> None:
         raise InputError(f"{name} must not be empty (it would stop every row after one token)")
 
 
+SAME_PAIR_HELP = (
+    "the --target/--draft given are the judge's models under other names (identical copies at other paths): "
+    "do not compare the names; the tokenizer and the hidden sizes are still checked"
+)
+
+
+def add_same_pair_argument(parser: Any) -> None:
+    """`--same-pair`: the explicit override of the judge's model-name check (commands that load a judge)."""
+    parser.add_argument("--same-pair", action="store_true", help=SAME_PAIR_HELP)
+
+
 def check_pair_tokenizers(target: str, draft: str) -> Any:
     """Load only the two tokenizers (no weights) and refuse a pair that does not share one;
     returns the target's tokenizer. Done on the driver before any cluster or model starts."""

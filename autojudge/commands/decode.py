@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from autojudge.checks import add_same_pair_argument
 from autojudge.tasks import add_task_arguments
 
 
@@ -35,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--threshold", type=float, metavar="TAU",
         help="judge threshold: accept a mismatch when p(important) < TAU (default: the judge's default)",
     )
+    add_same_pair_argument(parser)
     parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
     parser.add_argument("--epsilon", type=float, default=0.09,
                         help="mode typical: posterior threshold epsilon (default 0.09, Medusa's and vLLM's; delta = sqrt(epsilon))")
@@ -106,7 +108,7 @@ def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
     from autojudge.judge import Judge  # lazy: only this mode needs it
 
     judge = Judge.load(args.judge)
-    judge.check_model_pair(pair)
+    judge.check_model_pair(pair, args.same_pair)
     return build_rule("autojudge", judge=judge, threshold=args.threshold), judge
 
 
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "autojudge":
         from autojudge.judge import Judge, check_judge_for_specs
 
-        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft, args.same_pair)
     import torch
 
     from autojudge.decode import EngineCore, RequestSettings, aggregate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from autojudge.checks import add_same_pair_argument
 from autojudge.tasks import add_task_arguments
 
 
@@ -25,6 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder (from `autojudge train`); without it only exact/topk")
+    add_same_pair_argument(parser)
     parser.add_argument("--target", help="target model spec (default: the judge's target, else toy:target)")
     parser.add_argument("--draft", help="draft model spec (default: the judge's draft, else toy:draft)")
     add_task_arguments(parser, default="toy", seed=2)
@@ -121,10 +123,10 @@ def _run(args: argparse.Namespace) -> int:
     if judge is not None:
         from autojudge.judge import check_judge_for_specs
 
-        check_judge_for_specs(judge, target, draft)
+        check_judge_for_specs(judge, target, draft, args.same_pair)
     pair = load_pair(target, draft, device=args.device)
     if judge is not None:
-        judge.check_model_pair(pair)
+        judge.check_model_pair(pair, args.same_pair)
     config = EvalConfig(
         window=default_window(judge) if args.window is None else args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,

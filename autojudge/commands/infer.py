@@ -6,6 +6,7 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from autojudge.checks import add_same_pair_argument
     from autojudge.ray_utils import add_ray_arguments
 
     parser = subparsers.add_parser(
@@ -29,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=["exact", "topk", "autojudge", "typical", "prob"], default="exact",
                         help="acceptance rule (typical, prob: training-free lossy baselines)")
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder (mode autojudge)")
+    add_same_pair_argument(parser)
     parser.add_argument("--threshold", type=float, metavar="TAU", help="judge threshold (default: the judge's)")
     parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
     parser.add_argument("--epsilon", type=float, default=0.09, help="mode typical: epsilon (default 0.09; delta = sqrt(epsilon))")
@@ -79,7 +81,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.mode == "autojudge":
         from autojudge.judge import Judge, check_judge_for_specs
 
-        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft, args.same_pair)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     stage = DecodeStageConfig(
         target=args.target, draft=args.draft, mode=args.mode, judge=args.judge, threshold=args.threshold,
         top_k=args.top_k, epsilon=args.epsilon, min_prob=args.min_prob, window=args.window, max_new_tokens=args.max_new_tokens, task=args.task,
-        stop=tuple(args.stop), max_prompt_tokens=args.max_prompt_tokens, device=args.device,
+        stop=tuple(args.stop), max_prompt_tokens=args.max_prompt_tokens, device=args.device, same_pair=args.same_pair,
     )
     config = InferConfig(
         input=args.input, output=args.output, stage=stage, input_format=args.input_format,

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from autojudge.checks import add_same_pair_argument
 from autojudge.ray_utils import add_ray_arguments
 
 
@@ -24,6 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
     parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder from `autojudge train` (enables mode autojudge)")
+    add_same_pair_argument(parser)
     parser.add_argument("--mode", default="exact", metavar="MODE",
                         help="default acceptance rule of requests that name none: exact, topk, autojudge, or another "
                              "rule of this build (default exact)")
@@ -91,7 +93,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.judge:
         from autojudge.judge import Judge, check_judge_for_specs
 
-        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft, args.same_pair)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -116,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
         top_k=args.top_k, window=args.window, max_batch=args.max_batch, max_waiting=args.max_waiting,
         speculation_max_batch=args.speculation_max_batch, default_max_tokens=args.max_tokens,
         model_name=args.model_name, threads=args.threads, stream_interval=args.stream_interval,
-        engine_nice=args.engine_nice,
+        engine_nice=args.engine_nice, same_pair=args.same_pair,
     )  # fmt: skip
     return ServeConfig(
         replica=replica, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
