@@ -52,7 +52,9 @@ def check_args(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from autojudge.pipeline.mine import resume_settings
+    from autojudge.pipeline.shards import check_no_writer
 
+    check_no_writer(args.out)  # another `mine` on this folder (mine() holds the lock itself while it writes)
     resume_settings(Path(args.out))  # a corrupt manifest is refused before anything loads
     if args.workers > 0:
         from autojudge.pipeline.mine import RESOURCE_ADVICE

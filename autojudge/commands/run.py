@@ -140,7 +140,12 @@ def check_args(args: argparse.Namespace, config: "RunConfig") -> None:  # noqa: 
                          at_least_0=["mine_workers"], threads=["threads"])
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if args.out:
+        from pathlib import Path
+
+        from autojudge.pipeline.shards import check_no_writer
+
         checks.check_output_dir("--out", args.out)
+        check_no_writer(Path(args.out) / "mined")  # its mining stage holds that lock while it mines
     if config.mine_workers > 0:
         from autojudge.pipeline.mine import RESOURCE_ADVICE
         from autojudge.ray_utils import check_actor_resources

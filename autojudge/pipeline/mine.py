@@ -155,17 +155,18 @@ def mine(config: MineConfig) -> Path:
         check_actor_resources("mining workers", config.workers, config.cpus_per_worker, config.gpus_per_worker,
                               config.address, advice=RESOURCE_ADVICE)
     out.mkdir(parents=True, exist_ok=True)
-    shards.clean_orphans(out)
-    done = shards.finished_prompt_ids(out)
-    todo = [p for p in problems if p.id not in done]
-    chunks = chunked(todo, config.resolved_chunk_size())
-    progress = Progress(len(todo), config.progress)
-    if config.workers == 0:
-        models = _mine_local(config, out, chunks, progress)
-    else:
-        models = _mine_ray(config, out, chunks, progress)
-    progress.close()
-    write_manifest(config, out, models, status="complete")
+    with shards.writer_lock(out):  # one writer per folder, before any file in it is touched
+        shards.clean_orphans(out)
+        done = shards.finished_prompt_ids(out)
+        todo = [p for p in problems if p.id not in done]
+        chunks = chunked(todo, config.resolved_chunk_size())
+        progress = Progress(len(todo), config.progress)
+        if config.workers == 0:
+            models = _mine_local(config, out, chunks, progress)
+        else:
+            models = _mine_ray(config, out, chunks, progress)
+        progress.close()
+        write_manifest(config, out, models, status="complete")
     return out
 
 
