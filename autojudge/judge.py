@@ -233,6 +233,17 @@ class Judge:
             hidden_size(pair.target), hidden_size(pair.draft), same_pair=same_pair,
         )
 
+    def fingerprint(self) -> str:
+        """A short hash of what decides the judge's outputs (kind, features, pair, weights): decodes
+        stored with it are reused only while it is unchanged (not its default threshold or window)."""
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps([self.kind, self.feature_setup, asdict(self.pair), self.intercept]).encode())
+        for array in (self.scaler_mean, self.scaler_scale, self.coef):
+            digest.update(b"-" if array is None else array.tobytes())
+        digest.update((self.booster_text or "").encode())
+        return digest.hexdigest()[:16]
+
     # ------------------------------------------------------------ thresholds
     def set_default_threshold(self, tau: float, source: str, window: int | None = None) -> None:
         """Replace the default threshold (e.g. with the one evaluation recommends); `source` says why,
