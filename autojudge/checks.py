@@ -34,9 +34,14 @@ def check_number(name: str, value: Any, low: float | None = None, high: float | 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InputError(f"{name} must be a finite number, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
-        raise InputError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+        raise InputError(f"{name} must be {'>' if low_open else '>='} {_show(low)}, got {_show(value)}")
     if high is not None and (value >= high if high_open else value > high):
-        raise InputError(f"{name} must be {'<' if high_open else '<='} {high:g}, got {value:g}")
+        raise InputError(f"{name} must be {'<' if high_open else '<='} {_show(high)}, got {_show(value)}")
+
+
+def _show(number: float) -> str:
+    """An integer in full (a seed or a count), a float short."""
+    return str(number) if isinstance(number, int) else f"{number:g}"
 
 
 def check_threshold(name: str, value: float | None) -> None:
@@ -55,10 +60,26 @@ def check_thresholds(name: str, values: Iterable[float] | None) -> None:
         check_threshold(name, value)
 
 
+SEED_MAX = 2**32 - 1
+"""Largest seed (numpy's and scikit-learn's seeds are 32-bit)."""
+PORT_MAX = 65535
+
+
+def local_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def check_options(args: Any, at_least_1: Iterable[str] = (), at_least_0: Iterable[str] = (),
-                  unit_interval: Iterable[str] = (), thresholds: Iterable[str] = ()) -> None:
+                  unit_interval: Iterable[str] = (), thresholds: Iterable[str] = (),
+                  threads: Iterable[str] = (), seeds: Iterable[str] = (), ports: Iterable[str] = ()) -> None:
     """Range checks of parsed options by argparse dest name (None = not given = passes).
-    List values (e.g. `--top-k 2,3`) are checked element by element."""
+    List values (e.g. `--top-k 2,3`) are checked element by element. `threads` are in
+    1..local_cores() (more torch threads than cores only slows down, and a huge count crashes
+    torch), `seeds` in 0..SEED_MAX, `ports` in 1..65535."""
     def values(dest: str) -> list[Any]:
         value = getattr(args, dest, None)
         return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -72,6 +93,17 @@ def check_options(args: Any, at_least_1: Iterable[str] = (), at_least_0: Iterabl
     for dest in unit_interval:
         for value in values(dest):
             check_number(option_name(dest), value, 0.0, 1.0)
+    for dest in threads:
+        for value in values(dest):
+            check_number(option_name(dest), value, 1)
+            if value is not None and value > local_cores():
+                raise InputError(f"{option_name(dest)} must be <= {local_cores()} (the CPU cores here), got {_show(value)}")
+    for dest in seeds:
+        for value in values(dest):
+            check_number(option_name(dest), value, 0, SEED_MAX)
+    for dest in ports:
+        for value in values(dest):
+            check_number(option_name(dest), value, 1, PORT_MAX)
     for dest in thresholds:
         value = getattr(args, dest, None)
         if isinstance(value, (list, tuple)):
@@ -245,6 +277,46 @@ def check_spec_precision(name: str, spec: str, device: str = "cpu", cpuinfo: str
     if not cpu_runs_bf16(cpuinfo):
         raise InputError(f"{name} {spec}: this CPU has no bfloat16 matrix instructions ({' or '.join(BF16_CPU_FLAGS)} in "
                          f"/proc/cpuinfo), so bfloat16 would run emulated and slower than float32; drop the @{suffix} suffix")
+
+
+def check_within_context(numbers: Iterable[tuple[str, int | None]], context: int) -> None:
+    """Windows and budgets (name, value) of at most the models' context length: a KV cache of
+    prompt + budget + window positions is allocated, and no model reads past its context."""
+    for name, value in numbers:
+        if value is not None and value > context:
+            raise InputError(f"{name} must be <= {context} (the models' context length), got {value}")
+
+
+def check_decode_lengths(context: int, window: int | str | None, max_new_tokens: int | None,
+                         judge: str | os.PathLike[str] | None = None, budget: str = "--max-new-tokens") -> None:
+    """The budget and the window within the models' context: `--window` when given as a number,
+    else (None) the default_window of the judge folder `judge` (the window it decodes with)."""
+    numbers = [(budget, max_new_tokens)]
+    if isinstance(window, int):
+        numbers.append(("--window", window))
+    elif window is None and judge:
+        from autojudge.judge_format import read_judge_meta
+
+        numbers.append((f"the default_window of --judge {judge} (used when --window is not given)",
+                        read_judge_meta(judge).get("default_window")))
+    check_within_context(numbers, context)
+
+
+def check_stop_strings(name: str, values: Iterable[str] | None) -> None:
+    """Stop strings are not empty (an empty string would stop every row after its first token)."""
+    if any(value == "" for value in values or ()):
+        raise InputError(f"{name} must not be empty (it would stop every row after one token)")
+
+
+SAME_PAIR_HELP = (
+    "the --target/--draft given are the judge's models under other names (identical copies at other paths): "
+    "do not compare the names; the tokenizer and the hidden sizes are still checked"
+)
+
+
+def add_same_pair_argument(parser: Any) -> None:
+    """`--same-pair`: the explicit override of the judge's model-name check (commands that load a judge)."""
+    parser.add_argument("--same-pair", action="store_true", help=SAME_PAIR_HELP)
 
 
 def check_pair_tokenizers(target: str, draft: str) -> Any:

@@ -195,14 +195,18 @@ class Judge:
 
     # ------------------------------------------------------------ pair checks
     def check_pair(
-        self, target_id: str, draft_id: str, tokenizer_fingerprint: str, target_hidden: int, draft_hidden: int
+        self, target_id: str, draft_id: str, tokenizer_fingerprint: str, target_hidden: int, draft_hidden: int,
+        same_pair: bool = False,
     ) -> None:
-        """Raise ModelPairError naming every difference between this judge's pair and the given one."""
+        """Raise ModelPairError naming every difference between this judge's pair and the given one.
+        `same_pair`: the user declares that the specs name the judge's models (e.g. identical copies at
+        other paths, `--same-pair`), so the names are not compared; everything else still is."""
         problems = []
-        if not _same_model(self.pair.target_id, target_id):
+        if not same_pair and not _same_model(self.pair.target_id, target_id):
             problems.append(f"target model {target_id!r} (judge trained for {self.pair.target_id!r})")
-        if not _same_model(self.pair.draft_id, draft_id):
+        if not same_pair and not _same_model(self.pair.draft_id, draft_id):
             problems.append(f"draft model {draft_id!r} (judge trained for {self.pair.draft_id!r})")
+        names_differ = len(problems)
         if tokenizer_fingerprint != self.pair.tokenizer_fingerprint:
             problems.append(
                 f"tokenizer fingerprint {tokenizer_fingerprint} (judge trained for {self.pair.tokenizer_fingerprint})"
@@ -212,20 +216,33 @@ class Judge:
         if int(draft_hidden) != self.pair.draft_hidden_size:
             problems.append(f"draft hidden size {draft_hidden} (judge expects {self.pair.draft_hidden_size})")
         if problems:
+            names_only = names_differ == len(problems)  # the facts agree: maybe copies at other paths
             raise ModelPairError(
                 "this judge does not fit the model pair: " + "; ".join(problems)
                 + ". A judge only works with the pair it was mined and trained on: run `autojudge mine` and "
-                "`autojudge train` for this pair."
+                "`autojudge train` for this pair"
+                + (" (or, when these are identical copies of the judge's models, pass --same-pair)." if names_only else ".")
             )
 
-    def check_model_pair(self, pair: Any) -> None:
+    def check_model_pair(self, pair: Any, same_pair: bool = False) -> None:
         """`check_pair` for a loaded `autojudge.models.ModelPair`."""
         from autojudge.models import tokenizer_fingerprint
 
         self.check_pair(
             pair.target_id, pair.draft_id, tokenizer_fingerprint(pair.tokenizer),
-            hidden_size(pair.target), hidden_size(pair.draft),
+            hidden_size(pair.target), hidden_size(pair.draft), same_pair=same_pair,
         )
+
+    def fingerprint(self) -> str:
+        """A short hash of what decides the judge's outputs (kind, features, pair, weights): decodes
+        stored with it are reused only while it is unchanged (not its default threshold or window)."""
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps([self.kind, self.feature_setup, asdict(self.pair), self.intercept]).encode())
+        for array in (self.scaler_mean, self.scaler_scale, self.coef):
+            digest.update(b"-" if array is None else array.tobytes())
+        digest.update((self.booster_text or "").encode())
+        return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------ thresholds
     def set_default_threshold(self, tau: float, source: str, window: int | None = None) -> None:
@@ -314,14 +331,14 @@ class Judge:
         )
 
 
-def check_judge_for_specs(judge: "Judge", target: str, draft: str) -> None:
+def check_judge_for_specs(judge: "Judge", target: str, draft: str, same_pair: bool = False) -> None:
     """`check_pair` from the specs alone (tokenizer and configs, no weights): used on the driver
     before any cluster or actor starts. Raises InputError naming every difference."""
     from autojudge.models import load_text_config, load_tokenizer, tokenizer_fingerprint
 
     sizes = [int(load_text_config(spec).hidden_size) for spec in (target, draft)]
     try:
-        judge.check_pair(target, draft, tokenizer_fingerprint(load_tokenizer(target)), sizes[0], sizes[1])
+        judge.check_pair(target, draft, tokenizer_fingerprint(load_tokenizer(target)), sizes[0], sizes[1], same_pair)
     except ModelPairError as err:
         raise InputError(str(err)) from None
 

@@ -41,7 +41,8 @@ JSON_FIELDS = {
     "weights_file": str,
 }
 """Every key of judge.json and its type (`to_json`); `default_window` may be null."""
-REQUIRED_FIELDS = ("format", "format_version", "kind", "feature_setup", "pair", "intercept", "default_threshold")
+REQUIRED_FIELDS = ("format", "format_version", "kind", "feature_setup", "pair", "intercept", "default_threshold",
+                   "thresholds")
 PAIR_FIELDS = {"target_id": str, "draft_id": str, "tokenizer_fingerprint": str, "target_hidden_size": int,
                "draft_hidden_size": int}
 
@@ -103,11 +104,16 @@ def check_judge_meta(meta: Any, meta_path: Path) -> None:
             f"{meta_path}: 'num_features' is {meta['num_features']} but feature setup {meta['feature_setup']} "
             f"of the pair's hidden sizes gives {features}"
         )
-    for index, row in enumerate(meta.get("thresholds", [])):
+    for index, row in enumerate(meta["thresholds"]):
         if not isinstance(row, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values()
         ) or not isinstance(row.get("tau"), (int, float)):
             raise JudgeFormatError(f"{meta_path}: 'thresholds'[{index}] must be an object of numbers with 'tau'")
+        bad = next((key for key, value in row.items() if not math.isfinite(value)), None)
+        if bad is not None:
+            raise JudgeFormatError(f"{meta_path}: 'thresholds'[{index}] {bad!r} must be a finite number, got {row[bad]}")
+        if not 0.0 <= row["tau"] <= 1.0:
+            raise JudgeFormatError(f"{meta_path}: 'thresholds'[{index}] 'tau' must be in [0, 1], got {row['tau']}")
 
 
 def load_logreg_weights(path: Path, features: int) -> dict[str, np.ndarray]:
@@ -153,6 +159,8 @@ def read_judge_meta(folder: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise JudgeFormatError(f"{meta_path}: not valid JSON ({getattr(err, 'msg', err)})") from None
+    except RecursionError:
+        raise JudgeFormatError(f"{meta_path}: nested too deeply to be a judge.json (it is not one `autojudge train` wrote)") from None
     except OSError as err:
         raise JudgeFormatError(f"{meta_path}: cannot read ({err.strerror})") from None
     check_judge_meta(meta, meta_path)

@@ -82,6 +82,69 @@ def check_cluster_address(address: str | None) -> None:
         check_reachable(address)
 
 
+_started_local_cluster = False
+"""Whether `init_ray` started the cluster this process is connected to (a new local one)."""
+
+
+def ray_connected() -> bool:
+    """Whether this process is connected to a Ray cluster (without importing Ray when it is not loaded)."""
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def will_start_local_cluster(address: str | None) -> bool:
+    """Whether `init_ray(address)` would start a new cluster on this machine (nothing named, no
+    `ray start` cluster recorded on this node)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    return address == "local" or (not address and node_cluster_address() is None)
+
+
+def check_actor_resources(what: str, actors: int, cpus: float, gpus: float = 0.0, address: str | None = None,
+                          spare_cpus: float = 0.0, advice: str = "") -> None:
+    """Refuse actors the cluster can never place (Ray would queue them forever, logging "No available
+    node types can fulfill ..."): each actor's CPUs and GPUs on one node, and all of them, plus
+    `spare_cpus` for the job's other tasks, in the cluster. Once Ray is connected it asks the
+    cluster; before, it checks the cores of this machine when the cluster will be a new local one
+    (and knows nothing of another cluster). On a cluster named by --address / $RAY_ADDRESS, whose
+    autoscaler may add nodes, it warns instead of refusing."""
+    import sys
+
+    from autojudge.errors import InputError
+
+    if ray_connected():
+        import ray
+
+        local = _started_local_cluster
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        total = {key: sum(node.get(key, 0.0) for node in nodes) for key in ("CPU", "GPU")}
+        largest = {key: max((node.get(key, 0.0) for node in nodes), default=0.0) for key in ("CPU", "GPU")}
+    elif will_start_local_cluster(address):
+        from autojudge.checks import local_cores
+
+        total = largest = {"CPU": float(local_cores())}
+        local = True
+    else:
+        return
+    asked = {"CPU": cpus, "GPU": gpus}
+    problem = None
+    for key in largest:
+        if asked[key] > largest[key]:
+            problem = f"{what} ask for {asked[key]:g} {key}s each; the largest node of the cluster has {largest[key]:g}"
+            break
+        if actors * asked[key] + (spare_cpus if key == "CPU" else 0.0) > total[key]:
+            needs = f"{actors} x {asked[key]:g} {key}s" + (f" + {spare_cpus:g} for reading and writing" if key == "CPU" and spare_cpus else "")
+            problem = f"{what} need {needs}; the cluster has {total[key]:g}"
+            break
+    if problem is None:
+        return
+    message = f"{problem} (they would wait forever){'; ' + advice if advice else ''}"
+    if not local:
+        print(f"autojudge: warning: {message}; an autoscaling cluster may add nodes", file=sys.stderr)
+        return
+    raise InputError(message)
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -116,8 +179,10 @@ def init_ray(
         kwargs["_system_config"] = local_system_config
     added = {name: value for name, value in (local_env or {}).items() if name not in os.environ}
     os.environ.update(added)  # the cluster's processes inherit this process's environment as it starts
+    global _started_local_cluster
     try:
         ray.init(address="local", num_cpus=num_cpus, runtime_env=RUNTIME_ENV, include_dashboard=False, **kwargs)
+        _started_local_cluster = True
     finally:
         for name in added:
             os.environ.pop(name, None)

@@ -178,10 +178,10 @@ def test_push_without_network_fails_clearly_and_keeps_export(mined: tuple[Path, 
     assert sum(len(split) for split in labels.values()) == len(truth["labels"])
 
 
-def test_push_without_token_says_so(mined: tuple[Path, dict], tmp_path: Path) -> None:
+def test_push_without_token_says_so_before_exporting(mined: tuple[Path, dict], tmp_path: Path) -> None:
     folder, _ = mined
     out = tmp_path / "export"
     result = run_cli(["export", "--data", str(folder), "--out", str(out), "--push", "--repo-id", "me/aj"], {}, tmp_path)
-    assert result.returncode == 1
-    assert "set HF_TOKEN" in result.stderr
-    assert (out / "README.md").exists() and (out / "labels").is_dir()
+    assert result.returncode == 2
+    assert "set HF_TOKEN" in result.stderr and "nothing was exported" in result.stderr
+    assert not out.exists()

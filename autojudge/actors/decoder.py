@@ -57,6 +57,8 @@ class DecodeStageConfig:
     """torch device of a replica; auto = cuda when the replica has a GPU, else cpu."""
     threads: int | None = None
     """torch CPU threads per replica (default: the replica's CPU count)."""
+    same_pair: bool = False
+    """The specs name the judge's models under other names (`--same-pair`): names are not compared."""
 
 
 
@@ -116,7 +118,7 @@ def load_decode_state(config: DecodeStageConfig, num_gpus: float = 0.0) -> Decod
         from autojudge.judge import Judge
 
         judge = Judge.load(config.judge)
-        judge.check_model_pair(pair)
+        judge.check_model_pair(pair, config.same_pair)
     engine = EngineCore.for_pair(pair, judge=judge, default_window=config.window, max_batch=max(1, config.batch_size))
     threshold = {"typical": config.epsilon, "prob": config.min_prob, "fly": config.fly_entropy}.get(config.mode, config.threshold)
     settings = RequestSettings(

@@ -60,6 +60,8 @@ class EngineConfig:
     """CPU priority of the engine process, added to its replica's nice value (negative: ahead of
     the replica, the ingress and the rest of the serving path; lowering needs root or
     CAP_SYS_NICE, and without it the process keeps its replica's priority); 0: unchanged."""
+    same_pair: bool = False
+    """The specs name the judge's models under other names (`--same-pair`): names are not compared."""
 
 
 def set_priority(increment: int) -> tuple[int, str | None]:
@@ -88,7 +90,7 @@ def load_engine(config: EngineConfig) -> tuple[Callable[[], Any], dict[str, Any]
     judge = None
     if config.judge:
         judge = Judge.load(config.judge)
-        judge.check_model_pair(pair)
+        judge.check_model_pair(pair, config.same_pair)
     window = config.window if config.window is not None else default_window(judge)
 
     def new_core() -> EngineCore:

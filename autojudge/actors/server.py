@@ -101,6 +101,8 @@ class ReplicaConfig:
     stream_interval: int = 1
     """Streaming: after the first chunk, hold a request's tokens until at least this many are ready
     (or it ends), so a long answer travels in fewer, larger chunks; 1: a chunk per engine cycle."""
+    same_pair: bool = False
+    """The specs name the judge's models under other names (`--same-pair`): names are not compared."""
 
     @property
     def served_name(self) -> str:
@@ -236,6 +238,7 @@ class DecodeReplica:
             EngineConfig(
                 target=config.target, draft=config.draft, judge=config.judge, window=config.window,
                 max_batch=config.max_batch, device=device, threads=config.threads, nice=config.engine_nice,
+                same_pair=config.same_pair,
             )  # fmt: skip
         )
         info = self.engine.info

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from autojudge.commands import add_rule_arguments, check_rule_arguments
+from autojudge.checks import add_same_pair_argument
 from autojudge.tasks import add_task_arguments
 
 
@@ -26,6 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
     parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
     add_rule_arguments(parser)
+    add_same_pair_argument(parser)
     parser.add_argument("--window", type=window_option, default=None, metavar="K",
                         help="draft tokens per target call (default: the judge's window in mode autojudge, else 8); "
                         "'auto': measure the pair on the first prompts (step cost of each model, acceptance per "
@@ -93,7 +95,7 @@ def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
     from autojudge.judge import Judge  # lazy: only this mode needs it
 
     judge = Judge.load(args.judge)
-    judge.check_model_pair(pair)
+    judge.check_model_pair(pair, args.same_pair)
     return build_rule("autojudge", judge=judge, threshold=args.threshold), judge
 
 
@@ -101,8 +103,9 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before the models load (autojudge.checks)."""
     from autojudge import checks
 
-    checks.check_options(args, at_least_1=["max_new_tokens", "batch_size", "limit", "top_k", "threads"],
-                         thresholds=["threshold"])
+    checks.check_options(args, at_least_1=["max_new_tokens", "batch_size", "limit", "top_k"],
+                         thresholds=["threshold"], threads=["threads"])
+    checks.check_stop_strings("--stop", args.stop)
     if args.window != "auto":
         checks.check_options(args, at_least_1=["window"])
     check_rule_arguments(args)
@@ -129,14 +132,13 @@ def run(args: argparse.Namespace) -> int:
     # the pair, the judge and the prompts' lengths from tokenizers and configs, before any weights load
     tokenizer = checks.check_pair_tokenizers(args.target, args.draft)
     prompts = [task.prompt_ids(p, tokenizer) for p in problems]
-    checks.check_prompt_lengths(
-        ((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)),
-        checks.context_of_specs(args.target, args.draft), args.input,
-    )
+    context = checks.context_of_specs(args.target, args.draft)
+    checks.check_prompt_lengths(((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)), context, args.input)
+    checks.check_decode_lengths(context, args.window, args.max_new_tokens, args.judge if args.mode == "autojudge" else None)
     if args.mode == "autojudge":
         from autojudge.judge import Judge, check_judge_for_specs
 
-        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft, args.same_pair)
     import torch
 
     from autojudge.decode import EngineCore, RequestSettings, aggregate

@@ -6,6 +6,7 @@ import argparse
 
 from autojudge.checks import check_fly_parameters
 from autojudge.commands import FLY_WINDOW
+from autojudge.checks import add_same_pair_argument
 from autojudge.tasks import add_task_arguments
 
 
@@ -27,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder (from `autojudge train`); without it only exact/topk")
+    add_same_pair_argument(parser)
     parser.add_argument("--target", help="target model spec (default: the judge's target, else toy:target)")
     parser.add_argument("--draft", help="draft model spec (default: the judge's draft, else toy:draft)")
     add_task_arguments(parser, default="toy", seed=2)
@@ -68,8 +70,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before the models load (autojudge.checks)."""
     from autojudge import checks
 
-    checks.check_options(args, at_least_1=["limit", "window", "max_new_tokens", "batch_size", "top_k", "threads"],
-                         thresholds=["thresholds"])
+    checks.check_options(args, at_least_1=["limit", "window", "max_new_tokens", "batch_size", "top_k"],
+                         thresholds=["thresholds"], threads=["threads"], seeds=["seed"])
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if any(k != int(k) for k in args.top_k):
         raise checks.InputError(f"--top-k takes whole numbers, got {','.join(f'{k:g}' for k in args.top_k)}")
@@ -122,18 +124,20 @@ def _run(args: argparse.Namespace) -> int:
 
     # the pair, the judge and the prompts' lengths from tokenizers and configs, before any weights load
     tokenizer = checks.check_pair_tokenizers(target, draft)
+    context = checks.context_of_specs(target, draft)
     checks.check_prompt_lengths(
         ((f"problem {p.id!r}", len(task.prompt_ids(p, tokenizer)))
          for p in problems),
-        checks.context_of_specs(target, draft), args.input or args.task,
+        context, args.input or args.task,
     )
+    checks.check_decode_lengths(context, args.window, args.max_new_tokens, args.judge)
     if judge is not None:
         from autojudge.judge import check_judge_for_specs
 
-        check_judge_for_specs(judge, target, draft)
+        check_judge_for_specs(judge, target, draft, args.same_pair)
     pair = load_pair(target, draft, device=args.device)
     if judge is not None:
-        judge.check_model_pair(pair)
+        judge.check_model_pair(pair, args.same_pair)
     config = EvalConfig(
         window=default_window(judge) if args.window is None else args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,

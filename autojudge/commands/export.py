@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,17 +50,20 @@ def check_args(args: argparse.Namespace) -> None:
     if args.overwrite:
         checks.check_not_protected("--out", args.out)
     checks.warn_if_mining_running("export", read_manifest(args.data), args.data)
+    if args.push:  # the repository id and the token before the (long) export
+        from autojudge.pipeline.export import check_push
+
+        check_push(args.repo_id)
 
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)  # before the heavy imports and any work
-    from pathlib import Path
-
-    from autojudge.pipeline.export import ExportConfig, ExportError, export_dataset, push_export
+    from autojudge.pipeline.export import ExportConfig, export_dataset, is_export
     from autojudge.tasks.jsonl import InputError
 
-    if args.push and not args.repo_id:
-        raise InputError("--push needs --repo-id ORG/NAME")
+    if args.push and not args.overwrite and is_export(Path(args.out)):
+        print(f"{args.out} already holds an export: pushing it as it is (--overwrite exports again first)")
+        return push(Path(args.out), args.repo_id, args.private)
     config = ExportConfig(
         data=Path(args.data), out=Path(args.out), val_fraction=args.val_fraction, license=args.license,
         pretty_name=args.name, max_shard_rows=args.max_shard_rows, save_to_disk=args.save_to_disk,
@@ -75,11 +79,17 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"{name}: {splits}" for name, splits in counts["splits"].items())
         + f"; decoded text columns: {counts['readable']}"
     )
-    if args.push:
-        try:
-            url = push_export(result.out, args.repo_id, private=args.private)
-        except ExportError as err:
-            print(f"autojudge export: error: {err}", file=sys.stderr)
-            return 1
-        print(f"pushed to {url}")
+    return push(result.out, args.repo_id, args.private) if args.push else 0
+
+
+def push(out: Path, repo_id: str, private: bool) -> int:
+    """Push an export folder; a failed push is one line and exit status 1 (the export stays)."""
+    from autojudge.pipeline.export import ExportError, push_export
+
+    try:
+        url = push_export(out, repo_id, private=private)
+    except ExportError as err:
+        print(f"autojudge export: error: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed to {url}")
     return 0

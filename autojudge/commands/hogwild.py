@@ -68,36 +68,62 @@ def result_record(problem_id: str, prompt_ids: list[int], result: Any) -> dict[s
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def check_args(args: argparse.Namespace) -> Any:
+    """Everything that can be refused before a model loads (autojudge.checks), as the other commands
+    do; returns the checked HogwildConfig."""
+    from autojudge import checks
+    from autojudge.decode.hogwild import HogwildConfig
 
-    from autojudge.decode.hogwild import HogwildConfig, HogwildGenerator, marked_final_answer
-    from autojudge.models import eos_token_ids, load_model, load_tokenizer
-    from autojudge.tasks import InputError, build_task, write_jsonl
-
+    checks.check_options(args, at_least_1=["limit", "check_every"], threads=["threads"])  # workers, budget: validate()
     config = HogwildConfig(
-        workers=args.workers, max_new_tokens=args.max_new_tokens, collaborate=args.collaborate,
+        workers=args.workers, max_new_tokens=args.max_new_tokens, collaborate=args.collaborate, header=args.header,
         check_every=args.check_every, stop_on_answer=args.stop_on_answer,
     )
-    config.validate()  # before loading anything
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    config.validate()
+    checks.check_input_file("--input", args.input)
+    checks.check_output_file("--output", args.output)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    config = check_args(args)  # before the heavy imports and any work
+    from autojudge import checks
+    from autojudge.decode.hogwild import render_prompt
+    from autojudge.models import load_tokenizer
+    from autojudge.tasks import InputError, build_task, write_jsonl
+
     task = build_task(args.task, instruction=args.instruction)
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
+    if not problems:
+        raise InputError(f"--input {args.input}: no records")
+    # every prompt from the tokenizer and the config before the weights load
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device=args.device)
-    hook = marked_final_answer if args.task in ("gsm8k", "toy") else None
-    generator = HogwildGenerator(model, tokenizer, config, eos_token_ids(tokenizer, model), answer_hook=hook)
-    records, steps, tokens, wall = [], 0, 0, 0.0
+    prompts = []
     for problem in problems:
         if problem.prompt is not None:
             text = problem.prompt
         else:
             message = problem.question if not args.instruction else f"{problem.question}\n{args.instruction}"
-            text = generator.render_prompt(message)
+            text = render_prompt(tokenizer, message, config)
         prompt_ids = list(tokenizer(text, add_special_tokens=False).input_ids)
         if not prompt_ids:
             raise InputError(f"{args.input}: record {problem.id}: the prompt has no tokens")
+        prompts.append(prompt_ids)
+    context = checks.context_of_specs(args.model)
+    checks.check_prompt_lengths(((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)), context, args.input)
+    checks.check_within_context([("--max-new-tokens", args.max_new_tokens)], context)
+    import torch
+
+    from autojudge.decode.hogwild import HogwildGenerator, marked_final_answer
+    from autojudge.models import eos_token_ids, load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, device=args.device)
+    hook = marked_final_answer if args.task in ("gsm8k", "toy") else None
+    generator = HogwildGenerator(model, tokenizer, config, eos_token_ids(tokenizer, model), answer_hook=hook)
+    records, steps, tokens, wall = [], 0, 0, 0.0
+    for problem, prompt_ids in zip(problems, prompts):
         result = generator.generate(prompt_ids)
         records.append(result_record(problem.id, prompt_ids, result))
         steps, tokens, wall = steps + result.steps, tokens + result.new_tokens, wall + result.wall_s

@@ -9,6 +9,7 @@ from autojudge.commands import add_rule_arguments, check_rule_arguments
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from autojudge.checks import add_same_pair_argument
     from autojudge.ray_utils import add_ray_arguments
 
     parser = subparsers.add_parser(
@@ -30,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
     parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
     add_rule_arguments(parser)
+    add_same_pair_argument(parser)
     parser.add_argument("--window", type=int, default=None, metavar="K",
                         help="draft tokens per target call (default: the judge's window in mode autojudge, else 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
@@ -58,6 +60,7 @@ def check_args(args: argparse.Namespace) -> None:
                                            "num_replicas", "top_k", "num_cpus"],
                          at_least_0=["num_gpus_per_replica", "num_cpus_per_replica"], thresholds=["threshold"])
     check_rule_arguments(args)
+    checks.check_stop_strings("--stop", args.stop)
     if args.mode == "autojudge" and not args.judge:
         raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
     if args.mode == "autojudge":
@@ -71,10 +74,12 @@ def check_args(args: argparse.Namespace) -> None:
         checks.check_not_protected("--output", args.output)
     check_cluster_address(args.address)
     checks.check_pair_tokenizers(args.target, args.draft)
+    checks.check_decode_lengths(checks.context_of_specs(args.target, args.draft), args.window, args.max_new_tokens,
+                                args.judge if args.mode == "autojudge" else None)
     if args.mode == "autojudge":
         from autojudge.judge import Judge, check_judge_for_specs
 
-        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft, args.same_pair)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         target=args.target, draft=args.draft, mode=args.mode, judge=args.judge, threshold=args.threshold,
         top_k=args.top_k, epsilon=args.epsilon, min_prob=args.min_prob, fly_entropy=args.fly_entropy,
         fly_window=args.fly_window, window=args.window, max_new_tokens=args.max_new_tokens, task=args.task,
-        stop=tuple(args.stop), max_prompt_tokens=args.max_prompt_tokens, device=args.device,
+        stop=tuple(args.stop), max_prompt_tokens=args.max_prompt_tokens, device=args.device, same_pair=args.same_pair,
     )
     config = InferConfig(
         input=args.input, output=args.output, stage=stage, input_format=args.input_format,

@@ -44,17 +44,27 @@ def check_args(args: argparse.Namespace) -> None:
     from autojudge.ray_utils import check_cluster_address
 
     checks.check_options(args, at_least_1=["limit", "cpus_per_worker", "batch_size", "max_new_tokens"],
-                         at_least_0=["workers", "gpus_per_worker", "chunk_size"])
+                         at_least_0=["workers", "gpus_per_worker", "chunk_size"], seeds=["seed"])
+    if args.workers == 0:  # mining in this process: --cpus-per-worker is its torch threads
+        checks.check_options(args, threads=["cpus_per_worker"])
     checks.check_input_file("--input", args.input)
     checks.check_output_dir("--out", args.out)
     from pathlib import Path
 
     from autojudge.pipeline.mine import resume_settings
+    from autojudge.pipeline.shards import check_no_writer
 
+    check_no_writer(args.out)  # another `mine` on this folder (mine() holds the lock itself while it writes)
     resume_settings(Path(args.out))  # a corrupt manifest is refused before anything loads
     if args.workers > 0:
+        from autojudge.pipeline.mine import RESOURCE_ADVICE
+        from autojudge.ray_utils import check_actor_resources
+
         check_cluster_address(args.address)
+        check_actor_resources("mining workers", args.workers, args.cpus_per_worker, args.gpus_per_worker, args.address,
+                              advice=RESOURCE_ADVICE)
     checks.check_pair_tokenizers(args.target, args.draft)
+    checks.check_within_context([("--max-new-tokens", args.max_new_tokens)], checks.context_of_specs(args.target, args.draft))
 
 
 def run(args: argparse.Namespace) -> int:

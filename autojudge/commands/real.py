@@ -118,7 +118,7 @@ def run_draft(args: argparse.Namespace) -> int:
 def run_measure(args: argparse.Namespace) -> int:
     from autojudge.checks import check_options
 
-    check_options(args, at_least_1=["prompts", "max_new_tokens", "windows", "threads"])
+    check_options(args, at_least_1=["prompts", "max_new_tokens", "windows"], threads=["threads"])
     import torch
 
     from autojudge.real.measure import measure_drafts

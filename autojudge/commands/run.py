@@ -133,14 +133,27 @@ def check_args(args: argparse.Namespace, config: "RunConfig") -> None:  # noqa: 
     from autojudge.ray_utils import check_cluster_address
 
     checks.check_options(args, at_least_1=["mine_problems", "select_problems", "test_problems", "window",
-                                           "compare_windows", "max_new_tokens", "threads"],
-                         at_least_0=["mine_workers"])
+                                           "compare_windows", "max_new_tokens"],
+                         at_least_0=["mine_workers"], threads=["threads"])
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if args.out:
+        from pathlib import Path
+
+        from autojudge.pipeline.shards import check_no_writer
+
         checks.check_output_dir("--out", args.out)
+        check_no_writer(Path(args.out) / "mined")  # its mining stage holds that lock while it mines
     if config.mine_workers > 0:
+        from autojudge.pipeline.mine import RESOURCE_ADVICE
+        from autojudge.ray_utils import check_actor_resources
+
         check_cluster_address(None)
+        check_actor_resources("mining workers", config.mine_workers, config.threads,
+                              1.0 if config.device.startswith("cuda") else 0.0, None, advice=RESOURCE_ADVICE)
     checks.check_pair_tokenizers(config.target, config.draft)
+    checks.check_within_context([("--max-new-tokens", config.max_new_tokens), ("--window", config.window),
+                                 *(("--compare-windows", window) for window in config.compare_windows)],
+                                checks.context_of_specs(config.target, config.draft))
 
 
 def run(args: argparse.Namespace) -> int:

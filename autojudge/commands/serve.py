@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
-from autojudge.checks import check_fly_parameters
+from autojudge.checks import add_same_pair_argument, check_fly_parameters
 from autojudge.commands import FLY_WINDOW
 from autojudge.ray_utils import add_ray_arguments
 
@@ -25,6 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
     parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder from `autojudge train` (enables mode autojudge)")
+    add_same_pair_argument(parser)
     parser.add_argument("--mode", default="exact", metavar="MODE",
                         help="default acceptance rule of requests that name none: exact, topk, autojudge, or another "
                              "rule of this build (default exact)")
@@ -71,10 +73,12 @@ def check_args(args: argparse.Namespace) -> None:
     from autojudge.decode.acceptance import MODES
     from autojudge.ray_utils import check_cluster_address
 
-    checks.check_options(args, at_least_1=["max_batch", "num_replicas", "max_tokens", "threads", "top_k", "port",
+    checks.check_options(args, at_least_1=["max_batch", "num_replicas", "max_tokens", "threads", "top_k",
                                            "speculation_max_batch", "stream_interval"],
                          at_least_0=["window", "max_waiting", "gpus_per_replica", "cpus_per_replica"],
-                         thresholds=["threshold"])  # fmt: skip
+                         thresholds=["threshold"], ports=["port"])  # fmt: skip
+    if not (args.address or os.environ.get("RAY_ADDRESS")):  # a local cluster: the replicas run on these cores
+        checks.check_options(args, threads=["threads"])
     if not -20 <= args.engine_nice <= 19:
         raise checks.InputError(f"--engine-nice must be between -20 and 19, got {args.engine_nice}")
     if args.mode not in MODES:
@@ -90,10 +94,12 @@ def check_args(args: argparse.Namespace) -> None:
     check_cluster_address(args.address)
     check_port_free(args.host, args.port)
     checks.check_pair_tokenizers(args.target, args.draft)
+    checks.check_decode_lengths(checks.context_of_specs(args.target, args.draft), args.window, args.max_tokens,
+                                args.judge, budget="--max-tokens")
     if args.judge:
         from autojudge.judge import Judge, check_judge_for_specs
 
-        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft)
+        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft, args.same_pair)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -118,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
         top_k=args.top_k, fly_window=args.fly_window, window=args.window, max_batch=args.max_batch, max_waiting=args.max_waiting,
         speculation_max_batch=args.speculation_max_batch, default_max_tokens=args.max_tokens,
         model_name=args.model_name, threads=args.threads, stream_interval=args.stream_interval,
-        engine_nice=args.engine_nice,
+        engine_nice=args.engine_nice, same_pair=args.same_pair,
     )  # fmt: skip
     return ServeConfig(
         replica=replica, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,

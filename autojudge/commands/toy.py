@@ -32,9 +32,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise InputError("give --out FILE.jsonl (or --model-path target|draft)")
-    from autojudge.checks import check_number, check_output_file
+    from autojudge.checks import SEED_MAX, check_number, check_output_file
+    from autojudge.toy.world import MAX_PROBLEMS
 
-    check_number("--num", args.num, 0)
+    check_number("--num", args.num, 0, MAX_PROBLEMS)
+    check_number("--seed", args.seed, 0, SEED_MAX)
     check_output_file("--out", args.out)
     count = write_problems(args.num, args.seed, args.out)
     print(f"wrote {count} problems (seed {args.seed}) to {args.out}")

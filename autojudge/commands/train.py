@@ -40,7 +40,7 @@ def check_args(args: argparse.Namespace) -> None:
     from autojudge import checks
     from autojudge.pipeline.dataset import read_manifest
 
-    checks.check_options(args, at_least_1=["threads"], unit_interval=["recall_target"])
+    checks.check_options(args, unit_interval=["recall_target"], threads=["threads"], seeds=["seed"])
     checks.check_number("--val-fraction", args.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
     checks.check_input_dir("--data", args.data)
     checks.check_output_dir("--out", args.out)

@@ -424,6 +424,15 @@ def collaboration_system_prompt(names: Sequence[str]) -> str:
     )
 
 
+def render_prompt(tokenizer: Any, user_message: str, config: HogwildConfig) -> str:
+    """The prompt text for a question (no model needed): the collaboration system prompt of
+    `config.workers` workers and the question in the chat template."""
+    from autojudge.tasks.base import chat_prompt
+
+    names = list(WORKER_NAMES[: config.workers])
+    return chat_prompt(tokenizer, user_message, collaboration_system_prompt(names) if config.collaborate else None)
+
+
 def worker_header(name: str, separator: str, header: str = "**{name}:** ") -> str:
     """The text that opens a worker's block: the separator, then the header with the worker's name."""
     return separator + header.replace("{name}", name)
@@ -529,10 +538,7 @@ class HogwildGenerator:
 
     def render_prompt(self, user_message: str) -> str:
         """The prompt text for a question: the collaboration system prompt and the question in the chat template."""
-        from autojudge.tasks.base import chat_prompt
-
-        system = collaboration_system_prompt(self.names) if self.config.collaborate else None
-        return chat_prompt(self.tokenizer, user_message, system)
+        return render_prompt(self.tokenizer, user_message, self.config)
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)

@@ -57,6 +57,15 @@ class MinedData:
             self.important[mask], self.h_target[mask], self.h_draft[mask], self.manifest,
         )
 
+    def fingerprint(self) -> str:
+        """A short hash of the labels (prompt, position, tokens, label), in any row order: what a
+        judge records it was trained on (`autojudge run` retrains when it changes)."""
+        import hashlib
+
+        rows = sorted(zip(self.prompt_ids.tolist(), self.positions.tolist(), self.target_tokens.tolist(),
+                          self.draft_tokens.tolist(), self.important.tolist()))
+        return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+
     def features(self, feature_setup: str) -> np.ndarray:
         """[n, F] float32 features of a setup: DT = h_target, DD-DT = [h_draft ; h_target]."""
         return build_features(self.h_target, self.h_draft, feature_setup)

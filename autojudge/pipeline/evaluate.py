@@ -15,8 +15,10 @@ for a weak target that is rarely right) is at most `max_accuracy_drop` below `ex
 on the problems it is given; `autojudge
 run` applies it on selection problems distinct from the test problems, so the test
 curve is an honest estimate. Outputs: `metrics.json`, `report.md`, `pareto.png`. With a `cache_dir`, each finished
-setting is stored there (answers included) and not decoded again on a rerun, so an
-interrupted evaluation resumes.
+setting is stored there (answers included) with what it was decoded with (`made_with`: the pair,
+the task, the problems, the window, the budget and, for a judged setting, the judge), and a rerun
+reuses it only when all of that is unchanged, so an interrupted evaluation resumes and a changed
+one decodes again.
 """
 
 from __future__ import annotations
@@ -221,18 +223,42 @@ def setting_cache_path(cache_dir: str | Path, mode: str, param: float | None, co
     return Path(cache_dir) / f"{name}.json"
 
 
-def load_cached_setting(path: Path) -> SettingResult | None:
-    """A setting stored by `store_setting`, or None."""
+def made_with(mode: str, param: float | None, config: EvalConfig, pair: Any, task: Task, problems_hash: str,
+              judge: Any) -> dict[str, Any]:
+    """Everything a setting's result depends on (stored with it; a stored result is reused only when equal)."""
+    return {
+        "mode": mode, "param": param, "window": config.window, "max_new_tokens": config.max_new_tokens,
+        "target": pair.target_id, "draft": pair.draft_id, "task": task.name,
+        "instruction": getattr(task, "instruction", None), "shots": getattr(task, "shots", 0), "problems": problems_hash,
+        "fly_window": config.fly_window if mode == "fly" else None,
+        "judge": None if judge is None else judge.fingerprint(),
+    }
+
+
+def problems_fingerprint(problems: Sequence[Problem]) -> str:
+    """A short hash of the problems (ids, texts and answers, in order)."""
+    import hashlib
+
+    rows = [(p.id, p.question, p.prompt, p.answer) for p in problems]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def load_cached_setting(path: Path, settings: dict[str, Any]) -> SettingResult | None:
+    """A setting stored by `store_setting` with these `made_with` settings, or None (none stored,
+    or stored by a decode with other settings: it is decoded again and replaced)."""
     if not path.exists():
         return None
-    return SettingResult(**json.loads(path.read_text()))
+    stored = json.loads(path.read_text())
+    if not isinstance(stored, dict) or stored.get("made_with") != json.loads(json.dumps(settings)):
+        return None
+    return SettingResult(**stored["result"])
 
 
-def store_setting(result: SettingResult, path: Path) -> None:
-    """Write a finished setting (answers included) atomically."""
+def store_setting(result: SettingResult, path: Path, settings: dict[str, Any]) -> None:
+    """Write a finished setting (answers included) and what it was made with, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(asdict(result)))
+    partial.write_text(json.dumps({"made_with": settings, "result": asdict(result)}))
     partial.rename(path)
 
 
@@ -267,6 +293,7 @@ def evaluate_modes(
     for name, (other, taus) in (extra_judges or {}).items():
         settings += [(f"judge:{name}", float(tau), other) for tau in sorted(taus)]
     results: list[SettingResult] = []
+    problems_hash = problems_fingerprint(problems) if cache_dir else ""
     bar = tqdm(total=len(settings) * len(problems), desc="eval", unit="problem", disable=not show_progress)
     reference, exact_quality = None, 0.0
     stopped: set[str] = set()
@@ -276,11 +303,12 @@ def evaluate_modes(
             continue
         bar.set_postfix_str(mode if param is None else f"{mode} {param:g}")
         path = setting_cache_path(cache_dir, mode, param, config, len(problems)) if cache_dir else None
-        result = load_cached_setting(path) if path else None
+        key = made_with(mode, param, config, pair, task, problems_hash, setting_judge) if path else {}
+        result = load_cached_setting(path, key) if path else None
         if result is None:
             result = evaluate_setting(pair, task, problems, mode, param, config, setting_judge, reference, bar.update)
             if path:
-                store_setting(result, path)
+                store_setting(result, path, key)
         else:
             bar.update(len(problems))
         if mode == "exact":

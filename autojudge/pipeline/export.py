@@ -438,22 +438,56 @@ def export_dataset(config: ExportConfig) -> ExportResult:
     return ExportResult(out=out, counts=counts)
 
 
+def hub_token(token: str | None = None) -> str | None:
+    """The token a push uses: `token`, else $HF_TOKEN, else a stored `hf auth login` token."""
+    from huggingface_hub import get_token
+
+    return token or os.environ.get("HF_TOKEN") or get_token()
+
+
+def check_push(repo_id: str | None, token: str | None = None) -> None:
+    """Before anything is exported: a Hub dataset id ORG/NAME and a token to push with (InputError otherwise)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not repo_id:
+        raise InputError("--push needs --repo-id ORG/NAME")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise InputError(f"--repo-id {repo_id!r} is not a Hub repository id ({str(err).split(':')[0]})") from None
+    if "/" not in repo_id:
+        raise InputError(f"--repo-id must be ORG/NAME (your user or organisation, then the dataset), got {repo_id!r}")
+    if not hub_token(token):
+        raise InputError("--push needs a Hugging Face write token: set HF_TOKEN or run `hf auth login` (nothing was exported)")
+
+
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds an `autojudge export` (its dataset card with the `autojudge` table, and labels/)."""
+    card = Path(folder) / "README.md"
+    if not card.is_file() or not (Path(folder) / "labels").is_dir():
+        return False
+    try:
+        text = card.read_text(encoding="utf-8")
+        header = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, IndexError):
+        return False
+    return isinstance(header, dict) and isinstance(header.get("autojudge"), dict)
+
+
 def push_export(out: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Upload an export folder to the Hub: card first, then `push_to_hub` per config.
 
-    The token is `token`, else $HF_TOKEN, else a stored `hf auth login` token. Any failure
-    becomes an ExportError that says the local export is intact.
+    The token is `hub_token(token)` (`check_push` has refused a push without one before the export).
+    Any failure becomes an ExportError that says the local export is intact.
     """
     import datasets
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
 
     out = Path(out)
-    token = token or os.environ.get("HF_TOKEN") or get_token()
+    token = hub_token(token)
     intact = f"the local export in {out} is complete and unchanged"
     if not token:
         raise ExportError(f"cannot push to {repo_id}: set HF_TOKEN (a write token) or run `hf auth login`; {intact}")
-    if "/" not in repo_id:
-        raise ExportError(f"--repo-id must be ORG/NAME, got {repo_id!r}; {intact}")
     try:
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -469,6 +503,7 @@ def push_export(out: Path, repo_id: str, private: bool = False, token: str | Non
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise ExportError(
             f"push to https://huggingface.co/datasets/{repo_id} failed ({reason}); {intact}. "
-            f"Retry later with `autojudge export ... --push`, or `hf upload {repo_id} {out} --repo-type dataset`."
+            f"Retry later with the same `autojudge export ... --push` (it pushes the existing export), "
+            f"or `hf upload {repo_id} {out} --repo-type dataset`."
         ) from None
     return f"https://huggingface.co/datasets/{repo_id}"

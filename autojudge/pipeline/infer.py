@@ -277,31 +277,12 @@ def _check_pair_tokenizers(stage: DecodeStageConfig) -> None:
         raise InputError(f"cannot use --target {stage.target} / --draft {stage.draft}: {err}") from None
 
 
-def _check_room_for_tasks(config: InferConfig) -> None:
-    """Replicas that take every CPU starve the read/write tasks and the job hangs; refuse that."""
-    import sys
-
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0.0)
-    reserved = config.num_replicas * config.num_cpus_per_replica
-    if total and total - reserved < 1.0:  # the streaming repartition's tasks ask for one full CPU
-        message = (
-            f"{config.num_replicas} replicas x {config.num_cpus_per_replica} CPUs leave no CPU of the cluster's "
-            f"{total:g} for reading and writing; use fewer --num-replicas or --num-cpus-per-replica 0.5"
-        )
-        if config.address or os.environ.get("RAY_ADDRESS"):
-            print(f"autojudge infer: warning: {message} (an autoscaling cluster may add nodes)", file=sys.stderr)
-        else:
-            raise InputError(message)
-
-
 def run_infer(config: InferConfig) -> dict[str, Any]:
     """Decode the whole corpus on the cluster and write Parquet; returns the summary."""
     import ray
 
     from autojudge.actors.decoder import Decoder
-    from autojudge.ray_utils import init_ray
+    from autojudge.ray_utils import check_actor_resources, init_ray
 
     stage = config.stage
     if config.batch_size < 1 or config.num_replicas < 1 or stage.max_new_tokens < 1 or stage.window < 1:
@@ -315,7 +296,10 @@ def run_infer(config: InferConfig) -> dict[str, Any]:
     prepare_output(config.output, config.overwrite)
     init_ray(config.address, num_cpus=config.local_cpus)
     ray.data.DataContext.get_current().enable_progress_bars = True
-    _check_room_for_tasks(config)
+    # replicas that take every CPU starve the read/write tasks (the streaming repartition's ask for one full CPU)
+    check_actor_resources("decode replicas", config.num_replicas, config.num_cpus_per_replica, config.num_gpus_per_replica,
+                          config.address, spare_cpus=1.0,
+                          advice="use fewer --num-replicas, or --num-cpus-per-replica 0.5")
 
     start = time.perf_counter()
     ds = read_corpus(config.input, config.input_format, config.batch_size, config.io_cpus)

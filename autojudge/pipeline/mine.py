@@ -153,19 +153,29 @@ def mine(config: MineConfig) -> Path:
     out = Path(config.out)
     check_resumable(config, out)
     problems = load_problems(config)  # a missing input fails here, before the folder exists
+    if config.workers > 0:  # actors the cluster cannot place would wait forever: refused before the folder is touched
+        from autojudge.ray_utils import check_actor_resources, init_ray
+
+        init_ray(config.address)
+        check_actor_resources("mining workers", config.workers, config.cpus_per_worker, config.gpus_per_worker,
+                              config.address, advice=RESOURCE_ADVICE)
     out.mkdir(parents=True, exist_ok=True)
-    shards.clean_orphans(out)
-    done = shards.finished_prompt_ids(out)
-    todo = [p for p in problems if p.id not in done]
-    chunks = chunked(todo, config.resolved_chunk_size())
-    progress = Progress(len(todo), config.progress)
-    if config.workers == 0:
-        models = _mine_local(config, out, chunks, progress)
-    else:
-        models = _mine_ray(config, out, chunks, progress)
-    progress.close()
-    write_manifest(config, out, models, status="complete")
+    with shards.writer_lock(out):  # one writer per folder, before any file in it is touched
+        shards.clean_orphans(out)
+        done = shards.finished_prompt_ids(out)
+        todo = [p for p in problems if p.id not in done]
+        chunks = chunked(todo, config.resolved_chunk_size())
+        progress = Progress(len(todo), config.progress)
+        if config.workers == 0:
+            models = _mine_local(config, out, chunks, progress)
+        else:
+            models = _mine_ray(config, out, chunks, progress)
+        progress.close()
+        write_manifest(config, out, models, status="complete")
     return out
+
+
+RESOURCE_ADVICE = "use fewer --workers (autojudge run: --mine-workers) or --cpus-per-worker (run: --threads)"
 
 
 RESUME_KEYS = ("task", "instruction", "shots", "shots_file", "target", "draft", "input", "seed", "max_new_tokens", "method")

@@ -14,9 +14,12 @@ with `instruction` appended.
 exact agrees 100% by construction). A weak target (SmolLM2-135M rarely solves GSM8K)
 cannot lose much accuracy, so agreement is the measure there.
 
-Every stage resumes: mining skips finished prompts, training loads a judge already in
-RUN/judge, and each evaluated setting is stored under RUN/{select,eval}/settings/ and
-not decoded again. The training-free baselines `typical` and `prob` and the extra
+Every stage resumes, and every stored result carries the settings it was made with: mining
+skips finished prompts (and refuses a folder mined with another pair, task, instruction,
+budget or train file); training loads the judge in RUN/judge when it was trained with the
+same classifier, features, seed and labels (the labels of this run's mining problems), else
+trains it again; each evaluated setting is stored under RUN/{select,eval}/settings/ with
+what it was decoded with and is decoded again when any of that changed. The training-free baselines `typical` and `prob` and the extra
 judges (`extra_judges`, e.g. lightgbm and the DT feature setup, each on a short tau
 sweep) run on the same test problems, so the curve answers whether the learned judge
 beats rules that need no mining at equal quality.
@@ -230,6 +233,13 @@ def check_run_config(config: RunConfig) -> None:
                          f"({config.train_offset}) must skip at least that many, so no example is mined or selected on")
     if min(config.mine_problems, config.select_problems, config.test_problems, config.max_new_tokens, config.window) < 1:
         raise InputError("--mine-problems, --select-problems, --test-problems, --max-new-tokens and --window must be >= 1")
+    if config.task == "toy":  # what the world can generate, refused before any problem is built
+        from autojudge.toy.world import MAX_PROBLEMS
+
+        for what, count in (("--mine-problems + --select-problems", config.mine_problems + config.select_problems),
+                            ("--test-problems", config.test_problems)):
+            if count > MAX_PROBLEMS:
+                raise InputError(f"{what} must be <= {MAX_PROBLEMS:,} (the toy world's problems per seed), got {count:,}")
     for spec in config.extra_judges:
         model, _, features = spec.partition(":")
         if model not in ("logreg", "lightgbm") or features not in ("DT", "DD-DT"):
@@ -268,11 +278,13 @@ def mine_stage(config: RunConfig, out: Path) -> Path:
     if config.task == "gsm8k":  # the mined slice of the train file, ids kept ("train-<line index>")
         from autojudge.tasks import write_jsonl
 
+        source = check_mined_source(config, out)  # before the slice is rewritten
         slice_path = out.parent / "inputs" / "mine.jsonl"
         slice_path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(slice_path, [{"id": p.id, "question": p.question, "answer": p.answer} for p in stage_problems(config, "mine")])
         where = {"task": "gsm8k", "input": str(slice_path), "instruction": config.instruction,
-                 "shots": config.shots, "shots_file": config.train_input if config.shots else None}
+                 "shots": config.shots, "shots_file": config.train_input if config.shots else None,
+                 "settings_note": {"problems": source}}
     mine_config = MineConfig(
         target=config.target, draft=config.draft, limit=config.mine_problems,
         out=str(out), max_new_tokens=config.max_new_tokens, batch_size=config.mine_batch_size,
@@ -283,13 +295,46 @@ def mine_stage(config: RunConfig, out: Path) -> Path:
     return Path(mine(mine_config))
 
 
-def train_or_load(data: Any, config: RunConfig, folder: Path, model: str, features: str) -> Any:
-    """The judge in `folder` when a finished run left one there (resume), else train and save it."""
+def check_mined_source(config: RunConfig, out: Path) -> dict[str, str]:
+    """The train file's fingerprint, recorded with the mining (gsm8k: prompt ids are line numbers, so
+    another file would reuse labels mined from other questions); a folder mined from another one is refused."""
+    import hashlib
+
+    from autojudge.pipeline.mine import resume_settings
+    from autojudge.tasks import InputError
+
+    source = {"train_sha256": hashlib.sha256(Path(str(config.train_input)).read_bytes()).hexdigest()[:16]}
+    before = ((resume_settings(out) or {}).get("settings_note") or {}).get("problems")
+    if before is not None and before != source:
+        raise InputError(f"{out} was mined from another --train-input ({config.train_input} differs from the file "
+                         "it was mined from); use a new --out folder")
+    return source
+
+
+def mining_problems_data(data: Any, config: RunConfig) -> Any:
+    """The mined labels of this run's mining problems only: a folder mined with a larger
+    --mine-problems holds problems that are now selection problems."""
+    import numpy as np
+
+    ids = {problem.id for problem in stage_problems(config, "mine")}
+    return data.subset(np.array([pid in ids for pid in data.prompt_ids.tolist()], dtype=bool))
+
+
+def train_or_load(data: Any, config: RunConfig, folder: Path, model: str, features: str,
+                  echo: Callable[[str], None] = print) -> Any:
+    """The judge in `folder` when a finished run left one there trained with these settings on
+    these labels (resume), else train and save it."""
     from autojudge.judge import Judge
     from autojudge.pipeline.train import TrainConfig, format_report, train_judge
 
+    wanted = {"model": model, "feature_setup": features, "seed": config.seed, "data_fingerprint": data.fingerprint()}
     if (folder / "judge.json").exists() and (folder / "train_report.md").exists():
-        return Judge.load(folder)
+        judge = Judge.load(folder)
+        changed = [f"{key} {judge.settings.get(key)!r} -> {value!r}" for key, value in wanted.items()
+                   if judge.settings.get(key) != value]
+        if not changed:
+            return judge
+        echo(f"{folder} was trained with other settings ({'; '.join(changed)}): training it again")
     judge = train_judge(data, TrainConfig(model=model, feature_setup=features, seed=config.seed))
     judge.save(folder)
     (folder / "train_report.md").write_text(format_report(judge))
@@ -326,13 +371,13 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
     timer = StageTimer(echo)
 
     mined_dir = timer.run("mine", lambda: mine_stage(config, run_dir / "mined"))
-    data = read_mined(mined_dir)
+    data = mining_problems_data(read_mined(mined_dir), config)
     echo(f"{len(data)} mismatches ({int(data.important.sum())} important) from {len(set(data.prompt_ids.tolist()))} prompts")
 
     def train() -> tuple[Any, dict[str, Any]]:
-        main = train_or_load(data, config, run_dir / "judge", config.judge_model, config.feature_setup)
+        main = train_or_load(data, config, run_dir / "judge", config.judge_model, config.feature_setup, echo)
         others = {
-            spec.replace(":", "-"): train_or_load(data, config, run_dir / "judges" / spec.replace(":", "-"), *spec.split(":"))
+            spec.replace(":", "-"): train_or_load(data, config, run_dir / "judges" / spec.replace(":", "-"), *spec.split(":"), echo)
             for spec in config.extra_judges
         }
         return main, others

@@ -5,6 +5,10 @@ Layout of a mining folder DIR (this module is its one reader and writer):
 - `DIR/responses/<shard>.parquet`: one row per prompt (`RESPONSE_SCHEMA`);
 - `DIR/manifest.json`: models, task, settings and counts.
 
+One process writes a folder at a time: `writer_lock` (an exclusive `flock` on `DIR/.lock`,
+which the kernel releases when its holder dies) refuses a second writer, and `read_table`
+refuses a folder holding the same label (prompt id and position) or prompt twice.
+
 A shard is a group of finished prompts; its labels file and responses file share the
 name. Every file is written to a temporary name and renamed into place (atomic on
 POSIX), labels first, responses last: a prompt is finished iff it has a row in a
@@ -17,11 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute in check_unique
 import pyarrow.parquet as pq
 
 LABEL_SCHEMA = pa.schema(
@@ -47,6 +54,64 @@ RESPONSE_SCHEMA = pa.schema(
     ]
 )
 LABELS, RESPONSES, MANIFEST = "labels", "responses", "manifest.json"
+LOCK = ".lock"
+KEYS = {LABELS: ("prompt_id", "position"), RESPONSES: ("prompt_id",)}
+"""Columns that identify a row: a label is (prompt, position), a response is its prompt."""
+
+
+def _lock_or_refuse(handle: Any, out_dir: str | Path) -> None:
+    """Take the exclusive lock on an open lock file, or close it and raise InputError naming the holder."""
+    import fcntl
+
+    from autojudge.errors import InputError
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise InputError(f"{out_dir} is being written by {holder}; wait for it to end, or use another --out") from None
+
+
+def check_no_writer(out_dir: str | Path) -> None:
+    """InputError when another process holds the folder's writer lock (a check before any work;
+    `writer_lock` is what keeps a second writer out). Creates nothing."""
+    try:
+        handle = open(Path(out_dir) / LOCK, encoding="utf-8")
+    except OSError:  # no lock file (or no folder): nobody is writing
+        return
+    _lock_or_refuse(handle, out_dir)
+    handle.close()  # closing drops the lock just taken
+
+
+@contextmanager
+def writer_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold the folder's writer lock while the block runs: an exclusive `flock` on `DIR/.lock`
+    (the folder must exist). A second writer gets an InputError naming the holder; the kernel
+    drops the lock when its holder exits or is killed, so a crashed writer never leaves it stuck.
+    The file is removed when the block ends; a writer that opened it just before re-checks
+    that the file it locked is still the one at the path."""
+    path = Path(out_dir) / LOCK
+    while True:
+        handle = open(path, "a+", encoding="utf-8")
+        _lock_or_refuse(handle, out_dir)
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()  # the holder before removed the file between our open and flock: take the new one
+    program = "autojudge" if Path(sys.argv[0]).stem in ("cli", "autojudge") else Path(sys.argv[0]).name
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} ({' '.join([program, *sys.argv[1:]])[:300]}; since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked (see above)
+        handle.close()
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
@@ -146,7 +211,28 @@ def read_table(out_dir: str | Path, kind: str, columns: list[str] | None = None)
             raise InputError(f"{path}: cannot read as Parquet ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     if not tables:
         return schema.empty_table().select(wanted)
-    return pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables(tables, promote_options="permissive")
+    check_unique(table, out_dir, kind)
+    return table
+
+
+def check_unique(table: pa.Table, out_dir: str | Path, kind: str) -> None:
+    """InputError when rows repeat a key (`KEYS`) that the table holds: a label or a prompt written
+    twice (two miners on one folder) would count twice in training and in an export."""
+    from autojudge.errors import InputError
+
+    keys = list(KEYS[kind])
+    if not set(keys) <= set(table.column_names) or table.num_rows == 0:
+        return
+    counts = table.select(keys).group_by(keys).aggregate([([], "count_all")])
+    repeated = counts.filter(pa.compute.greater(counts.column("count_all"), 1)).sort_by([(key, "ascending") for key in keys])
+    if repeated.num_rows:
+        first = repeated.slice(0, 1).to_pylist()[0]
+        key = ", ".join(f"{name} {first[name]!r}" for name in keys)
+        raise InputError(
+            f"{Path(out_dir) / kind}: {repeated.num_rows} {kind.rstrip('s')}(s) written more than once (first: {key}); "
+            "two miners wrote this folder at once: mine it again into a new --out"
+        )
 
 
 def read_labels(out_dir: str | Path, columns: list[str] | None = None) -> pa.Table:

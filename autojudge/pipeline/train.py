@@ -213,6 +213,7 @@ def train_judge(data: MinedData, config: TrainConfig | None = None) -> Judge:
         **fit_info,
     }
     judge.settings = {key: value for key, value in asdict(config).items() if key != "taus"}
+    judge.settings["data_fingerprint"] = data.fingerprint()  # the labels it was trained on
     return judge
 
 

@@ -38,6 +38,9 @@ ITEMS: tuple[str, ...] = (
     "coins", "stamps",
 )
 MAX_VALUE = 99  # every number in a problem (operands and results) stays at or below this
+MAX_PROBLEMS = 200_000
+"""Most problems one call generates (a few seconds' work; the models' training corpus is 64,000
+problems): a larger count is refused before any is built, instead of filling the memory."""
 
 
 @dataclass(frozen=True)
@@ -159,5 +162,9 @@ def generate_problems(num: int, seed: int, style: str = "a") -> list[dict]:
     depend on `num`, and questions and final answers do not depend on `style`."""
     if style not in STYLES:
         raise ValueError(f"unknown toy style {style!r}; expected one of {STYLES}")
+    if num > MAX_PROBLEMS:
+        from autojudge.errors import InputError
+
+        raise InputError(f"the toy world generates at most {MAX_PROBLEMS:,} problems per seed, {num:,} were asked for")
     rng = random.Random(seed)
     return [generate_problem(rng, f"toy-{seed}-{index}", style) for index in range(num)]
