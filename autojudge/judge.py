@@ -15,6 +15,7 @@ acceptance rule accepts a mismatch when p < tau (DESIGN §1.4).
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -261,24 +262,40 @@ class Judge:
         }
 
     def save(self, folder: str | Path) -> Path:
-        """Write judge.json plus weights.safetensors or model.txt into `folder`; return the folder."""
-        from safetensors.numpy import save_file
+        """Write judge.json plus weights.safetensors or model.txt into `folder`; return the folder.
+
+        Atomic: both files are written under temporary names first (`files.atomic_path`); judge.json,
+        the mark of a complete judge, is removed just before changed weights are renamed in and renamed
+        in last. A kill or a full disk leaves the old judge, the new one, or a folder without judge.json
+        ("not a judge folder"), never the old judge.json with new weights; a folder this call created is
+        removed again when it fails."""
+        from safetensors.numpy import save as safetensors_bytes
+
+        from autojudge.files import atomic_path, same_bytes
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         if self.kind == "logreg":
             assert self.coef is not None and self.scaler_mean is not None and self.scaler_scale is not None
-            save_file(
+            weights_path = folder / WEIGHTS_NAME
+            weights = safetensors_bytes(
                 {"scaler_mean": self.scaler_mean, "scaler_scale": self.scaler_scale, "coef": self.coef},
-                str(folder / WEIGHTS_NAME),
                 metadata={"format": "autojudge-judge", "feature_setup": self.feature_setup},
             )
         else:
             assert self.booster_text is not None
-            (folder / LIGHTGBM_NAME).write_text(self.booster_text)
-        temporary = folder / (JSON_NAME + ".tmp")
-        temporary.write_text(json.dumps(self.to_json(), indent=2))
-        temporary.replace(folder / JSON_NAME)  # judge.json last: a folder with it is complete
+            weights_path, weights = folder / LIGHTGBM_NAME, self.booster_text.encode("utf-8")
+        meta_path = folder / JSON_NAME
+        created = not folder.exists()
+        try:
+            with atomic_path(meta_path) as meta_temporary:
+                meta_temporary.write_text(json.dumps(self.to_json(), indent=2), encoding="utf-8")
+                if not same_bytes(weights_path, weights):  # a re-save with new thresholds renames judge.json only
+                    with atomic_path(weights_path, before_replace=lambda: meta_path.unlink(missing_ok=True)) as temporary:
+                        temporary.write_bytes(weights)
+        except BaseException:
+            if created:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         return folder
 
     @classmethod
