@@ -68,7 +68,17 @@ def result_record(problem_id: str, prompt_ids: list[int], result: Any) -> dict[s
     }
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The input and the output, before the model loads (autojudge.checks)."""
+    from autojudge import checks
+
+    checks.check_input_file("--input", args.input)
+    checks.check_output_file("--output", args.output)
+    checks.check_not_inside("--output", args.output, "--input", args.input)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before the heavy imports: the output never replaces the input
     import torch
 
     from autojudge.decode.hogwild import HogwildConfig, HogwildGenerator, marked_final_answer
