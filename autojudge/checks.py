@@ -239,7 +239,7 @@ MARKER_KINDS = {"manifest.json": "mined data", "judge.json": "a judge", "_summar
 
 
 def describe_entries(entries: list[str], most: int = 3) -> str:
-    """'mined data (RUN/mined/manifest.json), a judge (RUN/judge/judge.json), notes.txt and 7 more':
+    """'a judge (RUN/judge/judge.json), mined data (RUN/mined/manifest.json), notes.txt and 7 more':
     marker files first; a folder is named only when nothing under it is."""
     shown = [e for e in entries if not (e.endswith("/") and any(o != e and o.startswith(e) for o in entries))]
     shown.sort(key=lambda e: (e.rstrip("/@").rsplit("/", 1)[-1] not in MARKER_KINDS, e.count("/"), e))

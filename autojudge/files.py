@@ -71,11 +71,3 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 `text` to `path` through a temporary file (`atomic_path`)."""
     write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def same_bytes(path: Path, data: bytes) -> bool:
-    """`path` is a file that holds exactly `data`."""
-    try:
-        return path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data
-    except OSError:
-        return False

@@ -271,7 +271,7 @@ class Judge:
         removed again when it fails."""
         from safetensors.numpy import save as safetensors_bytes
 
-        from autojudge.files import atomic_path, same_bytes
+        from autojudge.files import atomic_path
 
         folder = Path(folder)
         if self.kind == "logreg":
@@ -289,7 +289,7 @@ class Judge:
         try:
             with atomic_path(meta_path) as meta_temporary:
                 meta_temporary.write_text(json.dumps(self.to_json(), indent=2), encoding="utf-8")
-                if not same_bytes(weights_path, weights):  # a re-save with new thresholds renames judge.json only
+                if not _holds_weights(weights_path, weights):  # a re-save with new thresholds renames judge.json only
                     with atomic_path(weights_path, before_replace=lambda: meta_path.unlink(missing_ok=True)) as temporary:
                         temporary.write_bytes(weights)
         except BaseException:
@@ -329,6 +329,22 @@ class Judge:
             f"Judge(kind={self.kind!r}, feature_setup={self.feature_setup!r}, target={self.pair.target_id!r}, "
             f"draft={self.pair.draft_id!r}, default_threshold={self.default_threshold:.3f}, val_roc_auc={auc})"
         )
+
+
+def _holds_weights(path: Path, data: bytes) -> bool:
+    """`path` already holds the weights file `data`: the same bytes, or for safetensors the same header
+    (parsed: its metadata's key order changes from one write to the next) and the same tensor bytes."""
+    def parts(blob: bytes) -> tuple[Any, bytes]:
+        size = int.from_bytes(blob[:8], "little")
+        return json.loads(blob[8 : 8 + size]), blob[8 + size :]
+
+    try:
+        if not path.is_file():
+            return False
+        existing = path.read_bytes()
+        return existing == data or (path.name == WEIGHTS_NAME and parts(existing) == parts(data))
+    except (OSError, ValueError):
+        return False
 
 
 def check_judge_for_specs(judge: "Judge", target: str, draft: str) -> None:
