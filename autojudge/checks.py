@@ -16,7 +16,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from autojudge.errors import InputError
 
@@ -147,8 +147,20 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _check_no_dangling_link(name: str, path: Path) -> None:
+    """Neither `path` nor a missing folder on the way to it is a symbolic link to nothing (creating it
+    would fail late, after the models load, or create the link's target somewhere else)."""
+    candidate = path.absolute()
+    while not candidate.exists() and candidate != candidate.parent:
+        if candidate.is_symlink():
+            raise InputError(f"{name} {path}: {candidate} is a symbolic link to {os.readlink(candidate)}, which does not "
+                             f"exist; remove the link or choose another {name.split()[0]}")
+        candidate = candidate.parent
+
+
 def _check_creatable(name: str, path: Path) -> None:
     """Everything on the way to `path` that exists is a writable folder (so it can be created)."""
+    _check_no_dangling_link(name, path)
     ancestor = _nearest_existing(path.parent)
     if not ancestor.is_dir():
         raise InputError(f"{name} {path}: cannot be created, {ancestor} is a file")
@@ -156,24 +168,56 @@ def _check_creatable(name: str, path: Path) -> None:
         raise InputError(f"{name} {path}: cannot be created, {ancestor} is not writable")
 
 
+RUN_ENTRIES = ("mined", "judge", "judges", "select", "eval", "inputs", "summary.json", "report.md")
+"""What `autojudge run` writes at the top of a run folder (`pipeline/run.py`)."""
+
+
+def artifact_kind(folder: Path) -> str | None:
+    """What `folder` is by its own marker files: a mining folder (manifest.json beside labels/ or
+    responses/), a judge folder (judge.json), else None."""
+    if (folder / "manifest.json").is_file() and ((folder / "labels").is_dir() or (folder / "responses").is_dir()):
+        return "a mining folder"
+    if (folder / "judge.json").is_file():
+        return "a judge folder"
+    return None
+
+
+def check_not_in_artifact(name: str, path: str | os.PathLike[str]) -> None:
+    """Refuse an output file inside a mining or judge folder (at any depth, links resolved), or on one
+    of a run folder's own entries (a folder whose mined/ is a mining folder: RUN/report.md, RUN/eval/...):
+    writing there would replace or mix with what another command made (`RUN/mined/manifest.json`)."""
+    if is_uri(path):
+        return
+    resolved = Path(path).resolve()
+    for folder in resolved.parents:
+        kind = artifact_kind(folder)
+        if kind:
+            raise InputError(f"{name} {path} is inside {kind} ({folder}); write outputs outside it")
+        if resolved.relative_to(folder).parts[0] in RUN_ENTRIES and artifact_kind(folder / "mined") == "a mining folder":
+            raise InputError(f"{name} {path} would write into the run folder {folder} "
+                             f"({', '.join(RUN_ENTRIES)} are its own); write outputs outside them")
+
+
 def check_output_file(name: str, path: str | os.PathLike[str]) -> None:
-    """An output file can be written: not a folder, its folder exists or can be created, writable.
-    Creates nothing."""
+    """An output file can be written: not a folder, not a link to nothing, not inside a mining, judge
+    or run folder, its folder exists or can be created, writable. Creates nothing."""
     if is_uri(path):
         return
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{name} {path}: is a folder, expected a file path")
     if path.exists():
+        check_not_in_artifact(name, path)
         if not os.access(path, os.W_OK):
             raise InputError(f"{name} {path}: not writable")
         return
     _check_creatable(name, path)
+    check_not_in_artifact(name, path)
 
 
 def check_output_dir(name: str, path: str | os.PathLike[str]) -> None:
-    """An output folder can be written: not a file, exists and is writable or can be created.
-    Creates nothing."""
+    """An output folder can be written: not a file, not a link to nothing, exists and is writable or
+    can be created. Creates nothing."""
     if is_uri(path):
         return
     path = Path(path)
@@ -187,35 +231,74 @@ def check_output_dir(name: str, path: str | os.PathLike[str]) -> None:
 
 
 def check_not_inside(out_name: str, out: str | os.PathLike[str], in_name: str, data: str | os.PathLike[str]) -> None:
-    """Refuse an output that is, contains, or is inside an input (writing it would destroy the input)."""
+    """Refuse an output that is, contains, or is inside an input (writing it would destroy the input).
+    Links are resolved, and a hard link to the input is the input."""
     if is_uri(out) or is_uri(data):
         return
     out_path, data_path = Path(out).resolve(), Path(data).resolve()
-    if out_path == data_path:
-        raise InputError(f"{out_name} {out} is the same folder as {in_name} {data}; choose another output")
+    if out_path == data_path or (out_path.exists() and data_path.exists() and os.path.samefile(out_path, data_path)):
+        what = "folder" if data_path.is_dir() else "file"
+        raise InputError(f"{out_name} {out} is the same {what} as {in_name} {data}; choose another output")
     if data_path.is_relative_to(out_path):
         raise InputError(f"{out_name} {out} contains {in_name} {data}; writing it would destroy the input")
     if out_path.is_relative_to(data_path):
         raise InputError(f"{out_name} {out} is inside {in_name} {data}; choose an output outside it")
 
 
-PROTECTED_MARKERS = ("manifest.json", "labels", "responses", "judge.json")
-"""Files whose presence marks a mining folder or a judge folder (never emptied by --overwrite)."""
+def tree_entries(folder: str | os.PathLike[str]) -> list[str]:
+    """Everything under a local `folder`, at any depth, as relative POSIX paths: folders end in '/', a
+    symbolic link (never followed) or another non-regular file ends in '@' (so that no pattern of a
+    writer's own files matches it)."""
+    entries = []
+    pending = [Path(folder)]
+    while pending:
+        with os.scandir(pending.pop()) as scan:
+            for entry in scan:
+                relative = Path(entry.path).relative_to(folder).as_posix()
+                if entry.is_dir(follow_symlinks=False):
+                    entries.append(relative + "/")
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    entries.append(relative)
+                else:
+                    entries.append(relative + "@")
+    return sorted(entries)
 
 
-def check_not_protected(name: str, path: str | os.PathLike[str]) -> None:
-    """Refuse to replace (--overwrite) a folder that holds mined data or a judge."""
-    if is_uri(path):
+MARKER_KINDS = {"manifest.json": "mined data", "judge.json": "a judge", "_summary.json": "an infer output",
+                "README.md": "a dataset card"}
+"""Files whose name tells what a folder holds (named first in a refusal)."""
+
+
+def describe_entries(entries: list[str], most: int = 3) -> str:
+    """'a judge (RUN/judge/judge.json), mined data (RUN/mined/manifest.json), notes.txt and 7 more':
+    marker files first; a folder is named only when nothing under it is."""
+    shown = [e for e in entries if not (e.endswith("/") and any(o != e and o.startswith(e) for o in entries))]
+    shown.sort(key=lambda e: (e.rstrip("/@").rsplit("/", 1)[-1] not in MARKER_KINDS, e.count("/"), e))
+    parts = []
+    for entry in shown[:most]:
+        base = entry.rstrip("/@").rsplit("/", 1)[-1]
+        text = entry[:-1] + " (a symbolic link or special file)" if entry.endswith("@") else entry
+        parts.append(f"{MARKER_KINDS[base]} ({text})" if base in MARKER_KINDS else text)
+    more = len(shown) - most
+    return ", ".join(parts) + (f" and {more} more" if more > 0 else "")
+
+
+def refuse_foreign(name: str, path: str | os.PathLike[str], entries: Iterable[str], is_own: Callable[[str], bool],
+                   writer: str, advice: str) -> None:
+    """InputError naming what lies in `path` that `writer` did not write (entries as `tree_entries` lists them)."""
+    foreign = [entry for entry in entries if not is_own(entry)]
+    if foreign:
+        raise InputError(f"{name} {path} holds what {writer} did not write: {describe_entries(foreign)}; {advice}")
+
+
+def check_overwrite(name: str, path: str | os.PathLike[str], is_own: Callable[[str], bool], writer: str) -> None:
+    """--overwrite may remove only what the same command wrote: refuse a local folder that holds anything
+    else at any depth (mined data, a judge, another command's output, user files), naming it."""
+    if is_uri(path) or not Path(path).is_dir():
         return
-    path = Path(path)
-    if not path.is_dir():
-        return
-    found = [marker for marker in PROTECTED_MARKERS if (path / marker).exists()]
-    if found:
-        raise InputError(
-            f"{name} {path} holds mined data or a judge ({', '.join(found)}); --overwrite never replaces those, "
-            "choose another output"
-        )
+    refuse_foreign(name, path, tree_entries(path), is_own, writer,
+                   f"--overwrite only replaces an earlier {writer} output; choose another {name}")
 
 
 def warn(command: str, message: str) -> None:

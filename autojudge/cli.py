@@ -13,6 +13,7 @@ import os
 import sys
 
 from autojudge.errors import InputError, ModelPairError
+from autojudge.files import is_no_space
 
 COMMANDS = ["run", "toy", "mine", "train", "decode", "eval", "infer", "export", "real", "serve", "hogwild"]
 
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the last line of defence: a message, not a traceback
         if os.environ.get("AUTOJUDGE_DEBUG"):
             raise
+        if is_no_space(err):  # a writer that does not say so itself (`autojudge.files`)
+            where = os.path.dirname(os.path.abspath(err.filename)) if getattr(err, "filename", None) else "the device"
+            print(f"autojudge {args.command}: error: no space left on {where}", file=sys.stderr)
+            return 2
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         print(
             f"autojudge {args.command}: error: unexpected {type(err).__name__}: {first_line} "

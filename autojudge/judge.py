@@ -15,6 +15,7 @@ acceptance rule accepts a mismatch when p < tau (DESIGN §1.4).
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -278,24 +279,40 @@ class Judge:
         }
 
     def save(self, folder: str | Path) -> Path:
-        """Write judge.json plus weights.safetensors or model.txt into `folder`; return the folder."""
-        from safetensors.numpy import save_file
+        """Write judge.json plus weights.safetensors or model.txt into `folder`; return the folder.
+
+        Atomic: both files are written under temporary names first (`files.atomic_path`); judge.json,
+        the mark of a complete judge, is removed just before changed weights are renamed in and renamed
+        in last. A kill or a full disk leaves the old judge, the new one, or a folder without judge.json
+        ("not a judge folder"), never the old judge.json with new weights; a folder this call created is
+        removed again when it fails."""
+        from safetensors.numpy import save as safetensors_bytes
+
+        from autojudge.files import atomic_path
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         if self.kind == "logreg":
             assert self.coef is not None and self.scaler_mean is not None and self.scaler_scale is not None
-            save_file(
+            weights_path = folder / WEIGHTS_NAME
+            weights = safetensors_bytes(
                 {"scaler_mean": self.scaler_mean, "scaler_scale": self.scaler_scale, "coef": self.coef},
-                str(folder / WEIGHTS_NAME),
                 metadata={"format": "autojudge-judge", "feature_setup": self.feature_setup},
             )
         else:
             assert self.booster_text is not None
-            (folder / LIGHTGBM_NAME).write_text(self.booster_text)
-        temporary = folder / (JSON_NAME + ".tmp")
-        temporary.write_text(json.dumps(self.to_json(), indent=2))
-        temporary.replace(folder / JSON_NAME)  # judge.json last: a folder with it is complete
+            weights_path, weights = folder / LIGHTGBM_NAME, self.booster_text.encode("utf-8")
+        meta_path = folder / JSON_NAME
+        created = not folder.exists()
+        try:
+            with atomic_path(meta_path) as meta_temporary:
+                meta_temporary.write_text(json.dumps(self.to_json(), indent=2), encoding="utf-8")
+                if not _holds_weights(weights_path, weights):  # a re-save with new thresholds renames judge.json only
+                    with atomic_path(weights_path, before_replace=lambda: meta_path.unlink(missing_ok=True)) as temporary:
+                        temporary.write_bytes(weights)
+        except BaseException:
+            if created:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         return folder
 
     @classmethod
@@ -329,6 +346,22 @@ class Judge:
             f"Judge(kind={self.kind!r}, feature_setup={self.feature_setup!r}, target={self.pair.target_id!r}, "
             f"draft={self.pair.draft_id!r}, default_threshold={self.default_threshold:.3f}, val_roc_auc={auc})"
         )
+
+
+def _holds_weights(path: Path, data: bytes) -> bool:
+    """`path` already holds the weights file `data`: the same bytes, or for safetensors the same header
+    (parsed: its metadata's key order changes from one write to the next) and the same tensor bytes."""
+    def parts(blob: bytes) -> tuple[Any, bytes]:
+        size = int.from_bytes(blob[:8], "little")
+        return json.loads(blob[8 : 8 + size]), blob[8 + size :]
+
+    try:
+        if not path.is_file():
+            return False
+        existing = path.read_bytes()
+        return existing == data or (path.name == WEIGHTS_NAME and parts(existing) == parts(data))
+    except (OSError, ValueError):
+        return False
 
 
 def check_judge_for_specs(judge: "Judge", target: str, draft: str, same_pair: bool = False) -> None:

@@ -28,6 +28,8 @@ JSON_NAME = "judge.json"
 WEIGHTS_NAME = "weights.safetensors"
 LIGHTGBM_NAME = "model.txt"
 KINDS = ("logreg", "lightgbm")
+RETRAIN = "remove the judge folder or retrain it with `autojudge train`"
+"""The advice of a refusal of a judge whose files are cut or corrupt."""
 
 
 class JudgeFormatError(InputError):
@@ -126,7 +128,7 @@ def load_logreg_weights(path: Path, features: int) -> dict[str, np.ndarray]:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise JudgeFormatError(f"{path}: not a readable safetensors file ({err})") from None
+        raise JudgeFormatError(f"{path}: not a readable safetensors file ({err}); {RETRAIN}") from None
     names = ("scaler_mean", "scaler_scale", "coef")
     if sorted(tensors) != sorted(names):
         raise JudgeFormatError(f"{path}: expected tensors {', '.join(names)}, found {', '.join(sorted(tensors)) or 'none'}")
@@ -178,21 +180,52 @@ def check_judge_folder(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def parse_lightgbm(path: Path, features: int) -> str:
-    """The text of a LightGBM model file that LightGBM parses and whose feature count is `features`."""
-    if not path.is_file():
-        raise JudgeFormatError(f"{path.parent}: {path.name} is missing")
+def check_lightgbm_text(data: bytes, path: Path) -> None:
+    """The structure LightGBM's loader trusts without checking (a truncated model aborts the process
+    inside it): the header's `tree_sizes` give each tree's bytes, each block starts `Tree=i`, the trees
+    end with `end of trees`, and the file ends with the parameters and `pandas_categorical:`, as
+    `Booster.model_to_string` writes it. JudgeFormatError otherwise."""
+    def refuse(reason: str) -> JudgeFormatError:
+        return JudgeFormatError(f"{path}: not a LightGBM model ({reason}); the file is truncated or corrupt: {RETRAIN}")
+
+    header, blank, _ = data.partition(b"\n\n")
+    if not data.startswith(b"tree\n") or not blank:
+        raise refuse("no model header")
+    fields = dict(line.split(b"=", 1) for line in header.split(b"\n")[1:] if b"=" in line)
     try:
-        text = path.read_text(encoding="utf-8")
+        sizes = [int(size) for size in fields[b"tree_sizes"].split()]
+    except (KeyError, ValueError):
+        raise refuse("no readable tree_sizes in the header") from None
+    position = len(header) + 2
+    for index, size in enumerate(sizes):
+        if size < 1 or not data.startswith(b"Tree=%d\n" % index, position) or position + size > len(data):
+            raise refuse(f"tree {index} of {len(sizes)} is cut or misplaced")
+        position += size
+    if not data.startswith(b"end of trees\n", position):
+        raise refuse("no 'end of trees' after the trees")
+    tail = data[position:]
+    if b"\nend of parameters\n" not in tail or not tail.rstrip(b"\n").rsplit(b"\n", 1)[-1].startswith(b"pandas_categorical:"):
+        raise refuse("the file ends before its parameters")
+
+
+def parse_lightgbm(path: Path, features: int) -> str:
+    """The text of a LightGBM model file that is complete (`check_lightgbm_text`), that LightGBM parses,
+    and whose feature count is `features`."""
+    if not path.is_file():
+        raise JudgeFormatError(f"{path.parent}: {path.name} is missing; {RETRAIN}")
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise JudgeFormatError(f"{path}: cannot read ({err})") from None
+        raise JudgeFormatError(f"{path}: cannot read ({err}); {RETRAIN}") from None
+    check_lightgbm_text(data, path)  # before LightGBM sees it
     import lightgbm
 
     try:
         found = lightgbm.Booster(model_str=text).num_feature()
     except Exception as err:  # noqa: BLE001 - LightGBM raises its own error type on a bad model
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise JudgeFormatError(f"{path}: not a LightGBM model ({reason})") from None
+        raise JudgeFormatError(f"{path}: not a LightGBM model ({reason}); {RETRAIN}") from None
     if found != features:
         raise JudgeFormatError(f"{path}: the model has {found} features, judge.json states {features}")
     return text

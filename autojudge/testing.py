@@ -5,6 +5,7 @@
   rare; `vocab_size` can differ between a target and its draft to mimic padded embedding matrices.
 - `save_pair`: a target and draft saved as model folders with the toy tokenizer, loadable by
   every command like any model spec.
+- `tree_checksums`: a checksum of everything under a folder (tests compare them before and after a command).
 - `write_mining_folder`: a mining folder of committed shards (written through the one store,
   `pipeline/shards.py`) whose features carry the label, for judge/train/export/run tests.
 """
@@ -176,3 +177,24 @@ def save_word_level_model(folder: Path, words: list[str]) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tree_checksums(folder: Path) -> dict[str, str]:
+    """Every entry under `folder` (any depth, links not followed) -> its SHA-256 ('dir' for a folder,
+    'link -> TARGET' for a symbolic link): compare before and after a command to prove it changed
+    and removed nothing there."""
+    import hashlib
+    import os
+
+    sums = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                sums[relative] = f"link -> {os.readlink(path)}"
+            elif path.is_dir():
+                sums[relative] = "dir"
+            else:
+                sums[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return sums

@@ -254,7 +254,7 @@ CHEAP_CASES: list[Case] = [
     ("infer-output-inside-input", command("infer", "--input", "{corpus_dir}", "--output", "{corpus_dir}/out"),
      r"is inside --input"),
     ("infer-overwrite-mining", command("infer", "--input", "{good}", "--output", "{mined}", "--overwrite"),
-     r"holds mined data or a judge"),
+     r"holds what `autojudge infer` did not write: mined data \(manifest\.json\)"),
     ("infer-output-is-file", command("infer", "--input", "{good}", "--output", "{afile}"), r"is a file, expected a folder"),
     ("infer-tokenizers-differ", command("infer", "--input", "{good}", "--output", "{base}/i", "--target", "toy:target",
                                         "--draft", "{other_tokenizer}"), r"use different tokenizers"),

@@ -111,6 +111,7 @@ def check_args(args: argparse.Namespace) -> None:
     check_rule_arguments(args)
     checks.check_input_file("--input", args.input)
     checks.check_output_file("--output", args.output)
+    checks.check_not_inside("--output", args.output, "--input", args.input)
     if args.mode == "autojudge":
         if not args.judge:
             raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")

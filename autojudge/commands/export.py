@@ -41,6 +41,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before reading the data (autojudge.checks)."""
     from autojudge import checks
     from autojudge.pipeline.dataset import read_manifest
+    from autojudge.pipeline.export import is_export_entry
+    from autojudge.pipeline.shards import require_manifest
 
     checks.check_options(args, at_least_1=["max_shard_rows"])
     checks.check_number("--val-fraction", args.val_fraction, 0.0, 1.0, high_open=True)
@@ -48,7 +50,8 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_not_inside("--out", args.out, "--data", args.data)
     checks.check_output_dir("--out", args.out)
     if args.overwrite:
-        checks.check_not_protected("--out", args.out)
+        checks.check_overwrite("--out", args.out, is_export_entry, "`autojudge export`")
+    require_manifest(args.data)
     checks.warn_if_mining_running("export", read_manifest(args.data), args.data)
     if args.push:  # the repository id and the token before the (long) export
         from autojudge.pipeline.export import check_push

@@ -82,6 +82,7 @@ def check_args(args: argparse.Namespace) -> Any:
     config.validate()
     checks.check_input_file("--input", args.input)
     checks.check_output_file("--output", args.output)
+    checks.check_not_inside("--output", args.output, "--input", args.input)  # the output never replaces the input
     return config
 
 

@@ -53,7 +53,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before Ray or a model starts (autojudge.checks): options, the
     corpus, the output, the cluster address, the pair's tokenizers and the judge against the pair."""
     from autojudge import checks
-    from autojudge.pipeline.infer import check_corpus
+    from autojudge.pipeline.infer import check_corpus, check_output_overwrite
     from autojudge.ray_utils import check_cluster_address
 
     checks.check_options(args, at_least_1=["window", "max_new_tokens", "max_prompt_tokens", "batch_size",
@@ -71,7 +71,7 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check_output_dir("--output", args.output)
     checks.check_not_inside("--output", args.output, "--input", args.input)
     if args.overwrite:
-        checks.check_not_protected("--output", args.output)
+        check_output_overwrite(args.output)
     check_cluster_address(args.address)
     checks.check_pair_tokenizers(args.target, args.draft)
     checks.check_decode_lengths(checks.context_of_specs(args.target, args.draft), args.window, args.max_new_tokens,

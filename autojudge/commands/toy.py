@@ -12,11 +12,11 @@ from pathlib import Path
 
 
 def write_problems(num: int, seed: int, out: Path) -> int:
-    """Write `num` seeded problems to `out` (JSONL); returns the count."""
+    """Write `num` seeded problems to `out` (JSONL, through a temporary file); returns the count."""
+    from autojudge.files import atomic_path
     from autojudge.toy.world import generate_problems
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
+    with atomic_path(out) as temporary, temporary.open("w", encoding="utf-8") as handle:
         for record in generate_problems(num, seed):
             handle.write(json.dumps(record) + "\n")
     return num

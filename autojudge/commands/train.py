@@ -39,11 +39,14 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before reading the data (autojudge.checks)."""
     from autojudge import checks
     from autojudge.pipeline.dataset import read_manifest
+    from autojudge.pipeline.shards import require_manifest
 
     checks.check_options(args, unit_interval=["recall_target"], threads=["threads"], seeds=["seed"])
     checks.check_number("--val-fraction", args.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
     checks.check_input_dir("--data", args.data)
+    checks.check_not_inside("--out", args.out, "--data", args.data)  # links resolved: never into the mined data
     checks.check_output_dir("--out", args.out)
+    require_manifest(args.data)
     checks.warn_if_mining_running("train", read_manifest(args.data), args.data)
 
 
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)  # before the heavy imports and any work
     from pathlib import Path
 
+    from autojudge.files import write_text_atomic
     from autojudge.pipeline.dataset import read_mined
     from autojudge.pipeline.train import TrainConfig, format_report, train_judge
 
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     judge = train_judge(data, config)
     out = judge.save(args.out)
     report = format_report(judge)
-    (Path(out) / "train_report.md").write_text(report)
+    write_text_atomic(Path(out) / "train_report.md", report)
     print(report)
     print(f"judge written to {out}/ (judge.json, {judge.to_json()['weights_file']}, train_report.md)")
     return 0

@@ -101,7 +101,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 def read_mined(folder: str | Path) -> MinedData:
     """All label rows (with features) of a mining folder, shards in name order."""
-    from autojudge.pipeline.shards import LABELS, read_table, shard_paths
+    from autojudge.pipeline.shards import LABELS, read_table, require_manifest, shard_paths
 
     folder = Path(folder)
     label_dir = folder / LABELS
@@ -112,6 +112,7 @@ def read_mined(folder: str | Path) -> MinedData:
         raise DataError(f"{folder}: no label shards found (committed ones: {label_dir}/*.parquet, each with "
                         f"its responses/ sibling, from `autojudge mine`)")
     try:
+        require_manifest(folder)  # an export's labels/ are not mined data
         table = read_table(folder, LABELS)  # committed shards only, every column of the schema
     except InputError as err:
         raise DataError(str(err)) from None

@@ -23,6 +23,11 @@ tokens before a visited position never change afterwards. The train/validation s
 and its response are on one side) and stable: it hashes the prompt id, so the same
 prompt lands in the same split in every export.
 
+The export is built in a staging folder of its own beside OUT (a unique hidden name, never one
+a user may hold) and renamed to OUT when complete; a failure (a full disk included) removes the
+staging folder and leaves OUT as it was. `--overwrite` replaces only an earlier export
+(`EXPORT_ENTRIES`).
+
 `push_export` uploads the card, then calls `push_to_hub` per config (which merges its
 `configs`/`dataset_info` metadata into the card). It runs after the local export is
 complete, so a failed push (no network, no token) leaves the local copy intact.
@@ -33,17 +38,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from autojudge.checks import check_not_inside, check_not_protected
+from autojudge.checks import check_not_inside, check_overwrite
+from autojudge.files import is_no_space, no_space
 from autojudge.tasks.jsonl import InputError
 
 LABEL_NAMES = ["unimportant", "important"]  # ClassLabel ids 0 / 1
+EXPORT_ENTRIES = re.compile(
+    r"README\.md|(labels|responses)/|(labels|responses)/(train|validation)-\d{5}-of-\d{5}\.parquet"
+    r"|save_to_disk/|save_to_disk/(labels|responses)/|save_to_disk/(labels|responses)/dataset_dict\.json"
+    r"|save_to_disk/(labels|responses)/(train|validation)/"
+    r"|save_to_disk/(labels|responses)/(train|validation)/(data-\d{5}-of-\d{5}\.arrow|dataset_info\.json|state\.json)"
+)
+"""Everything an export folder holds (`checks.tree_entries` paths: folders end in '/'); `--overwrite`
+replaces a folder holding nothing else."""
+
+
+def is_export_entry(entry: str) -> bool:
+    """A file or folder `export_dataset` writes (`EXPORT_ENTRIES`)."""
+    return EXPORT_ENTRIES.fullmatch(entry) is not None
 
 
 class ExportError(RuntimeError):
@@ -232,7 +253,11 @@ def _to_dataset_dict(table: Any, features: Any, val_fraction: float) -> Any:
 
 
 def _write_parquet(dataset_dict: Any, folder: Path, max_shard_rows: int) -> list[str]:
-    """Hub-style shards `folder/{split}-0000i-of-0000n.parquet`; returns the file names."""
+    """Hub-style shards `folder/{split}-0000i-of-0000n.parquet`; returns the file names. Written by
+    pyarrow to the path (datasets' `to_parquet` writes through a Python file object, and a full disk
+    there aborts the process inside pyarrow instead of raising)."""
+    import pyarrow.parquet as pq
+
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for split, dataset in dataset_dict.items():
@@ -240,7 +265,8 @@ def _write_parquet(dataset_dict: Any, folder: Path, max_shard_rows: int) -> list
         for index in range(num_shards):
             shard = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
             name = f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
-            shard.to_parquet(str(folder / name))  # embeds the Features in the schema metadata
+            schema = shard.features.arrow_schema  # embeds the Features in the schema metadata
+            pq.write_table(shard.with_format("arrow")[:].cast(schema), folder / name)
             names.append(name)
     return names
 
@@ -373,6 +399,7 @@ def export_dataset(config: ExportConfig) -> ExportResult:
     import datasets
 
     from autojudge.pipeline.dataset import read_manifest
+    from autojudge.pipeline.shards import require_manifest
 
     datasets.disable_progress_bars()  # one bar per tiny shard is noise; the command prints a summary
     data = Path(config.data)
@@ -383,9 +410,10 @@ def export_dataset(config: ExportConfig) -> ExportResult:
     out = Path(config.out)
     check_not_inside("--out", out, "--data", data)  # --overwrite would delete the mining folder
     if out.exists() and config.overwrite:
-        check_not_protected("--out", out)
+        check_overwrite("--out", out, is_export_entry, "`autojudge export`")
     if out.exists() and not config.overwrite:
         raise InputError(f"{out} already exists; pass --overwrite to replace it")
+    require_manifest(data)
     manifest = read_manifest(data)
 
     labels = _read_shards(data, "labels", required=True)
@@ -402,10 +430,22 @@ def export_dataset(config: ExportConfig) -> ExportResult:
     if responses is not None:
         tables["responses"] = (responses, response_features(responses))
 
-    staging = out.with_name(out.name + ".partial")
-    check_not_inside("--out (its staging folder)", staging, "--data", data)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _unique_sibling(out, "partial")  # ours alone: a name no one else holds
+    try:
+        staging.mkdir(parents=True)
+        counts = _write_export(staging, tables, labels, responses, manifest, config, readable_note)
+        _replace_folder(staging, out)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_no_space(err):
+            raise no_space(out.parent) from None
+        raise
+    return ExportResult(out=out, counts=counts)
+
+
+def _write_export(staging: Path, tables: dict[str, Any], labels: Any, responses: Any, manifest: dict[str, Any],
+                  config: ExportConfig, readable_note: str) -> dict[str, Any]:
+    """Write the Parquet shards (and `save_to_disk` copies) and the card into `staging`; return the counts."""
     split_counts: dict[str, dict[str, int]] = {}
     for name, (table, features) in tables.items():
         dataset_dict = _to_dataset_dict(table, features, config.val_fraction)
@@ -430,12 +470,28 @@ def export_dataset(config: ExportConfig) -> ExportResult:
         "readable": readable_note,
         "context_tokens": config.context_tokens,
     }
-    card = build_card(manifest, counts, config, list(tables))
-    (staging / "README.md").write_text(card, encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    return ExportResult(out=out, counts=counts)
+    (staging / "README.md").write_text(build_card(manifest, counts, config, list(tables)), encoding="utf-8")
+    return counts
+
+
+def _unique_sibling(out: Path, kind: str) -> Path:
+    """A hidden name beside `out` that nothing holds: `.OUT.<pid>-<random>.<kind>`."""
+    return out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.{kind}")
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    """Rename the finished `staging` to `out`; an earlier export at `out` (checked by `check_overwrite`)
+    is moved aside first and removed after, so OUT is never a mix of the two."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    old = _unique_sibling(out, "old")
+    os.rename(out, old)
+    os.rename(staging, out)
+    if old.is_symlink():
+        old.unlink()  # the link is replaced; the folder it pointed to is left as it was
+    else:
+        shutil.rmtree(old)
 
 
 def hub_token(token: str | None = None) -> str | None:

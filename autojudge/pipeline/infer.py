@@ -220,8 +220,61 @@ def read_corpus(path: str, input_format: str = "auto", rows_per_block: int = 16,
     return ds.repartition(target_num_rows_per_block=rows_per_block)
 
 
+SUMMARY_NAME = "_summary.json"
+
+
+def _output_entries(fs: Any, inner: str) -> list[str]:
+    """Everything under the output folder as `checks.tree_entries` lists it (a URI: the filesystem's listing)."""
+    import pyarrow.fs as pafs
+
+    from autojudge.checks import tree_entries
+
+    if isinstance(fs, pafs.LocalFileSystem):
+        return tree_entries(inner)
+    suffix = {pafs.FileType.Directory: "/", pafs.FileType.File: ""}
+    base = inner.rstrip("/")
+    return sorted(info.path[len(base) + 1:] + suffix.get(info.type, "@")
+                  for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)))
+
+
+def _is_own_output(fs: Any, inner: str) -> Any:
+    """`entry -> bool`: a file `autojudge infer` writes into its output folder: `_summary.json`, or a
+    top-level Parquet file with exactly the decode stage's columns (`output_schema`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = output_schema().names
+
+    def is_own(entry: str) -> bool:
+        if entry == SUMMARY_NAME:
+            return True
+        if "/" in entry or not entry.endswith(".parquet") or entry.endswith("@"):
+            return False
+        try:
+            return pq.read_schema(f"{inner.rstrip('/')}/{entry}", filesystem=fs).names == columns
+        except (pa.ArrowException, OSError):
+            return False
+
+    return is_own
+
+
+def check_output_overwrite(path: str) -> None:
+    """--overwrite may remove only an earlier infer output: refuse an output folder holding anything
+    else at any depth (mined data, a judge, an export, user files), naming it. Local paths and URIs."""
+    import pyarrow.fs as pafs
+
+    from autojudge.checks import refuse_foreign
+
+    fs, inner = _filesystem(path)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return
+    refuse_foreign("--output", path, _output_entries(fs, inner), _is_own_output(fs, inner), "`autojudge infer`",
+                   "--overwrite only replaces an earlier `autojudge infer` output; choose another --output")
+
+
 def prepare_output(path: str, overwrite: bool) -> None:
-    """Refuse a non-empty output folder unless `overwrite` (then empty it)."""
+    """Refuse a non-empty output folder unless `overwrite`; then remove the earlier infer output in it
+    (and only that: `check_output_overwrite`)."""
     import pyarrow.fs as pafs
 
     fs, inner = _filesystem(path)
@@ -231,7 +284,9 @@ def prepare_output(path: str, overwrite: bool) -> None:
     if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(inner)):
         if not overwrite:
             raise InputError(f"{path} is not empty; pass --overwrite to replace it")
-        fs.delete_dir_contents(inner)
+        check_output_overwrite(path)
+        for entry in _output_entries(fs, inner):
+            fs.delete_file(f"{inner.rstrip('/')}/{entry}")
 
 
 def summarize(path: str, wall_s: float, config: InferConfig) -> dict[str, Any]:
@@ -262,7 +317,7 @@ def summarize(path: str, wall_s: float, config: InferConfig) -> dict[str, Any]:
         "rows_per_replica": {item["values"]: item["counts"] for item in replicas},
         "config": asdict(config),
     }
-    with fs.open_output_stream(f"{inner.rstrip('/')}/_summary.json") as handle:
+    with fs.open_output_stream(f"{inner.rstrip('/')}/{SUMMARY_NAME}") as handle:
         handle.write(json.dumps(summary, indent=2, default=str).encode())
     return summary
 

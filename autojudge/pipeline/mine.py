@@ -183,10 +183,12 @@ RESUME_KEYS = ("task", "instruction", "shots", "shots_file", "target", "draft", 
 
 
 def resume_settings(out: Path) -> dict[str, Any] | None:
-    """The settings recorded in `out/manifest.json` (None when there is no manifest);
-    InputError when the manifest is corrupt."""
+    """The settings recorded in `out/manifest.json` (None when there is no manifest); InputError when
+    `out` holds what the miner did not write (`shards.check_mining_folder`) or the manifest is corrupt."""
     from autojudge.tasks import InputError
 
+    shards.check_no_writer(out)  # another writer's half-written first shard is not a foreign file
+    shards.check_mining_folder(out)
     try:
         manifest = shards.read_manifest(out)
     except InputError as err:
@@ -214,18 +216,18 @@ def _mine_local(config: MineConfig, out: Path, chunks: list[list[Any]], progress
     from autojudge.actors.miner import describe_pair, load_worker
 
     worker = load_worker(config)
-    models = describe_pair(worker.pair)
-    write_manifest(config, out, models, status="running")
-    progress.restart()
-    with ThreadPoolExecutor(max_workers=config.max_chunks_in_flight) as pool:
-        try:
+    try:  # the worker's search thread is stopped whatever fails (a full disk at the manifest included)
+        models = describe_pair(worker.pair)
+        write_manifest(config, out, models, status="running")
+        progress.restart()
+        with ThreadPoolExecutor(max_workers=config.max_chunks_in_flight) as pool:
             schedule_chunks(
                 chunks, [lambda chunk: pool.submit(worker.mine, chunk)], config.max_chunks_in_flight,
                 wait_any=lambda futures: list(wait(futures, return_when=FIRST_COMPLETED).done),
                 result=lambda future: future.result(), write=lambda index, rows: _write(out, progress, index, rows),
             )  # fmt: skip
-        finally:
-            worker.close()
+    finally:
+        worker.close()
     return models
 
 
@@ -239,11 +241,11 @@ def _mine_ray(config: MineConfig, out: Path, chunks: list[list[Any]], progress: 
     init_ray(config.address)
     actor_class = MinerActor.options(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)
     actors = [actor_class.remote(config) for _ in range(config.workers)]
-    models = ray.get(actors[0].describe.remote())
-    ray.get([actor.describe.remote() for actor in actors[1:]])
-    write_manifest(config, out, models, status="running")
-    progress.restart()
     try:
+        models = ray.get(actors[0].describe.remote())
+        ray.get([actor.describe.remote() for actor in actors[1:]])
+        write_manifest(config, out, models, status="running")
+        progress.restart()
         schedule_chunks(
             chunks, [actor.mine_chunk.remote for actor in actors], config.max_chunks_in_flight,
             wait_any=lambda refs: ray.wait(refs, num_returns=1)[0], result=ray.get,

@@ -15,6 +15,10 @@ POSIX), labels first, responses last: a prompt is finished iff it has a row in a
 responses shard. A labels shard without its responses sibling (a crash between the two
 renames) is an orphan, removed by `clean_orphans` before resuming, so a resumed run
 never duplicates nor loses a prompt.
+
+A mining folder is recognised by its own manifest, and holds only what the miner writes
+(`MINER_ENTRIES`): `check_mining_folder` refuses to mine into a folder holding anything else,
+before a file is touched, and `require_manifest` refuses to read one as mined data.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +35,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in check_unique
 import pyarrow.parquet as pq
+
+from autojudge.files import atomic_path, write_text_atomic
 
 LABEL_SCHEMA = pa.schema(
     [
@@ -105,13 +112,24 @@ def writer_lock(out_dir: str | Path) -> Iterator[None]:
     program = "autojudge" if Path(sys.argv[0]).stem in ("cli", "autojudge") else Path(sys.argv[0]).name
     handle.seek(0)
     handle.truncate()
-    handle.write(f"process {os.getpid()} ({' '.join([program, *sys.argv[1:]])[:300]}; since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    handle.flush()
+    holder = f"process {os.getpid()} ({' '.join([program, *sys.argv[1:]])[:300]}; since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+    try:
+        os.write(handle.fileno(), holder.encode())  # unbuffered: a full disk fails here, not at close
+    except OSError:  # no room for the holder's name: the lock holds without it (the writes after say "no space")
+        pass
     try:
         yield
     finally:
         path.unlink(missing_ok=True)  # while still locked (see above)
         handle.close()
+
+
+MINER_ENTRIES = re.compile(
+    r"manifest\.json|\.lock|\.manifest\.json\.\d+\.tmp|(labels|responses)/"
+    r"|(labels|responses)/shard-[^/]+\.parquet|(labels|responses)/\.shard-[^/]+\.parquet\.\d+\.tmp"
+)
+"""Everything the miner writes in a mining folder (`checks.tree_entries` paths: folders end in '/'):
+the manifest, the shards (`new_shard_name`) and the temporary files of `files.atomic_path`."""
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
@@ -133,22 +151,52 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def check_mining_folder(out: str | Path, name: str = "--out") -> None:
+    """`out` may be mined into: new, empty, or a mining folder recognised by its manifest that holds only
+    what the miner writes (`MINER_ENTRIES`). Anything else (a user's file in labels/, an export's shards,
+    a folder without a manifest) is refused before a file is touched: the miner never treats files it
+    cannot prove it wrote as finished work or as orphans to remove."""
+    from autojudge.checks import describe_entries, refuse_foreign, tree_entries
+    from autojudge.errors import InputError
+
+    out = Path(out)
+    if not out.is_dir():
+        return
+    entries = tree_entries(out)
+    if MANIFEST not in entries:
+        leftovers = [e for e in entries if e not in (f"{LABELS}/", f"{RESPONSES}/") and not (e.endswith(".tmp") and MINER_ENTRIES.fullmatch(e))]
+        if leftovers:  # a start killed before its manifest leaves only temporary files and empty folders
+            raise InputError(f"{name} {out} is not a mining folder (no {MANIFEST} of `autojudge mine`) and is not empty: "
+                             f"{describe_entries(leftovers)}; choose a new or empty {name}")
+        return
+    refuse_foreign(name, out, entries, MINER_ENTRIES.fullmatch, "`autojudge mine`",
+                   f"mining resumes only a folder it wrote; move those away or choose a new or empty {name}")
+
+
+def require_manifest(folder: str | Path, name: str = "--data") -> None:
+    """A folder read as mined data has the manifest `autojudge mine` writes (an empty folder passes:
+    the readers say it has no shards)."""
+    from autojudge.errors import InputError
+
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / MANIFEST).is_file() or not any(folder.iterdir()):
+        return
+    hint = ""
+    if (folder / "README.md").is_file():
+        hint = " (it looks like an `autojudge export` output: use the mining folder it was exported from)"
+    raise InputError(f"{name} {folder} is not a mining folder: it has no {MANIFEST} of `autojudge mine`{hint}")
+
+
 def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file under a temporary name, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """Write a Parquet file under a temporary name, fsync it, then rename it into place (`files.atomic_path`:
+    a full disk removes the temporary file and says so)."""
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary)
 
 
 def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
     """The same for a JSON file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def new_shard_name(index: int) -> str:
@@ -164,18 +212,17 @@ def write_shard(out_dir: str | Path, name: str, labels: list[dict[str, Any]], re
 
 
 def clean_orphans(out_dir: str | Path) -> list[Path]:
-    """Remove temporary files and labels shards whose responses shard is missing; return them."""
+    """Remove temporary files and labels shards whose responses shard is missing; return them. Only
+    names the miner writes (`MINER_ENTRIES`) are touched."""
     out_dir = Path(out_dir)
     removed = []
-    for folder in (out_dir / LABELS, out_dir / RESPONSES):
-        for path in folder.glob(".*.tmp") if folder.exists() else []:
+    candidates = [p for folder in (out_dir / LABELS, out_dir / RESPONSES) if folder.exists() for p in folder.glob(".*.tmp")]
+    if (out_dir / LABELS).exists():
+        candidates += [p for p in (out_dir / LABELS).glob("*.parquet") if not (out_dir / RESPONSES / p.name).exists()]
+    for path in candidates:
+        if MINER_ENTRIES.fullmatch(path.relative_to(out_dir).as_posix()) and path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
             removed.append(path)
-    if (out_dir / LABELS).exists():
-        for path in (out_dir / LABELS).glob("*.parquet"):
-            if not (out_dir / RESPONSES / path.name).exists():
-                path.unlink(missing_ok=True)
-                removed.append(path)
     return removed
 
 

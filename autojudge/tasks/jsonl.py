@@ -79,9 +79,10 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = (), one_of: tuple[s
 
 
 def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
-    """Write records one per line (UTF-8), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
+    """Write records one per line (UTF-8), creating parent folders, through a temporary file
+    (`files.atomic_path`): a kill or a full disk leaves the old file, or none, never a part of one."""
+    from autojudge.files import atomic_path
+
+    with atomic_path(path) as temporary, temporary.open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
