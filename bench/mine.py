@@ -51,7 +51,7 @@ class StraightforwardCounters:
 
 
 def straightforward_search(target: Any, draft: Any, prompt: list[int], evaluator: Any, budget: int, eos_ids: list[int],
-                           pad_token_id: int, counters: StraightforwardCounters) -> Any:
+                           pad_token_id: int, counters: StraightforwardCounters, finished_only: bool = False) -> Any:
     """The semi-greedy search as one would write it directly (DESIGN §1.1): batch 1, a fresh
     target `generate()` (KV-cached) per mismatch; the prefill of that call holds the target
     feature at the swapped token; a teacher-forced draft pass per step for the draft's
@@ -101,6 +101,9 @@ def straightforward_search(target: Any, draft: Any, prompt: list[int], evaluator
         result = SearchResult(initial_response=list(response), final_response=response, target_answer=None)
         reference = evaluator.answer(response)
         result.target_answer = reference
+        if finished_only and not (response and response[-1] in eos_ids):  # a cut answer is not mined
+            result.unfinished = True
+            return result
         left = 0
         while left < len(response):
             _, logits = draft_pass(prompt + response[:-1])
@@ -148,7 +151,7 @@ def run_straightforward(pair: Any, task: Any, problems: list[Any], args: argpars
         found = None
         if item.error is None:
             found = straightforward_search(pair.target, pair.draft, item.prompt_ids, TaskEvaluator(task, problem, tokenizer),
-                                           item.budget, eos_ids, pad_id, counters)
+                                           item.budget, eos_ids, pad_id, counters, finished_only=args.finished_only)
         rows, response = result_rows(item, found)
         labels.extend(rows)
         responses.append(response)
@@ -173,6 +176,8 @@ def run_whole_command(args: argparse.Namespace, out: str, batch_size: int | None
         command += ["--instruction", args.instruction]
     if args.shots:
         command += ["--shots", str(args.shots), "--shots-file", args.input]
+    if args.finished_only:
+        command += ["--finished-only"]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -192,7 +197,8 @@ def run_in_process(pair: Any, task: Any, problems: list[Any], args: argparse.Nam
     settings = LookaheadSettings()
     if getattr(args, "regen_proposals", None) is not None:
         settings.regen_proposals = args.regen_proposals
-    worker = MiningWorker(pair, task, args.max_new_tokens, args.batch_size, method, lookahead=settings)
+    worker = MiningWorker(pair, task, args.max_new_tokens, args.batch_size, method, lookahead=settings,
+                          finished_only=args.finished_only)
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         labels, responses = worker.mine(problems)
@@ -267,6 +273,8 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=400, help="task gsm8k: first problem used (default 400, past the draft's fitting data)")
     parser.add_argument("--instruction", default=None,
                         help="text appended to every question (gsm8k default: the real-model instruction, none with --shots)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="both methods skip problems whose target answer does not end within the budget (the run preset's rule)")
     parser.add_argument("--shots", type=int, default=0,
                         help="task gsm8k: the train file's first N solved problems as earlier chat turns (the run preset's 5)")
     parser.add_argument("--limit", type=int, default=50, help="prompts")

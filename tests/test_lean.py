@@ -180,3 +180,18 @@ def test_engine_with_a_shared_prefix_equals_greedy_generate(monkeypatch):
     assert [r.token_ids for r in engine.generate(prompts, RequestSettings(max_new_tokens=16))] == reference
     assert calls, "batched forwards over rows behind the header read it once"
     assert engine.shared_prefix is not None and engine.shared_prefix.loaded_tokens == 2 * (4 * 12 + 4)
+
+
+def test_attention_with_lse_matches_attention_and_logsumexp():
+    """The unfused fallback (devices without the CPU kernel that returns the log-sum-exp)."""
+    from autojudge.decode.lean import _attention_with_lse
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(2, 6, 3, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g)
+    mask = torch.zeros(2, 1, 3, 5)
+    mask[0, 0, :, 4] = torch.finfo(torch.float32).min
+    out, lse = _attention_with_lse(q, k, v, mask, 0.35)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.35, enable_gqa=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    scores = q @ k.repeat_interleave(3, dim=1).transpose(-1, -2) * 0.35 + mask
+    torch.testing.assert_close(lse, torch.logsumexp(scores, -1), atol=1e-5, rtol=1e-5)

@@ -233,3 +233,22 @@ def test_kill_and_resume_with_ray_workers(pair_dir: Path, tmp_path: Path) -> Non
     run_until_killed(command, out, timeout=120)
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=300)
     check_exactly_once(out, {f"toy-1-{i}" for i in range(24)})
+
+
+def test_finished_only_skips_prompts_whose_answer_hits_the_budget() -> None:
+    """A response cut by the budget has no final answer to keep: with finished_only both searches give
+    it no labels (and mark it), and the prompts that end keep exactly their labels."""
+    torch.set_num_threads(1)
+    target, draft = tiny_pair(noise=0.15)
+    rng = random.Random(5)
+    prompts = [[rng.randrange(3, 96) for _ in range(rng.randrange(3, 10))] for _ in range(12)]
+    budget = 20
+    everything = [plain_search(target, draft, p, ParityEvaluator(), budget, [EOS], 0) for p in prompts]
+    plain = [plain_search(target, draft, p, ParityEvaluator(), budget, [EOS], 0, finished_only=True) for p in prompts]
+    searcher = BatchedSearcher(target, draft, [EOS], 0, batch_size=4, finished_only=True)
+    fast = dict(searcher.run([SearchJob(i, p, ParityEvaluator(), budget) for i, p in enumerate(prompts)]))
+    ended = [EOS in r.initial_response for r in everything]
+    assert any(ended) and not all(ended)
+    for index, (full, kept) in enumerate(zip(everything, plain)):
+        assert kept.unfinished == (not ended[index]) == fast[index].unfinished
+        assert label_keys(kept) == label_keys(fast[index]) == (label_keys(full) if ended[index] else [])

@@ -55,6 +55,10 @@ def prepare_prompt(problem: Any, task: Any, tokenizer: Any, max_new_tokens: int,
     return prepared
 
 
+NOT_MINED = "not mined"
+"""How a response row's `error` starts when the problem was skipped on purpose (its answer did not finish)."""
+
+
 def result_rows(prepared: PreparedPrompt, result: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Label rows and the response row of one prompt (result: SearchResult or an exception)."""
     prompt_id = str(prepared.problem.id)
@@ -84,6 +88,8 @@ def result_rows(prepared: PreparedPrompt, result: Any) -> tuple[list[dict[str, A
         }
         for label in result.labels
     ]
+    if result.unfinished:
+        response["error"] = f"{NOT_MINED}: the target's answer did not end within the budget ({len(result.initial_response)} tokens)"
     response.update(
         initial_response_ids=result.initial_response,
         final_response_ids=result.final_response,
@@ -102,9 +108,11 @@ class MiningWorker:
     its problems are done. Method "plain": the reference algorithm, one prompt at a time."""
 
     def __init__(
-        self, pair: Any, task: Any, max_new_tokens: int, batch_size: int = 16, method: str = "fast", lookahead: Any = None
+        self, pair: Any, task: Any, max_new_tokens: int, batch_size: int = 64, method: str = "fast", lookahead: Any = None,
+        finished_only: bool = False,
     ) -> None:
-        """lookahead: `decode.lookahead.LookaheadSettings` of the fast search (None: its defaults)."""
+        """lookahead: `decode.lookahead.LookaheadSettings` of the fast search (None: its defaults); finished_only:
+        a problem whose target answer does not end within the budget is not mined (its response row says so)."""
         import queue
         import threading
 
@@ -114,11 +122,13 @@ class MiningWorker:
         if method not in ("fast", "plain"):
             raise ValueError(f"unknown mining method {method!r}: use fast or plain")
         self.pair, self.task, self.max_new_tokens, self.method = pair, task, max_new_tokens, method
+        self.finished_only = finished_only
         tokenizer = pair.tokenizer
         self.eos_ids = eos_token_ids(tokenizer, pair.target)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.searcher = BatchedSearcher(pair.target, pair.draft, self.eos_ids, self.pad_id, batch_size, settings=lookahead,
-                                        shared_prefix=task.shared_prefix_ids(tokenizer))  # a few-shot header, computed once
+                                        shared_prefix=task.shared_prefix_ids(tokenizer),  # a few-shot header, computed once
+                                        finished_only=finished_only)
         self.context = min(model_context(pair.target), model_context(pair.draft))
         self.jobs: queue.Queue = queue.Queue()
         self.open_calls: set[_Collector] = set()
@@ -179,7 +189,8 @@ class MiningWorker:
 
         evaluator = TaskEvaluator(self.task, item.problem, self.pair.tokenizer)
         try:
-            return plain_search(self.pair.target, self.pair.draft, item.prompt_ids, evaluator, item.budget, self.eos_ids, self.pad_id)
+            return plain_search(self.pair.target, self.pair.draft, item.prompt_ids, evaluator, item.budget, self.eos_ids, self.pad_id,
+                                finished_only=self.finished_only)
         except Exception as err:  # noqa: BLE001 - one prompt's failure is its error row
             return err
 
@@ -246,7 +257,7 @@ def load_worker(config: Any) -> MiningWorker:
     pair = load_pair(config.target, config.draft, config.device())
     task = build_task(config.task, seed=config.seed, instruction=config.instruction, shots=config.shots,
                       shots_file=config.shots_file)
-    return MiningWorker(pair, task, config.max_new_tokens, config.batch_size, config.method)
+    return MiningWorker(pair, task, config.max_new_tokens, config.batch_size, config.method, finished_only=config.finished_only)
 
 
 @ray.remote(max_concurrency=8, max_restarts=-1, max_task_retries=-1)

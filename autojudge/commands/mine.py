@@ -29,6 +29,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--workers", type=int, default=1, help="Ray actors, one model replica each (0: no Ray, this process)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (0 on CPU machines)")
     parser.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (and torch threads) per actor")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="mine only problems whose target answer ends (EOS) within the budget; the others get a "
+                        "'not mined' response row (a cut or looping answer has no final answer to keep)")
     parser.add_argument("--batch-size", type=int, default=64, help="searches in flight per replica (default 64: wide forwards are where mining gets cheap)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="response budget per prompt")
     parser.add_argument("--method", default="fast", choices=["fast", "plain"], help="fast miner or the plain reference algorithm")
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         instruction=args.instruction,
         shots=args.shots,
         shots_file=args.shots_file,
+        finished_only=args.finished_only,
         target=args.target,
         draft=args.draft,
         out=args.out,

@@ -105,7 +105,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "mine_problems": 1000, "select_problems": 100, "test_problems": 300, "max_new_tokens": 160,
         "window": 8, "compare_windows": (), "top_ks": (2,), "typical_epsilons": (0.3, 0.09),
         "min_probs": (0.3, 0.1), "fly_entropies": (0.6, 0.3, 0.1), "fly_window": 3,
-        "mine_workers": 0, "mine_batch_size": 64, "eval_batch_size": 64,
+        "mine_workers": 0, "mine_batch_size": 64, "eval_batch_size": 64, "finished_only": True,
         "extra_judges": ("lightgbm:DD-DT",), "extra_judge_taus": 3,
         "recall_levels": (1.0, 0.95, 0.9, 0.8), "low_taus": (),
     },

@@ -384,22 +384,29 @@ def prefix_attention(
     queries = q.reshape(b, kv_heads, group * c, d)  # heads h = kv * group + g share key/value head kv
     flat = queries.transpose(0, 1).reshape(kv_heads, b * group * c, d)
     scores = torch.bmm(flat, prefix_k.transpose(1, 2)).float() * scale  # [kv, b*g*C, P]
-    top1 = scores.amax(-1, keepdim=True)
-    weights = torch.exp(scores - top1)
-    sum1 = weights.sum(-1, keepdim=True)
-    out1 = torch.bmm(weights.to(prefix_v.dtype), prefix_v).float()  # [kv, b*g*C, d]
-    out1, top1, sum1 = (t.reshape(kv_heads, b, group * c, -1).transpose(0, 1) for t in (out1, top1, sum1))  # [b, kv, g*C, .]
-    rest_k, rest_v = cached_k[:, :, prefix_len:], cached_v[:, :, prefix_len:]
-    scores = torch.matmul(queries, rest_k.transpose(-1, -2)).float() * scale  # [b, kv, g*C, S-P]
-    scores = (scores.view(b, kv_heads, group, c, -1) + mask[:, :, None, :, prefix_len:].float()).view(b, kv_heads, group * c, -1)
-    top2 = scores.amax(-1, keepdim=True)
-    weights = torch.exp(scores - top2)
-    sum2 = weights.sum(-1, keepdim=True)
-    out2 = torch.matmul(weights.to(rest_v.dtype), rest_v).float()
-    top = torch.maximum(top1, top2)
-    scale1, scale2 = torch.exp(top1 - top), torch.exp(top2 - top)
-    out = (out1 * scale1 + out2 * scale2) / (sum1 * scale1 + sum2 * scale2)
+    top = scores.amax(-1, keepdim=True)
+    weights = torch.exp(scores - top)
+    total = weights.sum(-1, keepdim=True)
+    out1 = torch.bmm(weights.to(prefix_v.dtype), prefix_v).float() / total  # [kv, b*g*C, d]
+    lse1 = (top + total.log()).reshape(kv_heads, b, heads // kv_heads * c).transpose(0, 1).reshape(b, heads, c)
+    out1 = out1.reshape(kv_heads, b, group * c, d).transpose(0, 1).reshape(b, heads, c, d)
+    # the rest of each row's cache: the fused kernel, which also returns its log-sum-exp
+    out2, lse2 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, cached_k[:, :, prefix_len:], cached_v[:, :, prefix_len:], 0.0, False, attn_mask=mask[..., prefix_len:], scale=scale
+    ) if q.device.type == "cpu" else _attention_with_lse(q, cached_k[:, :, prefix_len:], cached_v[:, :, prefix_len:], mask[..., prefix_len:], scale)
+    lse = torch.logaddexp(lse1, lse2)
+    out = out1 * torch.exp(lse1 - lse)[..., None] + out2.float() * torch.exp(lse2 - lse)[..., None]
     return out.to(q.dtype).reshape(b, heads, c, d)
+
+
+def _attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention output `[b, heads, C, d]`, float32 log-sum-exp of the scores `[b, heads, C]`), unfused
+    (devices without the CPU kernel that returns both); grouped-query heads share key/value heads."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale + mask.float()
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.matmul(torch.exp(scores - lse[..., None]).to(v.dtype), v), lse
 
 
 def lean_decoder(model: Any) -> LeanDecoder | None:

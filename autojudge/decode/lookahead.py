@@ -29,7 +29,7 @@ import torch
 
 from autojudge.decode.acceptance import greedy_prefix
 from autojudge.decode.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_rows, group_by_length
-from autojudge.decode.search import Evaluator, Label, SearchResult
+from autojudge.decode.search import Evaluator, Label, SearchResult, unfinished
 
 
 @dataclass
@@ -339,8 +339,10 @@ def fast_search(
     eos_ids: list[int],
     settings: LookaheadSettings | None = None,
     corpus: NgramCorpus | None = None,
+    finished_only: bool = False,
 ) -> SearchCoroutine:
-    """§1.1 for one prompt as a coroutine over batched forwards (see `BatchedSearcher`).
+    """§1.1 for one prompt as a coroutine over batched forwards (see `BatchedSearcher`); with
+    `finished_only`, a prompt whose first response does not end within the budget gets no labels.
 
     `draft_predictions[i]` caches d_i for the current response; it survives an important
     label (the response is unchanged) and is extended from the regeneration's own draft
@@ -360,6 +362,9 @@ def fast_search(
         corpus.add(prompt[-settings.corpus_max_ngram :] + response)
     reference: Hashable = evaluator.answer(response)
     result = SearchResult(initial_response=list(response), final_response=response, target_answer=reference)
+    if unfinished(response, eos_ids, finished_only):
+        result.unfinished = True
+        return result
     left = 0
     while left < len(response):
         # m = first i >= left with d_i != y_i; extend the draft predictions when they run out
@@ -463,11 +468,13 @@ class BatchedSearcher:
         settings: LookaheadSettings | None = None,
         forward_overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
         shared_prefix: Sequence[int] = (),
+        finished_only: bool = False,
     ) -> None:
         """`forward_overhead_tokens`: the fixed cost of one forward call, in fed tokens; sets how
         rows with chunks of different lengths are split into forwards (`group_by_length`).
         `shared_prefix`: tokens many prompts start with (a few-shot header), computed once per model
-        and copied into each new row (`cache.SharedPrefix`); the searches never see the difference."""
+        and copied into each new row (`cache.SharedPrefix`); the searches never see the difference.
+        `finished_only`: prompts whose first response does not end within the budget get no labels."""
         self.target, self.draft = target, draft
         self.eos_ids, self.pad_token_id = eos_ids, pad_token_id
         self.batch_size = batch_size
@@ -476,6 +483,7 @@ class BatchedSearcher:
         self.forward_overhead_tokens = forward_overhead_tokens
         self.corpus = NgramCorpus(self.settings)
         self.shared_prefix = SharedPrefix(shared_prefix) if shared_prefix else None
+        self.finished_only = finished_only
         self._pinned: dict[int, int] = {}  # row -> leading prompt tokens its caches hold from the shared prefix
 
     def run(self, jobs: list[SearchJob]) -> Iterator[tuple[Any, SearchResult | Exception]]:
@@ -538,7 +546,8 @@ class BatchedSearcher:
                     pinned = self.shared_prefix.load(self.draft, draft_cache, row, job.prompt, pad)
                     if pinned:
                         self._pinned[row] = pinned
-                search = fast_search(job.prompt, job.evaluator, job.budget, self.eos_ids, self.settings, self.corpus)
+                search = fast_search(job.prompt, job.evaluator, job.budget, self.eos_ids, self.settings, self.corpus,
+                                     self.finished_only)
                 yield from advance(row, job.key, search, lambda s=search: next(s))
             if not active:
                 if ended:

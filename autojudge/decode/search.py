@@ -81,6 +81,15 @@ class SearchResult:
     """a* = E.answer(initial_response)."""
     labels: list[Label] = field(default_factory=list)
     """One per visited mismatch, in order of position."""
+    unfinished: bool = False
+    """The search stopped after the first response: it did not end (EOS) within the budget and
+    the search was asked to mine only answers that finish (`finished_only`); no labels."""
+
+
+def unfinished(response: list[int], eos_ids: list[int], finished_only: bool) -> bool:
+    """Whether a search with `finished_only` skips a prompt whose greedy response is `response`: a
+    response that hit the budget before EOS has no final answer to keep (a cut or looping text)."""
+    return finished_only and not (response and response[-1] in eos_ids)
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,12 +139,17 @@ def plain_search(
     eos_ids: list[int],
     pad_token_id: int,
     with_features: bool = True,
+    finished_only: bool = False,
 ) -> SearchResult:
-    """DESIGN.md §1.1 step by step: fresh greedy regeneration per mismatch, batch size 1."""
+    """DESIGN.md §1.1 step by step: fresh greedy regeneration per mismatch, batch size 1.
+    `finished_only`: a prompt whose first response does not end within the budget gets no labels."""
     response = greedy_generate(target, prompt, budget, eos_ids, pad_token_id)
     result = SearchResult(initial_response=list(response), final_response=response, target_answer=None)
     reference = evaluator.answer(response)
     result.target_answer = reference
+    if unfinished(response, eos_ids, finished_only):
+        result.unfinished = True
+        return result
     left = 0
     while left < len(response):
         drafts = draft_predictions(draft, prompt, response)

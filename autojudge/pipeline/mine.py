@@ -57,6 +57,9 @@ class MineConfig:
     """Searches in flight per replica (rows of one batched forward)."""
     max_new_tokens: int = 128
     """Response budget per prompt (the same for the first response and every alternative)."""
+    finished_only: bool = False
+    """Mine only problems whose target answer ends (EOS) within the budget: a cut or looping answer has no
+    final answer for a swapped token to change (the response row of a skipped one says "not mined")."""
     method: str = "fast"
     """`fast` (batched lookahead search) or `plain` (the reference algorithm, slow)."""
     chunk_size: int = 0
@@ -178,7 +181,8 @@ def mine(config: MineConfig) -> Path:
 RESOURCE_ADVICE = "use fewer --workers (autojudge run: --mine-workers) or --cpus-per-worker (run: --threads)"
 
 
-RESUME_KEYS = ("task", "instruction", "shots", "shots_file", "target", "draft", "input", "seed", "max_new_tokens", "method")
+RESUME_KEYS = ("task", "instruction", "shots", "shots_file", "target", "draft", "input", "seed", "max_new_tokens", "method",
+               "finished_only")
 """Settings that must match to resume a folder (the labels would mix otherwise)."""
 
 

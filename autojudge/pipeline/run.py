@@ -89,6 +89,8 @@ class RunConfig:
     """Judge features: DT or DD-DT."""
     max_accuracy_drop: float = 0.01
     """Accuracy (fraction) the chosen threshold may lose against exact on the selection problems."""
+    finished_only: bool = False
+    """Mine only problems whose target answer ends (EOS) within the budget (`MineConfig.finished_only`)."""
     mine_batch_size: int = 32
     """Searches in flight per mining worker."""
     mine_workers: int = 1
@@ -289,6 +291,7 @@ def mine_stage(config: RunConfig, out: Path) -> Path:
         target=config.target, draft=config.draft, limit=config.mine_problems,
         out=str(out), max_new_tokens=config.max_new_tokens, batch_size=config.mine_batch_size,
         chunk_size=max(1, config.mine_batch_size // 2), max_chunks_in_flight=4,  # small shards: a kill loses little
+        finished_only=config.finished_only,
         workers=config.mine_workers, cpus_per_worker=config.threads,
         gpus_per_worker=1.0 if config.device.startswith("cuda") else 0.0, **where,
     )
@@ -309,6 +312,16 @@ def check_mined_source(config: RunConfig, out: Path) -> dict[str, str]:
         raise InputError(f"{out} was mined from another --train-input ({config.train_input} differs from the file "
                          "it was mined from); use a new --out folder")
     return source
+
+
+def not_mined(mined_dir: Path, config: RunConfig) -> int:
+    """This run's mining problems skipped because their target answer did not end within the budget."""
+    from autojudge.actors.miner import NOT_MINED
+    from autojudge.pipeline.shards import read_responses
+
+    ids = {problem.id for problem in stage_problems(config, "mine")}
+    rows = read_responses(mined_dir, ["prompt_id", "error"]).to_pylist()
+    return sum(1 for row in rows if row["prompt_id"] in ids and str(row["error"] or "").startswith(NOT_MINED))
 
 
 def mining_problems_data(data: Any, config: RunConfig) -> Any:
@@ -372,7 +385,9 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
 
     mined_dir = timer.run("mine", lambda: mine_stage(config, run_dir / "mined"))
     data = mining_problems_data(read_mined(mined_dir), config)
-    echo(f"{len(data)} mismatches ({int(data.important.sum())} important) from {len(set(data.prompt_ids.tolist()))} prompts")
+    skipped = not_mined(mined_dir, config)
+    echo(f"{len(data)} mismatches ({int(data.important.sum())} important) from {len(set(data.prompt_ids.tolist()))} prompts"
+         + (f"; {skipped} problems not mined (their answer did not end within the budget)" if skipped else ""))
 
     def train() -> tuple[Any, dict[str, Any]]:
         main = train_or_load(data, config, run_dir / "judge", config.judge_model, config.feature_setup, echo)
@@ -409,7 +424,8 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
         "window": config.window,
         "max new tokens": config.max_new_tokens,
         "quality measure for the threshold": config.quality,
-        "mined": f"{len(data)} mismatches ({int(data.important.sum())} important) from {len(set(data.prompt_ids.tolist()))} prompts",
+        "mined": f"{len(data)} mismatches ({int(data.important.sum())} important) from {len(set(data.prompt_ids.tolist()))} prompts"
+                 + (f"; {skipped} problems not mined (answer did not end within the budget)" if skipped else ""),
     }
     if config.task == "gsm8k":
         context["task"] = f"gsm8k, instruction {config.instruction!r}, {config.shots} few-shot examples"
@@ -477,7 +493,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
         "judge": {key: judge.metrics[key] for key in ("val_roc_auc", "val_pr_auc", "val_important_rate", "num_train", "num_val")},
         "extra_judges": {name: {key: other.metrics[key] for key in ("val_roc_auc", "val_pr_auc")} for name, other in extra.items()},
         "mined": {"mismatches": int(len(data)), "important": int(data.important.sum()),
-                  "prompts": int(len(set(data.prompt_ids.tolist())))},
+                  "prompts": int(len(set(data.prompt_ids.tolist()))), "not_mined_unfinished": skipped},
         "quality": config.quality,
         "default_threshold": judge.default_threshold,
         "test": compare_with_exact(exact, chosen),
