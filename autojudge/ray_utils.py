@@ -6,13 +6,21 @@ Every `autojudge` command that uses Ray picks its cluster the same way:
 3. the cluster that `ray start --head` started on this node (the one `ray submit`
    runs against), recorded by Ray in `/tmp/ray/ray_current_cluster`, else
 4. a new local cluster, as on a laptop.
+
+A local cluster started here listens on 127.0.0.1 only (Ray's own mode for a single machine;
+on Linux Ray otherwise binds its agents, metrics and dashboard ports on the machine's address):
+a cluster other machines can join is one started with `ray start --head`, which commands then
+attach to (3). Its processes die with the command (Ray ties them to the driver; its workers
+exit when their raylet does), even when the command is SIGKILLed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +153,11 @@ def check_actor_resources(what: str, actors: int, cpus: float, gpus: float = 0.0
     raise InputError(message)
 
 
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+"""Ray's single-machine mode (its default on macOS and Windows): node address 127.0.0.1, and every
+HTTP endpoint of the cluster (agents, metrics export, dashboard) bound there."""
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -157,11 +170,53 @@ def init_ray(
     `num_cpus`, `local_system_config` (Ray's `_system_config`) and `local_env` (environment
     variables of the cluster's processes; a variable already set in this process keeps its
     value) only apply to a local cluster this call starts; address "local" always starts one.
+
+    The process's SIGINT and SIGTERM handlers that are Python functions (Python's own SIGINT one,
+    and those a command installed) stay installed, and a signal that arrives while Ray starts
+    reaches them once it has started: in the middle of `ray.init` it would leave a half-made core
+    worker, which crashes the interpreter at exit. (`ray.init` would replace a SIGTERM handler by
+    one that calls `sys.exit`, and Ray's core installs a crash reporter that, on SIGTERM, prints
+    a stack and aborts the process 3 s later: a clean stop that took longer ended in SIGABRT.)
     """
     import ray
+    from ray._private import utils as ray_private_utils
 
     if ray.is_initialized():
         return
+    own = {}
+    if threading.current_thread() is threading.main_thread():
+        own = {signum: handler for signum in (signal.SIGINT, signal.SIGTERM) if callable(handler := signal.getsignal(signum))}
+    if not own:
+        _connect(address, num_cpus, local_system_config, local_env, **kwargs)
+        return
+    pending: list[int] = []
+
+    def defer(signum: int, frame: object) -> None:
+        signal.alarm(0)  # the crash reporter's, if it saw a SIGTERM
+        pending.append(signum)
+
+    for signum in own:
+        signal.signal(signum, defer)
+    set_sigterm_handler = ray_private_utils.set_sigterm_handler
+    if signal.SIGTERM in own:
+        ray_private_utils.set_sigterm_handler = lambda handler: None  # what ray.init calls to install its own
+    try:
+        _connect(address, num_cpus, local_system_config, local_env, **kwargs)
+    finally:
+        ray_private_utils.set_sigterm_handler = set_sigterm_handler
+        for signum, handler in own.items():
+            signal.signal(signum, handler)  # also takes SIGTERM back from the crash reporter
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+def _connect(
+    address: str | None, num_cpus: int | None, local_system_config: dict[str, Any] | None,
+    local_env: dict[str, str] | None, **kwargs: Any,
+) -> None:  # fmt: skip
+    import ray
+    from ray._private import ray_constants
+
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
         check_reachable(address)
@@ -177,13 +232,16 @@ def init_ray(
             log.warning("Ray cluster recorded at %s is not reachable (%s); starting a local one", node_address, err)
     if local_system_config:
         kwargs["_system_config"] = local_system_config
-    added = {name: value for name, value in (local_env or {}).items() if name not in os.environ}
+    added = {name: value for name, value in {**LOOPBACK_ENV, **(local_env or {})}.items() if name not in os.environ}
     os.environ.update(added)  # the cluster's processes inherit this process's environment as it starts
     global _started_local_cluster
+    enable_cluster = ray_constants.ENABLE_RAY_CLUSTER  # LOOPBACK_ENV for this process, where Ray read it at import
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, enable_cluster)
     try:
         ray.init(address="local", num_cpus=num_cpus, runtime_env=RUNTIME_ENV, include_dashboard=False, **kwargs)
         _started_local_cluster = True
     finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
         for name in added:
             os.environ.pop(name, None)
 

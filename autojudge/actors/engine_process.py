@@ -19,8 +19,9 @@ Protocol: pickled tuples over a socket pair (`multiprocessing.connection.Connect
 
 `key` is the replica's name for a request. Requests that arrive while the draft proposes join
 that cycle's verification (`EngineCore.step(poll)`); aborts wait for the cycle's end. The child exits when its end of the socket closes,
-which happens when the replica process ends in any way (SIGKILL included), so it never
-outlives its replica. ("fault", message) makes the next cycle raise `RuntimeError(message)`:
+which happens when the replica process ends in any way (SIGKILL included), and, while it loads
+its models or runs a cycle, when a watchdog thread sees it has a new parent: it never outlives
+its replica by more than a second or a cycle. ("fault", message) makes the next cycle raise `RuntimeError(message)`:
 fault injection for tests of the failure path; ("delay", seconds) makes every cycle sleep that
 long first (0: none), so that a test's request is certain to still run a while later.
 """
@@ -32,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -269,8 +271,21 @@ class EngineProcess:
             self.process.wait()
 
 
+def exit_with_parent(interval_s: float = 1.0) -> None:
+    """A daemon thread ends this process once its parent (the replica) is gone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the replica; its end of the socket stops this
+    exit_with_parent()
     conn = Connection(int(sys.argv[1]))
     serve_engine(conn, conn.recv())
 

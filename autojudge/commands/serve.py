@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -20,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Serve the target with the draft speculating, behind POST /v1/completions, POST /v1/chat/completions "
             "(stream: true for server-sent events), GET /v1/models, GET /health and GET /metrics (Prometheus). "
             "Greedy decoding only (temperature 0). Requests may choose mode, threshold and window in an "
-            "'autojudge' object or as top-level fields. Runs until interrupted (Ctrl-C)."
+            "'autojudge' object or as top-level fields. Runs until Ctrl-C or SIGTERM, then stops everything it started and exits 0."
         ),
     )
     parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
@@ -103,16 +104,88 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """The HTTP port can be bound (else Serve's proxy would fail to start, far less clearly)."""
+    """The HTTP port can be bound (else Serve's proxy would fail to start, far less clearly). A
+    process holding it is named; an orphaned HAProxy of an earlier Ray Serve (its Ray worker gone,
+    as a server SIGKILLed before autojudge-haproxy tied HAProxy to it leaves one) is stopped."""
     import socket
 
     from autojudge.errors import InputError
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            raise InputError(f"--host {host} --port {port}: cannot listen there ({err.strerror}); choose another --port") from None
+    for attempt in range(2):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT of a stopped one is no obstacle
+            try:
+                sock.bind((host, port))
+                return
+            except OSError as err:
+                reason = err.strerror
+        holder = port_holder(port)
+        if attempt == 0 and holder is not None and is_orphaned_serve_haproxy(holder):
+            print(f"stopping HAProxy pid {holder.pid}, left by an earlier Ray Serve, which holds port {port}", file=sys.stderr)
+            stop_process(holder)
+            continue
+        held = f"; held by {describe(holder)}" if holder is not None else ""
+        raise InputError(f"--host {host} --port {port}: cannot listen there ({reason}{held}); choose another --port")
+
+
+def port_holder(port: int) -> "psutil.Process | None":  # noqa: F821
+    """The process listening on TCP `port` (any address), if this user may see it."""
+    import psutil
+
+    try:
+        connections = psutil.net_connections(kind="inet")
+    except psutil.Error:
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                return psutil.Process(conn.pid)
+            except psutil.Error:
+                return None
+    return None
+
+
+def describe(process: "psutil.Process") -> str:  # noqa: F821
+    """'pid 123 (haproxy -db -f /tmp/...)': a process in a few words."""
+    import psutil
+
+    try:
+        command = " ".join(process.cmdline()) or process.name()
+    except psutil.Error:
+        command = "?"
+    return f"pid {process.pid} ({command[:120]})"
+
+
+def is_orphaned_serve_haproxy(process: "psutil.Process") -> bool:  # noqa: F821
+    """An HAProxy that Ray Serve started (its config under `haproxy-serve/`), of this user, whose
+    parent is no longer Ray's HAProxyManager actor: nothing will ever stop it."""
+    import os
+
+    import psutil
+
+    try:
+        command = process.cmdline()
+        parent = process.parent()
+        parent_name = parent.name() if parent is not None else ""
+        ours = process.uids().real == os.getuid()
+    except psutil.Error:
+        return False
+    serve_haproxy = bool(command) and os.path.basename(command[0]) == "haproxy" and any("haproxy-serve" in arg for arg in command)
+    return serve_haproxy and ours and "HAProxyManager" not in parent_name
+
+
+def stop_process(process: "psutil.Process", timeout_s: float = 5.0) -> None:  # noqa: F821
+    """SIGTERM, then SIGKILL after `timeout_s`."""
+    import psutil
+
+    try:
+        process.terminate()
+        process.wait(timeout_s)
+    except psutil.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)
+    except psutil.NoSuchProcess:
+        pass
 
 
 def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
@@ -133,25 +206,42 @@ def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
     )  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
-    check_args(args)  # before the heavy imports and any work
-    from autojudge.errors import InputError
-    from autojudge.pipeline.serve import start_server, stop_server
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as SIGINT: KeyboardInterrupt, the one exception Ray's blocking calls (ray.get) let
+    through from a signal handler (another one comes out as a SystemError)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    config = config_from_args(args)
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM, then stop everything this command started and return
+    0, whenever the signal comes (a second one while it stops is ignored)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, interrupt) for signum in signals}  # kept through ray.init (init_ray)
+    config = None
     try:
-        url = start_server(config)
-    except Exception as err:  # a replica that cannot start (out of memory, no GPU, ...)
-        stop_server(config.app_name)
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"the server did not start: {first_line} (the replicas' logs are in Ray's session folder, logs/serve/)") from None
-    model = config.replica.served_name
-    print(f"serving {model} (draft {args.draft}, mode {args.mode}) at {url}/v1  (Ctrl-C to stop)", file=sys.stderr)
-    try:
+        check_args(args)  # before the heavy imports and any work
+        from autojudge.errors import InputError
+        from autojudge.pipeline.serve import start_server
+
+        config = config_from_args(args)
+        try:
+            url = start_server(config)
+        except Exception as err:  # a replica that cannot start (out of memory, no GPU, ...)
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise InputError(f"the server did not start: {first_line} (the replicas' logs are in Ray's session folder, logs/serve/)") from None
+        model = config.replica.served_name
+        print(f"serving {model} (draft {args.draft}, mode {args.mode}) at {url}/v1  (Ctrl-C or SIGTERM to stop)", file=sys.stderr)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping", file=sys.stderr)
     finally:
-        stop_server(config.app_name)
+        for signum in signals:
+            signal.signal(signum, signal.SIG_IGN)
+        if config is not None:
+            from autojudge.pipeline.serve import stop_server
+
+            stop_server(config.app_name)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
