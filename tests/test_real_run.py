@@ -111,7 +111,7 @@ def test_preset_fills_settings_and_flags_override_it() -> None:
 
     args = build_parser().parse_args(["run", "--preset", "smollm2-gsm8k", "--test-problems", "7", "--out", "x"])
     config = build_config(args)
-    assert (config.target, config.draft, config.task, config.quality) == ("smollm2:target@bf16", "smollm2:draft@bf16", "gsm8k", "agreement")
+    assert (config.target, config.draft, config.task, config.quality) == ("smollm2:target", "smollm2:draft", "gsm8k", "agreement")
     assert config.test_problems == 7 and config.mine_problems == 1000 and config.select_problems == 100
     assert config.shots == 3 and config.instruction is None and config.max_new_tokens == 160
     assert config.fly_entropies and config.window > config.fly_window

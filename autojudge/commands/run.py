@@ -99,7 +99,7 @@ GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final an
 
 PRESETS: dict[str, dict[str, object]] = {
     "smollm2-gsm8k": {
-        "target": "smollm2:target@bf16", "draft": "smollm2:draft@bf16", "task": "gsm8k",
+        "target": "smollm2:target", "draft": "smollm2:draft", "task": "gsm8k",
         "train_input": "gsm8k:train", "test_input": "gsm8k:test", "train_offset": 400,
         "instruction": None, "shots": 3, "quality": "agreement",
         "mine_problems": 1000, "select_problems": 100, "test_problems": 300, "max_new_tokens": 160,
