@@ -186,6 +186,14 @@ def answers_http(ip: str, port: int) -> bool:
         return False
 
 
+def name_of(process: psutil.Process) -> str:
+    """The process's name, or "" when it has exited since it was listed (short-lived Ray helpers do)."""
+    try:
+        return process.name()
+    except psutil.Error:
+        return ""
+
+
 def http_off_loopback(processes: list[psutil.Process]) -> list[str]:
     """'name (pid) listening on ip:port answers HTTP at address' for every listening socket of
     `processes` bound beyond loopback that answers HTTP at one of this machine's other addresses
@@ -234,7 +242,7 @@ def test_serve_on_loopback_answers_http_on_loopback_only(commands):
     port = free_port()
     server = start_server(commands, port)
     processes = server.tree()
-    assert any(p.name() == "haproxy" for p in processes) or "default HTTP proxy" in server.log.read_text()
+    assert any(name_of(p) == "haproxy" for p in processes) or "default HTTP proxy" in server.log.read_text()
     assert answers_http(LOOPBACK, port)  # the check sees an HTTP server where there is one
     assert http_off_loopback(processes) == []
 
@@ -285,7 +293,7 @@ def test_haproxy_dies_with_the_ray_worker_that_started_it_when_nothing_else_stop
     Ray worker that started HAProxy may still stop it on its way out (when it quits in an orderly
     way on losing its raylet), or not. SIGKILL that worker with the group: HAProxy must go anyway."""
     server = start_server(commands, free_port())
-    haproxies = [p for p in server.tree() if p.name() == "haproxy"]
+    haproxies = [p for p in server.tree() if name_of(p) == "haproxy"]
     assert haproxies, "no HAProxy (Serve's default proxy)"
     managers = {p.parent() for p in haproxies}
     assert all("HAProxyManager" in m.name() for m in managers)
@@ -346,7 +354,7 @@ def test_mine_local_cluster_answers_http_on_loopback_only_and_dies_with_a_sigkil
 
     def mining() -> bool:
         assert miner.process.poll() is None, f"mine exited with {miner.process.returncode}:\n{tail(miner.log)}"
-        return any("MinerActor" in p.name() for p in miner.tree())
+        return any("MinerActor" in name_of(p) for p in miner.tree())
 
     assert wait_for(mining, START_TIMEOUT_S, interval=1.0), tail(miner.log)
     assert http_off_loopback(miner.tree()) == []
