@@ -198,3 +198,16 @@ def tree_checksums(folder: Path) -> dict[str, str]:
             else:
                 sums[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
     return sums
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.5) -> Any:
+    """Call `predicate` until it returns something true or `timeout` seconds pass; its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()

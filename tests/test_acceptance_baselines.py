@@ -156,3 +156,15 @@ def test_fly_parameters_are_checked_and_the_mode_is_built():
     for entropy, window in ((-0.1, 6), (float("nan"), 6), (0.3, 1), (0.3, 100)):
         with pytest.raises(ValueError):
             FlyRule(entropy, window)
+
+
+def test_the_torch_free_copies_of_the_rule_defaults_agree():
+    """`commands` (argparse, no torch), `RunConfig` and `ReplicaConfig` repeat FLy's defaults and the mode names."""
+    from autojudge.actors.server import ReplicaConfig
+    from autojudge.commands import FLY_ENTROPY, FLY_WINDOW, RULE_MODES
+    from autojudge.decode import acceptance
+    from autojudge.pipeline.run import RunConfig
+
+    assert RULE_MODES == acceptance.MODES
+    assert (FLY_ENTROPY, FLY_WINDOW) == (acceptance.FLY_ENTROPY, acceptance.FLY_WINDOW)
+    assert RunConfig().fly_window == ReplicaConfig().fly_window == acceptance.FLY_WINDOW

@@ -30,6 +30,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from autojudge.testing import wait_until as wait_for
+
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 300.0
 GONE_WITHIN_S = 60.0
@@ -55,16 +57,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def tail(log: Path, lines: int = 30) -> str:

@@ -26,6 +26,7 @@ from autojudge.actors.openai_api import APIError, parse_chat, parse_completion
 from autojudge.actors.server import ReplicaConfig, TextStream
 from autojudge.cli import main
 from autojudge.models import eos_token_ids, load_model, load_tokenizer, tokenizer_fingerprint
+from autojudge.testing import wait_until
 from autojudge.toy.world import generate_problems
 
 torch.set_num_threads(1)
@@ -537,13 +538,10 @@ def test_openai_client_raises_on_bad_input(client):
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
+    value = wait_until(predicate, timeout, interval)
+    if not value:
+        raise AssertionError("condition not reached in time")
+    return value
 
 
 def open_stream(url: str, body: dict):
