@@ -9,7 +9,7 @@ A judge folder holds
 
 At decode time the judge is called on the hidden states the verification pass already
 has: `judge(h_target [n, Ht], h_draft [n, Hd]) -> p [n]` (torch in, torch out); the
-acceptance rule accepts a mismatch when p < tau (DESIGN §1.4).
+acceptance rule accepts a mismatch when p < tau (docs/design.md §1.4).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from autojudge.tasks.jsonl import InputError
 
 
 def build_features(h_target: np.ndarray, h_draft: np.ndarray, feature_setup: str) -> np.ndarray:
-    """[n, F] features from hidden states (DESIGN §1.2); same layout as the judge at decode time."""
+    """[n, F] features from hidden states (docs/design.md §1.2); same layout as the judge at decode time."""
     if feature_setup == "DT":
         return np.asarray(h_target, dtype=np.float32)
     if feature_setup == "DD-DT":

@@ -21,7 +21,7 @@ import numpy as np
 from autojudge.tasks.jsonl import InputError
 
 FEATURE_SETUPS = ("DT", "DD-DT")
-"""Judge inputs (DESIGN §1.2): DT = h_target; DD-DT = [h_draft ; h_target]."""
+"""Judge inputs (docs/design.md §1.2): DT = h_target; DD-DT = [h_draft ; h_target]."""
 
 FORMAT_VERSION = 1
 JSON_NAME = "judge.json"

@@ -52,7 +52,7 @@ class StraightforwardCounters:
 
 def straightforward_search(target: Any, draft: Any, prompt: list[int], evaluator: Any, budget: int, eos_ids: list[int],
                            pad_token_id: int, counters: StraightforwardCounters, finished_only: bool = False) -> Any:
-    """The semi-greedy search as one would write it directly (DESIGN §1.1): batch 1, a fresh
+    """The semi-greedy search as one would write it directly (docs/design.md §1.1): batch 1, a fresh
     target `generate()` (KV-cached) per mismatch; the prefill of that call holds the target
     feature at the swapped token; a teacher-forced draft pass per step for the draft's
     predictions, and one for the draft feature. Same labels as `plain_search`."""

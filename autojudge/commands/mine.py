@@ -14,7 +14,7 @@ def add_parser(subparsers: Any) -> None:
         "mine",
         help="mine important/unimportant mismatch labels with features (resumable)",
         description=(
-            "Run the semi-greedy label search (DESIGN.md 1.1) of a target/draft pair over a task's prompts "
+            "Run the semi-greedy label search (docs/design.md 1.1) of a target/draft pair over a task's prompts "
             "on Ray actors. Writes DIR/labels/*.parquet, DIR/responses/*.parquet and DIR/manifest.json; "
             "running the same command again on DIR skips finished prompts."
         ),

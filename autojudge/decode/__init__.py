@@ -5,7 +5,7 @@
   and `accepted_lengths` / `greedy_prefix`, the one greedy-acceptance reduction.
 - `core`: `EngineCore` (`add_request` / `step` / `abort`, continuous batching; `generate` loops over it).
 - `metrics`: `RequestMetrics`, `aggregate`.
-- `search` / `lookahead`: the semi-greedy label search (DESIGN.md §1.1), plain and fast.
+- `search` / `lookahead`: the semi-greedy label search (docs/design.md §1.1), plain and fast.
 - `hogwild`: Hogwild! inference, several workers of one model over one shared block cache.
 """
 

@@ -1,4 +1,4 @@
-"""Acceptance rules: which draft tokens a verification pass keeps (DESIGN.md §1.4, step 3).
+"""Acceptance rules: which draft tokens a verification pass keeps (docs/design.md §1.4, step 3).
 
 A rule is called as `rule(draft_tokens, target_logits, h_target, h_draft)` (rows shorter
 than k padded with draft token -1) and returns a boolean mask `[batch, k]`: True where draft token c_i may stay. The engine keeps the

@@ -1,4 +1,4 @@
-"""The engine core: greedy speculative decoding with continuous batching (DESIGN.md §1.4, §1.5).
+"""The engine core: greedy speculative decoding with continuous batching (docs/design.md §1.4, §1.5).
 
 The core holds a set of active rows, one request each, on the per-row-slot caches of the
 target and the draft (`cache.RowKVCache`), and runs one cycle per `step()`:

@@ -1,6 +1,6 @@
 """The fast semi-greedy search: same labels as `search.plain_search`, far fewer model calls.
 
-Three ideas (DESIGN.md §1.1, "Mining speed"):
+Three ideas (docs/design.md §1.1, "Mining speed"):
 
 1. **Prefix reuse.** Each search owns one row of a target and a draft `RowKVCache`. The
    prefix `x + y_<m` is never recomputed: a row is rolled back to the longest prefix

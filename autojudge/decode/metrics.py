@@ -1,4 +1,4 @@
-"""Decode metrics per request and aggregated (DESIGN.md §1.4).
+"""Decode metrics per request and aggregated (docs/design.md §1.4).
 
 A "cycle" is one verification pass of the target: draft proposes k tokens, the target
 checks them, n are accepted and one target token follows (so a cycle emits n + 1 tokens,

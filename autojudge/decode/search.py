@@ -1,4 +1,4 @@
-"""Semi-greedy label search (DESIGN.md §1.1): shared types and the plain reference algorithm.
+"""Semi-greedy label search (docs/design.md §1.1): shared types and the plain reference algorithm.
 
 `plain_search` is the oracle: it follows §1.1 literally, one prompt at a time, with a
 fresh `target.generate(do_sample=False)` per mismatch and no cache reuse. It is slow
@@ -141,7 +141,7 @@ def plain_search(
     with_features: bool = True,
     finished_only: bool = False,
 ) -> SearchResult:
-    """DESIGN.md §1.1 step by step: fresh greedy regeneration per mismatch, batch size 1.
+    """docs/design.md §1.1 step by step: fresh greedy regeneration per mismatch, batch size 1.
     `finished_only`: a prompt whose first response does not end within the budget gets no labels."""
     response = greedy_generate(target, prompt, budget, eos_ids, pad_token_id)
     result = SearchResult(initial_response=list(response), final_response=response, target_answer=None)

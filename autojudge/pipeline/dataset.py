@@ -6,7 +6,7 @@ states `h_target` / `h_draft` as list<float32>), `responses/*.parquet` and
 `manifest.json` (model ids, tokenizer fingerprint, hidden sizes).
 
 Rows of one prompt are strongly correlated (same problem, same response), so every
-split here is by prompt: a prompt's mismatches are all on one side (DESIGN §1.3).
+split here is by prompt: a prompt's mismatches are all on one side (docs/design.md §1.3).
 """
 
 from __future__ import annotations

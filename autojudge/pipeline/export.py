@@ -346,7 +346,7 @@ labels of one prompt are on the same side.
 
 ## How it was mined
 
-Semi-greedy search (AutoJudge, DESIGN §1.1), greedy decoding throughout. For each prompt
+Semi-greedy search (AutoJudge, docs/design.md §1.1), greedy decoding throughout. For each prompt
 the target's own greedy response `y` defines the reference answer `a*`. The draft is
 teacher-forced over `y`; at the first unvisited mismatch `m` the draft token `d_m` is
 swapped in and the target regenerates the rest greedily. If the new response reaches the

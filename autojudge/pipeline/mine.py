@@ -28,7 +28,7 @@ class MineConfig:
     """Settings of one mining job."""
 
     task: str = "toy"
-    """Task name: `toy`, `gsm8k` or `humaneval` (E of DESIGN §1.1 comes from it)."""
+    """Task name: `toy`, `gsm8k` or `humaneval` (E of docs/design.md §1.1 comes from it)."""
     instruction: str | None = None
     """Text appended to every question (None: the task's default)."""
     shots: int = 0

@@ -1,4 +1,4 @@
-"""Training the judge (DESIGN §1.3): prompt-level split, classifier, validation threshold table.
+"""Training the judge (docs/design.md §1.3): prompt-level split, classifier, validation threshold table.
 
 - Split: whole prompts go to train or validation (`dataset.split_by_prompt`).
 - `logreg` (reference): StandardScaler + logistic regression; C is chosen from a grid

@@ -1,6 +1,6 @@
 """The task interface: where prompts come from, how they are formatted, how answers compare.
 
-A task is the evaluator E of DESIGN.md §1.1: `answer(problem, response)` gives the
+A task is the evaluator E of docs/design.md §1.1: `answer(problem, response)` gives the
 reference a* of a response, and `same(problem, response, reference)` says whether
 another response reaches the same outcome. `is_correct` compares with ground truth.
 """

@@ -4,7 +4,7 @@ A record: `task_id`, `prompt` (signature + docstring), `entry_point`,
 `canonical_solution` (the body), `test` (defines `check(candidate)`). The outcome
 of a response is "pass" or "fail": the program extracted from the response, plus
 the tests and `check(entry_point)`, run in `autojudge.tasks.sandbox`. `same()`
-therefore says whether two responses have the same pass/fail outcome (DESIGN §1.1).
+therefore says whether two responses have the same pass/fail outcome (docs/design.md §1.1).
 
 Program extraction: the first fenced code block that defines the entry point (else
 the first fenced block, else the whole response). A block that defines
