@@ -19,7 +19,7 @@ counted with a forward hook on `target.base_model` (one per forward pass, any me
 
 `--draft-vocab V` decodes with the draft's reduced-vocabulary variant (`smollm2:...-v{V}`, the head
 scores only the V most frequent tokens of the target's outputs; `autojudge/draft_vocab.py`).
-`--window-table` measures the pair (`autojudge/decode/window.py`: step cost of each model on the
+`--window-table` measures the pair (`autojudge/decode/engine/window.py`: step cost of each model on the
 engine's cache path and exact-mode acceptance per position, on `--profile-prompts` prompts after the
 benchmark's own) and prints, per window, the expected tokens/s of the goodput model next to the
 engine's measured tokens/s (exact, batch 1, prefill included), and the window the model chooses.
@@ -90,7 +90,7 @@ class MethodResult:
 def count_forwards(model: Any) -> Iterator[list[int]]:
     """Count forward passes of `model` while the block runs (counter[0]): calls of its `base_model`
     (Hugging Face paths) plus calls of its lean forward (the engine's default path)."""
-    from autojudge.decode.lean import lean_decoder
+    from autojudge.decode.engine.lean import lean_decoder
 
     counter = [0]
     handle = model.base_model.register_forward_pre_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
@@ -190,8 +190,8 @@ def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list
     at `window` (None: --window; 0: plain greedy decoding on the engine's step, the draft unused).
     `lean=False` runs the models' own Hugging Face forward instead of the lean step; `pack=False` the lean
     step with every weight on `F.linear` (no oneDNN prepacked copies)."""
-    from autojudge.decode import EngineCore, RequestSettings
-    from autojudge.decode.lean import NO_PACKING, PACK_MIN_ELEMENTS, set_lean
+    from autojudge.decode.engine import EngineCore, RequestSettings
+    from autojudge.decode.engine.lean import NO_PACKING, PACK_MIN_ELEMENTS, set_lean
 
     for model in (target, draft):
         set_lean(model, lean, None if pack else NO_PACKING)
@@ -240,7 +240,7 @@ def assisted_default_kwargs(draft: Any) -> dict[str, Any]:
 
 
 def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
-    from autojudge.decode import ExactRule, TopKRule, build_rule
+    from autojudge.decode.engine import ExactRule, TopKRule, build_rule
 
     torch.set_num_threads(config.threads)
     inputs = load_models(config)
@@ -289,7 +289,7 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
             (f"{label} (batch {batch})", lambda p: run_engine(f"{label} (batch {batch})", target, draft, rule, p, config, eos, batch, window=k)),
         ]
     if config.compile:
-        from autojudge.decode.lean import compile_lean, compiled_graphs
+        from autojudge.decode.engine.lean import compile_lean, compiled_graphs
 
         start = time.perf_counter()
         for model in (target, draft):
@@ -332,8 +332,8 @@ def window_benchmark(config: BenchConfig) -> tuple[Any, list[WindowRow]]:
     prompts, the engine (exact, batch 1) timed at each window on the benchmark prompts."""
     from dataclasses import replace
 
-    from autojudge.decode import ExactRule
-    from autojudge.decode.window import measure_pair
+    from autojudge.decode.engine import ExactRule
+    from autojudge.decode.engine.window import measure_pair
 
     torch.set_num_threads(config.threads)
     inputs = load_models(replace(config, num_prompts=config.num_prompts + config.profile_prompts))

@@ -49,7 +49,7 @@ def main() -> None:
 
     import torch
 
-    from autojudge.decode import EngineCore, RequestSettings
+    from autojudge.decode.engine import EngineCore, RequestSettings
     from autojudge.models import eos_token_ids, load_pair
     from autojudge.tasks import get_task
     from autojudge.tasks.base import Problem

@@ -15,7 +15,7 @@ answer was complete ("The final answer is N" / "#### N": for Hogwild! the first 
 write one, for greedy its own text), and how many answers were right. With `--agreement`
 (cheap models only) it also measures how often a worker's greedy token equals the one a
 from-scratch forward over its view would pick (the method's approximation, see
-autojudge/decode/hogwild.py).
+autojudge/decode/hogwild/generator.py).
 
     PYTHONPATH=. python bench/hogwild.py --model toy:target --task toy --num 20 --max-new-tokens 128 --agreement
     PYTHONPATH=. python bench/hogwild.py --model smollm2:target --task gsm8k --num 4 --max-new-tokens 192
@@ -104,7 +104,7 @@ def run_greedy(model: Any, tokenizer: Any, task: Any, problem: Any, config: Benc
                result: MethodResult) -> None:
     """transformers `generate`, batch 1, on the plain task prompt; the answer time is the time to the end of
     the text (the answer comes last)."""
-    from autojudge.decode.hogwild import marked_final_answer
+    from autojudge.decode.hogwild.generator import marked_final_answer
 
     ids = tokenizer(task.render_prompt(problem, tokenizer), add_special_tokens=False, return_tensors="pt").input_ids
     started = time.perf_counter()
@@ -147,7 +147,7 @@ def run_hogwild(generator: Any, model: Any, tokenizer: Any, task: Any, problem: 
 def _measure_agreement(model: Any, generator: Any, prompt: list[int], result: MethodResult) -> None:
     """Replay the generation step by step and count steps where each worker's greedy token equals the
     argmax of a from-scratch forward over its view (untimed)."""
-    from autojudge.decode.hogwild import Feed, SharedCache, forward_feeds, worker_header
+    from autojudge.decode.hogwild.generator import Feed, SharedCache, forward_feeds, worker_header
 
     cache = SharedCache(generator.decoder)
     prompt_block = cache.add_block("prompt")
@@ -178,7 +178,7 @@ def _truth(problem: Any) -> str | None:
 
 
 def run(config: BenchConfig) -> list[dict[str, Any]]:
-    from autojudge.decode.hogwild import HogwildConfig, HogwildGenerator
+    from autojudge.decode.hogwild.generator import HogwildConfig, HogwildGenerator
     from autojudge.models import eos_token_ids, load_model, load_tokenizer
     from autojudge.tasks import build_task
 

@@ -59,7 +59,7 @@ def straightforward_search(target: Any, draft: Any, prompt: list[int], evaluator
     import torch
     from transformers import GenerationConfig
 
-    from autojudge.decode.search import Label, SearchResult
+    from autojudge.decode.mining.search import Label, SearchResult
 
     device = next(target.parameters()).device
 
@@ -135,7 +135,7 @@ def straightforward_search(target: Any, draft: Any, prompt: list[int], evaluator
 def run_straightforward(pair: Any, task: Any, problems: list[Any], args: argparse.Namespace) -> dict[str, Any]:
     """The straightforward baseline over `problems`, rows as the mining worker writes them."""
     from autojudge.actors.miner import prepare_prompt, result_rows
-    from autojudge.decode.search import TaskEvaluator
+    from autojudge.decode.mining.search import TaskEvaluator
     from autojudge.models import eos_token_ids, model_context
 
     tokenizer = pair.tokenizer
@@ -190,7 +190,7 @@ def run_whole_command(args: argparse.Namespace, out: str, batch_size: int | None
 
 def run_in_process(pair: Any, task: Any, problems: list[Any], args: argparse.Namespace, method: str) -> dict[str, Any]:
     from autojudge.actors.miner import MiningWorker
-    from autojudge.decode.lookahead import LookaheadSettings
+    from autojudge.decode.mining.lookahead import LookaheadSettings
 
     if method == "straightforward":
         return run_straightforward(pair, task, problems, args)

@@ -41,7 +41,7 @@ def main() -> None:
 
     import torch
 
-    from autojudge.decode.core import EngineCore, RequestSettings
+    from autojudge.decode.engine.core import EngineCore, RequestSettings
     from autojudge.models import load_model, load_tokenizer
     from autojudge.tasks import build_task
     from autojudge.tasks.gsm8k import load_problems, shared_gsm8k_file

@@ -191,7 +191,7 @@ def engine_level(config: BenchConfig, questions: list[str], concurrency: int, ma
     soon as one finishes. Returns (tokens/s, rows per cycle) for the same request count as a level."""
     import torch
 
-    from autojudge.decode.core import EngineCore, RequestSettings
+    from autojudge.decode.engine.core import EngineCore, RequestSettings
     from autojudge.models import load_pair
 
     torch.set_num_threads(config.threads)

@@ -25,7 +25,7 @@ def main() -> None:
 
     import torch
 
-    from autojudge.decode.cache import RowKVCache, forward_rows
+    from autojudge.decode.engine.cache import RowKVCache, forward_rows
     from autojudge.models import load_model
 
     torch.set_num_threads(1)

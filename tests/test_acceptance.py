@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autojudge.decode.acceptance import ExactRule, JudgeRule, TopKRule, accepted_lengths, build_rule
-from autojudge.decode.cache import RowOutput
-from autojudge.decode.core import Proposal, Request, RequestSettings, accept, emit
-from autojudge.decode.metrics import RequestMetrics, aggregate
+from autojudge.decode.engine.acceptance import ExactRule, JudgeRule, TopKRule, accepted_lengths, build_rule
+from autojudge.decode.engine.cache import RowOutput
+from autojudge.decode.engine.core import Proposal, Request, RequestSettings, accept, emit
+from autojudge.decode.engine.metrics import RequestMetrics, aggregate
 
 
 def logits_from_ranking(rankings: list[list[list[int]]], vocab: int = 8) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from autojudge.decode.acceptance import MODES, ProbRule, TypicalRule, accepted_lengths, build_rule, draft_token_probs
+from autojudge.decode.engine.acceptance import MODES, ProbRule, TypicalRule, accepted_lengths, build_rule, draft_token_probs
 
 
 def logits_from_probs(rows: list[list[list[float]]]) -> torch.Tensor:
@@ -92,7 +92,7 @@ def fly_logits(argmax: list[int], uncertain: list[bool], vocab: int = 6) -> torc
 
 
 def test_top3_entropy_is_the_authors_measure():
-    from autojudge.decode.acceptance import top3_entropy
+    from autojudge.decode.engine.acceptance import top3_entropy
 
     logits = fly_logits([0, 0], [False, True])
     probs = torch.softmax(logits.double(), -1)[0]
@@ -103,7 +103,7 @@ def test_top3_entropy_is_the_authors_measure():
 
 
 def test_fly_accepts_an_uncertain_mismatch_once_the_following_draft_tokens_match():
-    from autojudge.decode.acceptance import FlyRule
+    from autojudge.decode.engine.acceptance import FlyRule
 
     rule = FlyRule(entropy=0.3, window=3)
     target = [1, 2, 3, 4, 5, 1, 2, 3]
@@ -121,7 +121,7 @@ def test_fly_accepts_an_uncertain_mismatch_once_the_following_draft_tokens_match
 
 
 def test_fly_rejects_a_mismatch_where_the_target_is_certain():
-    from autojudge.decode.acceptance import FlyRule
+    from autojudge.decode.engine.acceptance import FlyRule
 
     target = [1, 2, 3, 4, 5, 1, 2, 3]
     certain_at_1 = fly_logits(target, [True, False, True, True, True, True, True, True])
@@ -131,7 +131,7 @@ def test_fly_rejects_a_mismatch_where_the_target_is_certain():
 
 
 def test_fly_defers_the_decision_to_verified_tokens_only():
-    from autojudge.decode.acceptance import FlyRule
+    from autojudge.decode.engine.acceptance import FlyRule
 
     rule = FlyRule(entropy=0.3, window=3)
     target = [1, 2, 3, 4, 5, 1]
@@ -148,7 +148,7 @@ def test_fly_defers_the_decision_to_verified_tokens_only():
 
 
 def test_fly_parameters_are_checked_and_the_mode_is_built():
-    from autojudge.decode.acceptance import FlyRule
+    from autojudge.decode.engine.acceptance import FlyRule
 
     assert "fly" in MODES
     rule = build_rule("fly", fly_entropy=0.5, fly_window=4)
@@ -162,7 +162,7 @@ def test_the_torch_free_copies_of_the_rule_defaults_agree():
     """`commands` (argparse, no torch), `RunConfig` and `ReplicaConfig` repeat FLy's defaults and the mode names."""
     from autojudge.actors.server import ReplicaConfig
     from autojudge.commands import FLY_ENTROPY, FLY_WINDOW, RULE_MODES
-    from autojudge.decode import acceptance
+    from autojudge.decode.engine import acceptance
     from autojudge.pipeline.run import RunConfig
 
     assert RULE_MODES == acceptance.MODES

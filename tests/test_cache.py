@@ -1,11 +1,11 @@
-"""The per-row-slot KV cache and its batched forward (autojudge/decode/cache.py)."""
+"""The per-row-slot KV cache and its batched forward (autojudge/decode/engine/cache.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from autojudge.decode.cache import CacheLayoutError, RowKVCache, forward_groups, forward_rows, group_by_length
+from autojudge.decode.engine.cache import CacheLayoutError, RowKVCache, forward_groups, forward_rows, group_by_length
 from autojudge.testing import tiny_model
 
 torch.set_num_threads(1)

@@ -17,7 +17,7 @@ HAVE_WEIGHTS = all(
 
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason="toy weights not trained yet (autojudge/toy/weights/*/model.safetensors)")
 def test_exact_equals_greedy_on_the_toy_pair():
-    from autojudge.decode import EngineCore, RequestSettings
+    from autojudge.decode.engine import EngineCore, RequestSettings
     from autojudge.models import load_pair
     from autojudge.tasks import get_task
     from autojudge.tasks.base import Problem

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autojudge.decode import EngineCore, RequestSettings, RowKVCache, forward_rows
+from autojudge.decode.engine import EngineCore, RequestSettings, RowKVCache, forward_rows
 from autojudge.draft_vocab import ReducedHead, apply_draft_vocab, coverage, select_draft_vocab, write_draft_vocab
 from autojudge.testing import greedy_reference, noisy_copy, tiny_model
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autojudge.decode import EngineCore, ExactRule, JudgeRule, RequestSettings, TopKRule
+from autojudge.decode.engine import EngineCore, ExactRule, JudgeRule, RequestSettings, TopKRule
 from autojudge.testing import greedy_reference, noisy_copy, tiny_model
 
 torch.set_num_threads(1)
@@ -203,7 +203,7 @@ def test_bad_requests_are_refused_and_leave_the_engine_usable():
 
 
 def test_training_free_rules_per_request_in_a_mixed_batch():
-    from autojudge.decode.acceptance import ProbRule, TypicalRule
+    from autojudge.decode.engine.acceptance import ProbRule, TypicalRule
 
     target, draft = pair("llama")
     engine = EngineCore(target, draft, eos_token_ids=[], default_window=4)

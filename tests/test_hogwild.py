@@ -1,4 +1,4 @@
-"""Hogwild! inference (autojudge/decode/hogwild.py): exactness of the shared block cache, the generation loop, the CLI.
+"""Hogwild! inference (autojudge/decode/hogwild/generator.py): exactness of the shared block cache, the generation loop, the CLI.
 
 What "exact" can mean here. Each token's keys/values are computed once, in the view of
 the worker that fed it, and reused in every other view (that is the method). So:
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autojudge.decode.hogwild import (
+from autojudge.decode.hogwild.generator import (
     Feed,
     HogwildConfig,
     HogwildGenerator,

@@ -118,7 +118,7 @@ def test_every_module_has_a_place():
 
 def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert layer("autojudge.decode.core") == "decode" and LAYERS.index("decode") > LAYERS.index("pipeline")
+    assert layer("autojudge.decode.engine.core") == "decode" and LAYERS.index("decode") > LAYERS.index("pipeline")
 
 
 def test_no_test_module_imports_another():

@@ -1,13 +1,13 @@
-"""The lean forward (autojudge/decode/lean.py) computes what the model's own forward does."""
+"""The lean forward (autojudge/decode/engine/lean.py) computes what the model's own forward does."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from autojudge.decode.cache import RowKVCache, forward_rows
-from autojudge.decode.core import EngineCore, RequestSettings
-from autojudge.decode.lean import compile_lean, compiled_graphs, lean_decoder, lean_unsupported_reason, set_lean
+from autojudge.decode.engine.cache import RowKVCache, forward_rows
+from autojudge.decode.engine.core import EngineCore, RequestSettings
+from autojudge.decode.engine.lean import compile_lean, compiled_graphs, lean_decoder, lean_unsupported_reason, set_lean
 from autojudge.testing import greedy_reference, noisy_copy, tiny_model
 
 torch.set_num_threads(1)
@@ -141,7 +141,7 @@ def test_a_model_with_prepacked_weights_can_be_copied_and_pickled():
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_prefix_attention_equals_attention_over_each_rows_cache(dtype, tolerance):
     """Reading a shared prefix once for every row gives each row's own attention over its whole cache."""
-    from autojudge.decode.lean import prefix_attention
+    from autojudge.decode.engine.lean import prefix_attention
 
     g = torch.Generator().manual_seed(0)
     b, heads, kv_heads, c, d, prefix, rest = 3, 6, 2, 4, 8, 11, 7
@@ -171,7 +171,7 @@ def test_engine_with_a_shared_prefix_equals_greedy_generate(monkeypatch):
     header = [1, 9, 8, 7, 6, 5, 4, 3, 12, 13, 14, 15]
     prompts = [header + tail for tail in ([20, 21], [22], [23, 24, 25], [26, 27])] + [header[:4] + [30]]
     reference = greedy_reference(target, prompts, 16)
-    import autojudge.decode.lean as lean
+    import autojudge.decode.engine.lean as lean
 
     calls = []
     original = lean.prefix_attention
@@ -184,7 +184,7 @@ def test_engine_with_a_shared_prefix_equals_greedy_generate(monkeypatch):
 
 def test_attention_with_lse_matches_attention_and_logsumexp():
     """The unfused fallback (devices without the CPU kernel that returns the log-sum-exp)."""
-    from autojudge.decode.lean import _attention_with_lse
+    from autojudge.decode.engine.lean import _attention_with_lse
 
     g = torch.Generator().manual_seed(1)
     q, k, v = torch.randn(2, 6, 3, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g)

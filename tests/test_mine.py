@@ -18,8 +18,8 @@ import torch
 from autojudge.testing import noisy_copy, tiny_model
 from autojudge.pipeline import shards
 from autojudge.pipeline.mine import MineConfig, mine
-from autojudge.decode.search import plain_search
-from autojudge.decode.lookahead import BatchedSearcher, SearchJob, realign, LookaheadSettings
+from autojudge.decode.mining.search import plain_search
+from autojudge.decode.mining.lookahead import BatchedSearcher, SearchJob, realign, LookaheadSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_TOKENIZER = REPO / "autojudge" / "toy" / "weights" / "target"

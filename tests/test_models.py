@@ -66,7 +66,7 @@ def test_a_dtype_suffix_loads_the_model_in_that_dtype_and_exact_decoding_stays_e
     greedy `generate` of the target."""
     import torch
 
-    from autojudge.decode import EngineCore, RequestSettings
+    from autojudge.decode.engine import EngineCore, RequestSettings
     from autojudge.testing import greedy_reference
 
     assert resolve_spec("toy:draft@bf16") == resolve_spec("toy:draft")

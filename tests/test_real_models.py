@@ -45,7 +45,7 @@ def test_count_cycles():
 
 
 def test_greedy_prefix_stops_at_a_mismatch_and_after_a_stop_token():
-    from autojudge.decode.acceptance import greedy_prefix
+    from autojudge.decode.engine.acceptance import greedy_prefix
 
     assert greedy_prefix([5, 6, 7], [5, 6, 8]) == 2
     assert greedy_prefix([5, 2, 7], [5, 2, 7], stop_tokens={2}) == 2
@@ -142,7 +142,7 @@ def test_pair_shares_the_tokenizer_and_chat_template(pair):
 
 @pytest.mark.slow
 def test_exact_decode_equals_greedy_generate(pair):
-    from autojudge.decode import EngineCore, RequestSettings, aggregate
+    from autojudge.decode.engine import EngineCore, RequestSettings, aggregate
 
     tokenizer = pair.tokenizer
     prompts = gsm8k_prompts(tokenizer, 4)
@@ -216,7 +216,7 @@ def test_real_model_code_answers_are_judged_by_running_tests(pair):
 def test_exact_decode_with_a_reduced_vocabulary_draft_equals_greedy_generate(pair):
     import copy
 
-    from autojudge.decode import EngineCore, RequestSettings
+    from autojudge.decode.engine import EngineCore, RequestSettings
     from autojudge.draft_vocab import apply_draft_vocab, select_draft_vocab
     from autojudge.models import eos_token_ids
     from autojudge.real.data import default_gsm8k

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autojudge.decode.window import PairCosts, best_window, cycle_of, expected_tokens, measure_pair, window_table
+from autojudge.decode.engine.window import PairCosts, best_window, cycle_of, expected_tokens, measure_pair, window_table
 from autojudge.testing import noisy_copy, tiny_model
 
 torch.set_num_threads(1)

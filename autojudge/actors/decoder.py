@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from autojudge.decode.acceptance import FLY_ENTROPY, FLY_WINDOW
+from autojudge.decode.engine.acceptance import FLY_ENTROPY, FLY_WINDOW
 from autojudge.errors import InputError
 
 
@@ -101,7 +101,7 @@ def load_decode_state(config: DecodeStageConfig, num_gpus: float = 0.0) -> Decod
 
     import torch
 
-    from autojudge.decode import EngineCore, RequestSettings
+    from autojudge.decode.engine import EngineCore, RequestSettings
     from autojudge.models import load_pair
     from autojudge.tasks import get_task
 

@@ -83,7 +83,7 @@ def load_engine(config: EngineConfig) -> tuple[Callable[[], Any], dict[str, Any]
     replica needs to know of it (context length, accepted token ids, judge defaults, window)."""
     import torch
 
-    from autojudge.decode.core import EngineCore
+    from autojudge.decode.engine.core import EngineCore
     from autojudge.judge import Judge, default_window
     from autojudge.models import load_pair
 

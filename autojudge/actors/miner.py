@@ -2,8 +2,8 @@
 
 `MiningWorker` is the per-replica work (no Ray): the pair and the task are loaded once; each
 `mine(problems)` call tokenizes and checks the prompts (an unusable one becomes an error row,
-never a failed call), runs the semi-greedy search (`decode/lookahead.py`, or the reference
-`decode/search.py` for method "plain") and returns plain label and response rows. The driver
+never a failed call), runs the semi-greedy search (`decode/mining/lookahead.py`, or the reference
+`decode/mining/search.py` for method "plain") and returns plain label and response rows. The driver
 (`pipeline/mine.py`) writes them as shards, in-process (`workers=0`) or through `MinerActor`.
 
 `MinerActor` is thin Ray glue over a `MiningWorker`: the actor is threaded
@@ -111,12 +111,12 @@ class MiningWorker:
         self, pair: Any, task: Any, max_new_tokens: int, batch_size: int = 64, method: str = "fast", lookahead: Any = None,
         finished_only: bool = False,
     ) -> None:
-        """lookahead: `decode.lookahead.LookaheadSettings` of the fast search (None: its defaults); finished_only:
+        """lookahead: `decode.mining.lookahead.LookaheadSettings` of the fast search (None: its defaults); finished_only:
         a problem whose target answer does not end within the budget is not mined (its response row says so)."""
         import queue
         import threading
 
-        from autojudge.decode.lookahead import BatchedSearcher
+        from autojudge.decode.mining.lookahead import BatchedSearcher
         from autojudge.models import eos_token_ids, model_context
 
         if method not in ("fast", "plain"):
@@ -160,7 +160,7 @@ class MiningWorker:
 
     def close(self) -> None:
         """Stop the search loop once the searches in flight are done."""
-        from autojudge.decode.lookahead import END_OF_JOBS
+        from autojudge.decode.mining.lookahead import END_OF_JOBS
 
         if self.thread.is_alive():
             self.jobs.put(END_OF_JOBS)
@@ -185,7 +185,7 @@ class MiningWorker:
 
     def _plain(self, item: PreparedPrompt) -> Any:
         """The reference algorithm on one prompt (its failure is its result)."""
-        from autojudge.decode.search import TaskEvaluator, plain_search
+        from autojudge.decode.mining.search import TaskEvaluator, plain_search
 
         evaluator = TaskEvaluator(self.task, item.problem, self.pair.tokenizer)
         try:
@@ -196,8 +196,8 @@ class MiningWorker:
 
     def _fast(self, prepared: list[PreparedPrompt], runnable: list[int]) -> dict[int, Any]:
         """Queue the runnable prompts on the search loop and wait for them."""
-        from autojudge.decode.lookahead import SearchJob
-        from autojudge.decode.search import TaskEvaluator
+        from autojudge.decode.mining.lookahead import SearchJob
+        from autojudge.decode.mining.search import TaskEvaluator
 
         tokenizer = self.pair.tokenizer
         collector = _Collector(len(runnable))

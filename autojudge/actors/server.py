@@ -52,8 +52,8 @@ from autojudge.actors.openai_api import (
     sse,
 )
 from autojudge.actors.engine_process import EngineConfig, EngineProcess
-from autojudge.decode.acceptance import MODES
-from autojudge.decode.core import RequestSettings
+from autojudge.decode.engine.acceptance import MODES
+from autojudge.decode.engine.core import RequestSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ReplicaConfig:
     top_k: int = 4
     """K of mode topk."""
     fly_window: int = 6
-    """Mode fly: the mismatch plus the draft tokens after it that must match (`decode.acceptance.FLY_WINDOW`)."""
+    """Mode fly: the mismatch plus the draft tokens after it that must match (`decode.engine.acceptance.FLY_WINDOW`)."""
     window: int | None = None
     """Default draft tokens per cycle (None: the judge's window, else 8)."""
     max_batch: int = 32

@@ -3,9 +3,9 @@
 from typing import Any
 
 RULE_MODES = ("exact", "topk", "autojudge", "typical", "prob", "fly")
-"""The acceptance rules a command may name (`decode.acceptance.MODES`; kept here so `--help` needs no torch)."""
+"""The acceptance rules a command may name (`decode.engine.acceptance.MODES`; kept here so `--help` needs no torch)."""
 FLY_ENTROPY, FLY_WINDOW = 0.3, 6
-"""FLy's defaults (`decode.acceptance.FLY_ENTROPY`, `FLY_WINDOW`): the authors' shipped config."""
+"""FLy's defaults (`decode.engine.acceptance.FLY_ENTROPY`, `FLY_WINDOW`): the authors' shipped config."""
 
 
 def add_rule_arguments(parser: Any, default_window_help: str = "the judge's window in mode autojudge, else 8") -> None:

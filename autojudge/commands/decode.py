@@ -63,8 +63,8 @@ def window_option(text: str) -> int | str:
 
 
 def auto_window(engine: Any, prompts: list[list[int]], max_new_tokens: int, rule: Any) -> int:
-    """The window with the highest expected tokens/s for the engine's pair (`decode.window`), printed with its table."""
-    from autojudge.decode.window import measure_pair
+    """The window with the highest expected tokens/s for the engine's pair (`decode.engine.window`), printed with its table."""
+    from autojudge.decode.engine.window import measure_pair
 
     profile = measure_pair(
         engine.target, engine.draft, prompts[:AUTO_WINDOW_PROMPTS], window=AUTO_WINDOW_MAX,
@@ -82,7 +82,7 @@ def auto_window(engine: Any, prompts: list[list[int]], max_new_tokens: int, rule
 
 def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
     """(acceptance rule of --mode, judge or None); loads and checks the judge for mode autojudge."""
-    from autojudge.decode import build_rule
+    from autojudge.decode.engine import build_rule
     from autojudge.tasks import InputError
 
     if args.mode != "autojudge":
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         check_judge_for_specs(Judge.load(args.judge), args.target, args.draft, args.same_pair)
     import torch
 
-    from autojudge.decode import EngineCore, RequestSettings, aggregate
+    from autojudge.decode.engine import EngineCore, RequestSettings, aggregate
     from autojudge.models import ModelPairError, load_pair
 
     if args.threads:

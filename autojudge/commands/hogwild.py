@@ -72,7 +72,7 @@ def check_args(args: argparse.Namespace) -> Any:
     """Everything that can be refused before a model loads (autojudge.checks), as the other commands
     do; returns the checked HogwildConfig."""
     from autojudge import checks
-    from autojudge.decode.hogwild import HogwildConfig
+    from autojudge.decode.hogwild.generator import HogwildConfig
 
     checks.check_options(args, at_least_1=["limit", "check_every"], threads=["threads"])  # workers, budget: validate()
     config = HogwildConfig(
@@ -89,7 +89,7 @@ def check_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     config = check_args(args)  # before the heavy imports and any work
     from autojudge import checks
-    from autojudge.decode.hogwild import render_prompt
+    from autojudge.decode.hogwild.generator import render_prompt
     from autojudge.models import load_tokenizer
     from autojudge.tasks import InputError, build_task, write_jsonl
 
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     checks.check_within_context([("--max-new-tokens", args.max_new_tokens)], context)
     import torch
 
-    from autojudge.decode.hogwild import HogwildGenerator, marked_final_answer
+    from autojudge.decode.hogwild.generator import HogwildGenerator, marked_final_answer
     from autojudge.models import eos_token_ids, load_model
 
     if args.threads:

@@ -71,7 +71,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Every option, the pair's tokenizers, the judge (and that it fits the pair) and the cluster
     address, before Ray or any model starts."""
     from autojudge import checks
-    from autojudge.decode.acceptance import MODES
+    from autojudge.decode.engine.acceptance import MODES
     from autojudge.ray_utils import check_cluster_address
 
     checks.check_options(args, at_least_1=["max_batch", "num_replicas", "max_tokens", "threads", "top_k",

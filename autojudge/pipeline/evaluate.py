@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from autojudge.decode.acceptance import FLY_WINDOW
+from autojudge.decode.engine.acceptance import FLY_WINDOW
 from autojudge.tasks.base import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def decode_problems(
 
 def _mean_accepted_length(metrics: Sequence[Any]) -> float:
     """Mean draft tokens accepted per cycle over requests (without the target's own token)."""
-    from autojudge.decode.metrics import aggregate
+    from autojudge.decode.engine.metrics import aggregate
 
     return float(aggregate(list(metrics)).mean_accepted)
 
@@ -162,8 +162,8 @@ def evaluate_setting(
     judge: Any = None, reference_answers: Sequence[Any] | None = None, progress: Callable[[int], None] | None = None,
 ) -> SettingResult:
     """Decode `problems` with one mode/parameter and score the outputs."""
-    from autojudge.decode.acceptance import build_rule
-    from autojudge.decode.core import EngineCore, RequestSettings
+    from autojudge.decode.engine.acceptance import build_rule
+    from autojudge.decode.engine.core import EngineCore, RequestSettings
 
     if mode == "topk":
         rule = build_rule("topk", top_k=int(param))  # type: ignore[arg-type]

@@ -128,7 +128,7 @@ class RunConfig:
     fly_entropies: tuple[float, ...] = ()
     """Entropy thresholds (nats) of the training-free FLy baseline on the test curve (() = not run)."""
     fly_window: int = 6
-    """FLy's window (`decode.acceptance.FLY_WINDOW`): the mismatch plus the draft tokens after it that must match."""
+    """FLy's window (`decode.engine.acceptance.FLY_WINDOW`): the mismatch plus the draft tokens after it that must match."""
     extra_judges: tuple[str, ...] = ()
     """Other judges trained on the same labels and put on the test curve, as "model:features"
     (e.g. "lightgbm:DD-DT", "logreg:DT"), each on a short tau sweep."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from autojudge.decode.acceptance import greedy_prefix
+from autojudge.decode.engine.acceptance import greedy_prefix
 
 
 @dataclass

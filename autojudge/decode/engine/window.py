@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from autojudge.decode.cache import RowKVCache, forward_rows
+from autojudge.decode.engine.cache import RowKVCache, forward_rows
 
 
 @dataclass(frozen=True)
@@ -187,8 +187,8 @@ def measure_pair(
     forwards do not explain), and plain greedy decoding (window 0) of the first prompt for the overhead of a
     greedy cycle. Positions verified in fewer than `min_samples` cycles are left out of the profile (its last
     entry stands for them), except the first."""
-    from autojudge.decode.acceptance import ExactRule
-    from autojudge.decode.core import EngineCore, RequestSettings
+    from autojudge.decode.engine.acceptance import ExactRule
+    from autojudge.decode.engine.core import EngineCore, RequestSettings
 
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")

@@ -27,9 +27,9 @@ from typing import Any, Callable, Generator, Hashable, Iterator, Sequence
 
 import torch
 
-from autojudge.decode.acceptance import greedy_prefix
-from autojudge.decode.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_rows, group_by_length
-from autojudge.decode.search import Evaluator, Label, SearchResult, unfinished
+from autojudge.decode.engine.acceptance import greedy_prefix
+from autojudge.decode.engine.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_rows, group_by_length
+from autojudge.decode.mining.search import Evaluator, Label, SearchResult, unfinished
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
-from autojudge.decode.lean import lean_decoder, write_and_read_rows
+from autojudge.decode.engine.lean import lean_decoder, write_and_read_rows
 
 
 class CacheLayoutError(RuntimeError):

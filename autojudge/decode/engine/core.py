@@ -33,10 +33,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from autojudge.decode.acceptance import FLY_WINDOW, AcceptanceRule, ExactRule, accepted_lengths, build_rule, greedy_prefix
-from autojudge.decode.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_groups
-from autojudge.decode.lean import compile_lean
-from autojudge.decode.metrics import RequestMetrics
+from autojudge.decode.engine.acceptance import FLY_WINDOW, AcceptanceRule, ExactRule, accepted_lengths, build_rule, greedy_prefix
+from autojudge.decode.engine.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_groups
+from autojudge.decode.engine.lean import compile_lean
+from autojudge.decode.engine.metrics import RequestMetrics
 
 
 @dataclass(frozen=True)
