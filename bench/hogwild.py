@@ -147,7 +147,8 @@ def run_hogwild(generator: Any, model: Any, tokenizer: Any, task: Any, problem: 
 def _measure_agreement(model: Any, generator: Any, prompt: list[int], result: MethodResult) -> None:
     """Replay the generation step by step and count steps where each worker's greedy token equals the
     argmax of a from-scratch forward over its view (untimed)."""
-    from autojudge.decode.hogwild.generator import Feed, SharedCache, forward_feeds, worker_header
+    from autojudge.decode.hogwild.blocks import Feed, SharedCache, forward_feeds
+    from autojudge.decode.hogwild.generator import worker_header
 
     cache = SharedCache(generator.decoder)
     prompt_block = cache.add_block("prompt")

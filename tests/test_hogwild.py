@@ -1,4 +1,4 @@
-"""Hogwild! inference (autojudge/decode/hogwild/generator.py): exactness of the shared block cache, the generation loop, the CLI.
+"""Hogwild! inference (autojudge/decode/hogwild/): exactness of the shared block cache, the generation loop, the CLI.
 
 What "exact" can mean here. Each token's keys/values are computed once, in the view of
 the worker that fed it, and reused in every other view (that is the method). So:
@@ -24,17 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autojudge.decode.hogwild.generator import (
-    Feed,
-    HogwildConfig,
-    HogwildGenerator,
-    RopeDecoder,
-    SharedCache,
-    UnsupportedModelError,
-    check_supported,
-    forward_feeds,
-    marked_final_answer,
-)
+from autojudge.decode.hogwild.blocks import Feed, SharedCache, UnsupportedModelError, check_supported, forward_feeds, hogwild_decoder
+from autojudge.decode.hogwild.generator import HogwildConfig, HogwildGenerator, marked_final_answer
 from autojudge.errors import InputError
 
 torch.set_num_threads(1)
@@ -100,7 +91,7 @@ def laid_out_logits(model, cache: SharedCache, view: list[int]) -> torch.Tensor:
 def run_workers(model, workers: int, steps: int, finish_early: dict[int, int], reference, atol: float = 1e-4) -> int:
     """Drive `workers` workers greedily for `steps` steps (worker w stops after step finish_early[w]) and
     compare every active worker's logits with `reference` at every step. Returns the number of comparisons."""
-    cache = SharedCache(RopeDecoder.wrap(model))
+    cache = SharedCache(hogwild_decoder(model))
     prompt = cache.add_block("prompt")
     blocks = [cache.add_block(f"w{i}") for i in range(workers)]
     views = {b: [prompt] + [o for o in blocks if o != b] + [b] for b in blocks}

@@ -4,7 +4,9 @@
   lean Llama-family forward, the acceptance rules, the window model and the metrics.
 - `mining`: the semi-greedy label search (docs/design.md §1.1), the plain reference and the fast
   lossless lookahead search; it runs its forwards on the engine's cache.
-- `hogwild`: Hogwild! inference, several workers of one model over one shared block cache.
+- `hogwild`: Hogwild! inference, several workers of one model over one shared block cache, on the
+  engine's lean forward.
 
-`mining` imports `engine`; `engine` imports neither of the others.
+`mining` and `hogwild` may import `engine`; `engine` imports neither, and they do not import each
+other (tests/test_layout.py).
 """

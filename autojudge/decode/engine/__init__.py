@@ -1,8 +1,8 @@
 """The speculative decoding engine: draft k tokens, verify them in one target forward, accept, roll back.
 
 - `cache`: `RowKVCache` (one static slot per row) and `forward_rows` (one batched forward).
-- `lean`: `LeanDecoder`, the hand-written forward of Llama-family decoders,
-  and `lean_unsupported_reason` (which models it supports).
+- `lean`: `LeanDecoder`, the hand-written forward of Llama-family decoders (the one in the package),
+  and `lean_unsupported_reason`, the one check of which models it supports.
 - `acceptance`: the rules (`ExactRule`, `TopKRule`, `JudgeRule`, `build_rule`) -> bool mask `[batch, k]`,
   and `accepted_lengths` / `greedy_prefix`, the one greedy-acceptance reduction.
 - `core`: `EngineCore` (`add_request` / `step` / `abort`, continuous batching; `generate` loops over it).

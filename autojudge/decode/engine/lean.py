@@ -27,9 +27,18 @@ model's own `base_model` forward with fewer operators:
   pair's) keep `F.linear`, which is faster there.
 
 Supported: decoders whose layers are Llama's (Llama, Mistral without sliding windows,
-Qwen2 with its q/k/v biases): SiLU-gated MLP without biases, RMSNorm, rotary positions with
-static frequencies. Anything else (`lean_decoder` returns None) runs the model's own forward.
+Qwen2 with its q/k/v biases): SiLU-gated MLP without biases, RMSNorm, rotary positions that
+are a fixed rotation per position (`FIXED_ROPE_TYPES`), full attention in every layer.
+`lean_unsupported_reason` is the package's one check of that; anything else (`lean_decoder`
+returns None) runs the model's own forward in the engine, and Hogwild! refuses it.
 `set_lean(model, False)` turns it off for one model (benchmarks compare both).
+
+This is the package's one hand-written Llama-family forward. `LeanDecoder.decode_layers` runs
+embeddings, decoder layers and final norm with the attention of each layer left to a callback
+(`Attend`: it gets the layer's q/k stacked before rotation and its v, places the keys/values in
+its cache and returns the attention output). The engine's forward over the per-row cache
+(`eager_forward`) is one such callback; Hogwild!'s shared block cache (`decode/hogwild/blocks.py`)
+is another.
 
 `compile_lean(model)` (optional, the `--compile` path) wraps the decoder's forward in
 `torch.compile(dynamic=True)`; the chunk and cache lengths vary per call, so shapes are
@@ -47,6 +56,14 @@ import torch.nn.functional as F
 
 LEAN_MODEL_TYPES = ("llama", "mistral", "qwen2")
 """`config.model_type` values whose decoder layers the lean forward reproduces."""
+FIXED_ROPE_TYPES = ("default", "linear", "llama3")
+"""RoPE variants whose rotation is a fixed function of the position (no re-scaling by sequence length,
+as `dynamic` and `longrope` do): a position's cos/sin come from one table, and a rotation by a + b is
+a rotation by a then by b (what Hogwild!'s block offsets rely on)."""
+
+Attend = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""One layer's attention for `LeanDecoder.decode_layers`: (layer index, q and k stacked before rotation
+`[b, heads + kv_heads, C, d]`, v `[b, kv_heads, C, d]`) -> attention output `[b, heads, C, d]`."""
 
 
 PACK_MIN_ELEMENTS = 1 << 18
@@ -125,10 +142,13 @@ class LeanLayer:
 
 
 def lean_unsupported_reason(model: Any) -> str | None:
-    """Why `model` cannot use the lean forward, or None when it can."""
-    config = model.config
-    if getattr(config, "model_type", None) not in LEAN_MODEL_TYPES:
-        return f"model type {getattr(config, 'model_type', None)!r} is not one of {LEAN_MODEL_TYPES}"
+    """Why `model` cannot use the lean forward, or None when it can (the package's one check of which
+    models its hand-written forward computes: the engine's lean step and Hogwild! both ask it)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in LEAN_MODEL_TYPES:
+        return (f"model type {model_type!r} is not one of {LEAN_MODEL_TYPES}"
+                + (" (learned absolute positions, no rotary embedding)" if model_type == "gpt2" else ""))
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"activation {config.hidden_act!r} is not silu"
     if getattr(config, "mlp_bias", False):
@@ -137,10 +157,20 @@ def lean_unsupported_reason(model: Any) -> str | None:
     layer = base.layers[0]
     if getattr(layer.self_attn.o_proj, "bias", None) is not None:
         return "an attention output bias"
-    if getattr(base.rotary_emb, "rope_type", "default") == "dynamic":
-        return "dynamic rotary scaling"
-    if getattr(layer.self_attn, "sliding_window", None):
-        return "sliding-window attention"
+    rope_types = {(getattr(config, "rope_parameters", None) or {}).get("rope_type", "default"),
+                  getattr(base.rotary_emb, "rope_type", "default")}  # the config's and the module's
+    unsupported = sorted(rope_types - set(FIXED_ROPE_TYPES))
+    if unsupported:
+        return f"RoPE type {unsupported[0]!r} is not a fixed rotation per position (supported: {', '.join(FIXED_ROPE_TYPES)})"
+    layer_types = getattr(config, "layer_types", None) or []
+    sliding = (
+        any(kind != "full_attention" for kind in layer_types)
+        or (getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
+        or (model_type == "mistral" and getattr(config, "sliding_window", None))  # Mistral has no use_sliding_window
+        or any(getattr(each.self_attn, "sliding_window", None) for each in base.layers)
+    )
+    if sliding:
+        return "sliding-window attention layers"
     return None
 
 
@@ -153,6 +183,13 @@ def _stack(weights: list[torch.Tensor]) -> torch.Tensor:
         weight.data = stacked[offset : offset + rows]
         offset += rows
     return stacked
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE: `x` `[b, heads, C, d]` rotated by the angles whose cos/sin `[b, 1, C, d]` are given
+    (`LeanDecoder.rotation`; transformers' `apply_rotary_pos_emb`)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 def write_and_read_rows(
@@ -192,6 +229,8 @@ class LeanDecoder:
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scaling = self.head_dim**-0.5
+        self.grouped = self.kv_heads != self.heads
+        """Grouped-query attention (fewer key/value heads than query heads)."""
         self.eps = float(base.norm.variance_epsilon)
         self.embed = base.embed_tokens.weight
         self.norm = base.norm.weight
@@ -241,12 +280,8 @@ class LeanDecoder:
         """Last hidden state `[b, C, H]` after the final norm, for `input_ids` `[b, C]` at `position_ids`
         `[b, C]` (all <= `max_position`), attending through the additive `mask` `[b, 1, C, S]` (None: one
         row, one token) to the rows of `cache` that `forward_rows` set up (its write index, rows, length)."""
-        self.calls += 1
-        for linear in self.linears:
-            if linear.stale():
-                linear.pack(self.pack_min_elements)
-        cos_table, sin_table = self.rotary_table(max_position + 1, cache.keys[0].dtype)
-        cos, sin = cos_table[position_ids][:, None], sin_table[position_ids][:, None]  # [b, 1, C, d]
+        self._start_call()
+        cos, sin = self.rotation(position_ids, cache.keys[0].dtype, max_position)
         low, high = cache.row_span()
         shared = cache.shared if cache._shared_active else None
         return self.forward(input_ids, cos, sin, mask, cache.keys, cache.values, cache._write_index, cache._rows, low, high,
@@ -259,6 +294,27 @@ class LeanDecoder:
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         return type(None), ()  # pickled as None, for the same reason
+
+    def forward_attending(self, input_ids: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Last hidden state `[b, C, H]` after the final norm for `input_ids` `[b, C]`, each layer's
+        attention computed by `attend` (which owns the positions and the cache: Hogwild!'s blocks)."""
+        self._start_call()
+        return self.decode_layers(input_ids, attend)
+
+    def _start_call(self) -> None:
+        """Count the forward; re-make the packed copies of weights changed in place since the last one."""
+        self.calls += 1
+        for linear in self.linears:
+            if linear.stale():
+                linear.pack(self.pack_min_elements)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
 
     @property
     def packed(self) -> bool:
@@ -315,7 +371,30 @@ class LeanDecoder:
             self._cos, self._sin = (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
         return self._cos, self._sin
 
+    def rotation(self, position_ids: torch.Tensor, dtype: torch.dtype, max_position: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin `[b, 1, C, d]` of the rotation to `position_ids` `[b, C]` (all >= 0 and, when given,
+        <= `max_position`), for `rotate`."""
+        top = int(position_ids.max()) if max_position is None else max_position
+        cos_table, sin_table = self.rotary_table(top + 1, dtype)
+        return cos_table[position_ids][:, None], sin_table[position_ids][:, None]
+
     # -- the forward ----------------------------------------------------------------------
+    def decode_layers(self, input_ids: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Embeddings, the decoder layers and the final norm: hidden states `[b, C, H]` for `input_ids`
+        `[b, C]`. Each layer's attention is `attend(layer index, qk, v)` (see `Attend`): the caller
+        rotates q and k to their positions, stores the keys/values and attends over its cache."""
+        b, c = input_ids.shape
+        x = F.embedding(input_ids, self.embed)
+        heads, kv_heads, d = self.heads, self.kv_heads, self.head_dim
+        for index, layer in enumerate(self.layers):
+            h = self.rms_norm(x, layer.input_norm)
+            qkv = layer.qkv(h).view(b, c, heads + 2 * kv_heads, d).transpose(1, 2)
+            attn = attend(index, qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :])  # [b, heads, C, d]
+            x = x + layer.o(attn.transpose(1, 2).reshape(b, c, heads * d))
+            gate, up = layer.gate_up(self.rms_norm(x, layer.post_norm)).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
+        return self.rms_norm(x, self.norm)
+
     def eager_forward(
         self,
         input_ids: torch.Tensor,
@@ -331,33 +410,25 @@ class LeanDecoder:
         kv_len: int,
         shared: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """The decoder layers and final norm: a function of tensors and ints only (what `torch.compile`
-        traces). Each layer writes its new keys/values `[b, kv_heads, C, d]` to the flat `write_index` of
-        the cache buffers `keys[i]`/`values[i]` `[rows, kv_heads, capacity, d]`, then attends to slots
-        `[0, kv_len)` of rows `low:high` (a view) or, when `low < 0`, of the gathered `rows`. With `shared`
-        (keys and values `[kv_heads, P, d]` per layer that every row's first P slots hold), the first P slots
-        are read once for all rows (`prefix_attention`) instead of once per row."""
-        b, c = input_ids.shape
-        x = F.embedding(input_ids, self.embed)
-        heads, kv_heads, d = self.heads, self.kv_heads, self.head_dim
-        half = d // 2
-        for index, layer in enumerate(self.layers):
-            h = self.rms_norm(x, layer.input_norm)
-            qkv = layer.qkv(h).view(b, c, heads + 2 * kv_heads, d).transpose(1, 2)
-            qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
-            rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-            qk = qk * cos + rotated * sin
+        """The forward over the per-row cache: a function of tensors and ints only (what `torch.compile`
+        traces). Each layer rotates q and k by `cos`/`sin` `[b, 1, C, d]`, writes its new keys/values
+        `[b, kv_heads, C, d]` to the flat `write_index` of the cache buffers `keys[i]`/`values[i]` `[rows,
+        kv_heads, capacity, d]`, then attends to slots `[0, kv_len)` of rows `low:high` (a view) or, when
+        `low < 0`, of the gathered `rows`. With `shared` (keys and values `[kv_heads, P, d]` per layer that
+        every row's first P slots hold), the first P slots are read once for all rows (`prefix_attention`)
+        instead of once per row."""
+        heads = self.heads
+
+        def attend(index: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            qk = rotate(qk, cos, sin)  # q and k in one operation
             cached_k, cached_v = write_and_read_rows(keys[index], values[index], qk[:, heads:], v, write_index, rows, low, high, kv_len)
             if shared is not None and mask is not None:
-                attn = prefix_attention(qk[:, :heads], shared[0][index], shared[1][index], cached_k, cached_v, mask, self.scaling)
-            else:
-                attn = F.scaled_dot_product_attention(
-                    qk[:, :heads], cached_k, cached_v, attn_mask=mask, scale=self.scaling, enable_gqa=kv_heads != heads
-                )  # [b, heads, C, d]
-            x = x + layer.o(attn.transpose(1, 2).reshape(b, c, heads * d))
-            gate, up = layer.gate_up(self.rms_norm(x, layer.post_norm)).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
-        return self.rms_norm(x, self.norm)
+                return prefix_attention(qk[:, :heads], shared[0][index], shared[1][index], cached_k, cached_v, mask, self.scaling)
+            return F.scaled_dot_product_attention(
+                qk[:, :heads], cached_k, cached_v, attn_mask=mask, scale=self.scaling, enable_gqa=self.grouped
+            )  # [b, heads, C, d]
+
+        return self.decode_layers(input_ids, attend)
 
 
 def prefix_attention(
@@ -410,11 +481,22 @@ def _attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
 
 def lean_decoder(model: Any) -> LeanDecoder | None:
-    """The model's lean forward (built on first use), or None when unsupported or turned off."""
+    """The model's lean forward for the engine's `forward_rows` (built on first use), or None when
+    unsupported or turned off (`set_lean`)."""
+    if model.__dict__.get("_autojudge_lean_off"):
+        return None
+    lean = model.__dict__.get("_autojudge_lean")
+    if lean is None and lean_unsupported_reason(model) is None:
+        lean = lean_forward(model)
+    return lean
+
+
+def lean_forward(model: Any) -> LeanDecoder:
+    """The model's lean forward, built on first use and kept on the model (whether or not `set_lean`
+    turned the engine's use of it off: a caller with no other forward, like Hogwild!, needs it);
+    ValueError when the model is not supported (`lean_unsupported_reason`)."""
     lean = model.__dict__.get("_autojudge_lean")
     if lean is None:
-        if model.__dict__.get("_autojudge_lean_off") or lean_unsupported_reason(model) is not None:
-            return None
         lean = LeanDecoder(model)
         model.__dict__["_autojudge_lean"] = lean
     return lean
@@ -458,4 +540,22 @@ def compiled_graphs() -> int:
         return -1
 
 
-__all__ = ["LEAN_MODEL_TYPES", "NO_PACKING", "PACK_MIN_ELEMENTS", "LeanDecoder", "LeanLinear", "pack_weight", "compile_lean", "compiled_graphs", "lean_decoder", "lean_unsupported_reason", "prefix_attention", "set_lean", "write_and_read_rows"]
+__all__ = [
+    "FIXED_ROPE_TYPES",
+    "LEAN_MODEL_TYPES",
+    "NO_PACKING",
+    "PACK_MIN_ELEMENTS",
+    "Attend",
+    "LeanDecoder",
+    "LeanLinear",
+    "compile_lean",
+    "compiled_graphs",
+    "lean_decoder",
+    "lean_forward",
+    "lean_unsupported_reason",
+    "pack_weight",
+    "prefix_attention",
+    "rotate",
+    "set_lean",
+    "write_and_read_rows",
+]
