@@ -100,7 +100,7 @@ def test_shared_prefix_gives_the_labels_of_a_full_prefill() -> None:
 
 
 def test_realign_prefers_longest_nearest_ngram() -> None:
-    settings = LookaheadSettings(max_ngram=3, window=8)
+    settings = LookaheadSettings(max_ngram=3, realign_distance=8)
     old = [10, 11, 12, 13, 14, 15, 12, 13]
     assert realign([7, 12, 13], old, expected=3, settings=settings) == (3, 2)
     assert realign([99, 14], old, expected=2, settings=settings) == (4, 1)

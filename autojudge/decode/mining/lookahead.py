@@ -13,7 +13,7 @@ Three ideas (docs/design.md §1.1, "Mining speed"):
    float ties between chunked and step-wise forwards). The first greedy response uses
    the same loop with prompt-lookup guesses (n-grams of `x + y` itself).
 3. **Many searches in flight.** Each search is a generator that yields the forward
-   calls it needs (`Step`); `BatchedSearcher` runs the pending calls of all searches as
+   calls it needs (`SearchStep`); `BatchedSearcher` runs the pending calls of all searches as
    one batched target forward and one batched draft forward per tick.
 
 Features come for free: the target hidden at `d_m` is read from the first verification
@@ -38,7 +38,7 @@ class LookaheadSettings:
 
     max_ngram: int = 3
     """Longest suffix n-gram looked up in the old continuation to re-align after a correction."""
-    window: int = 16
+    realign_distance: int = 16
     """How far (tokens) from the expected alignment a re-alignment match may be."""
     first_guess: int = 8
     """Old-continuation tokens verified in the first round after a swap; the length doubles
@@ -73,7 +73,7 @@ class Call:
 
 
 @dataclass
-class Step:
+class SearchStep:
     """What a search needs next: a target call, a draft call, or both (run in one tick)."""
 
     target: Call | None = None
@@ -84,8 +84,8 @@ class Step:
 
 
 @dataclass
-class StepOutput:
-    """The answers to a `Step`."""
+class SearchStepOutput:
+    """The answers to a `SearchStep`."""
 
     target: RowOutput | None = None
     draft: RowOutput | None = None
@@ -93,7 +93,7 @@ class StepOutput:
     """The draft's greedy tokens when the step asked for proposals."""
 
 
-SearchCoroutine = Generator[Step, StepOutput, SearchResult]
+SearchCoroutine = Generator[SearchStep, SearchStepOutput, SearchResult]
 END_OF_JOBS: Any = object()
 """Returned by a job source of `BatchedSearcher.run_stream` when no more jobs will come."""
 
@@ -105,12 +105,12 @@ END_OF_JOBS: Any = object()
 
 def realign(new: list[int], old: list[int], expected: int, settings: LookaheadSettings) -> tuple[int, int]:
     """(e, n): index e in `old` aligned with new[-1], the nearest (to `expected`) end of an
-    occurrence of the longest (n) suffix n-gram of `new` within the window; (expected, 0)
+    occurrence of the longest (n) suffix n-gram of `new` within `realign_distance`; (expected, 0)
     when nothing matches."""
     for n in range(min(settings.max_ngram, len(new)), 0, -1):
         suffix = new[-n:]
         best = None
-        low, high = max(n - 1, expected - settings.window), min(len(old) - 1, expected + settings.window)
+        low, high = max(n - 1, expected - settings.realign_distance), min(len(old) - 1, expected + settings.realign_distance)
         for end in range(low, high + 1):
             if old[end - n + 1 : end + 1] == suffix and (best is None or abs(end - expected) < abs(best - expected)):
                 best = end
@@ -204,7 +204,7 @@ def regenerate(
     settings: LookaheadSettings,
     draft_keep: int | None = None,
     corpus: NgramCorpus | None = None,
-) -> Generator[Step, StepOutput, Regeneration]:
+) -> Generator[SearchStep, SearchStepOutput, Regeneration]:
     """Greedy target continuation of `prompt + head` (to EOS or `budget` response tokens),
     verifying guesses from `old` (or prompt lookup when `old` is None).
 
@@ -252,7 +252,7 @@ def regenerate(
             draft_call = Call(draft_keep, sequence[draft_keep:] + guess)
         elif use_proposals and draft_row_valid is not None:
             draft_call, propose = Call(draft_row_valid, sequence[draft_row_valid:]), min(settings.regen_proposals, room)
-        output = yield Step(target=Call(keep, sequence[keep:] + guess), draft=draft_call, propose=propose)
+        output = yield SearchStep(target=Call(keep, sequence[keep:] + guess), draft=draft_call, propose=propose)
         assert output.target is not None
         if use_proposals:
             guess = output.proposals or []
@@ -290,7 +290,7 @@ def regenerate(
 
 def initial_response(
     prompt: list[int], budget: int, eos_ids: list[int], settings: LookaheadSettings
-) -> Generator[Step, StepOutput, tuple[list[int], int, list[int], int]]:
+) -> Generator[SearchStep, SearchStepOutput, tuple[list[int], int, list[int], int]]:
     """y = T.greedy(x) by speculative decoding with the draft (lossless: greedy verification).
 
     The draft's proposals on the accepted prefix are exactly its teacher-forced argmax, so
@@ -303,7 +303,7 @@ def initial_response(
     while not response or (response[-1] not in eos_ids and len(response) < budget):
         sequence = prompt + response
         count = min(settings.draft_proposals, budget - len(response) - 1)
-        output = yield Step(
+        output = yield SearchStep(
             target=Call(target_valid, sequence[target_valid:]),
             draft=Call(draft_valid, sequence[draft_valid:]),
             propose=count,
@@ -377,7 +377,7 @@ def fast_search(
             known = len(draft_predictions)
             keep = min(draft_valid, prompt_len + known - 1)
             sequence = prompt + response
-            scan = (yield Step(draft=Call(keep, sequence[keep : prompt_len + len(response) - 1]))).draft
+            scan = (yield SearchStep(draft=Call(keep, sequence[keep : prompt_len + len(response) - 1]))).draft
             assert scan is not None
             offset = prompt_len - 1 - keep  # scan.argmax[i + offset] = d_i
             draft_predictions = draft_predictions + [scan.argmax[i + offset] for i in range(known, len(response))]
@@ -505,13 +505,13 @@ class BatchedSearcher:
         rows = rows or self.batch_size
         target_cache = RowKVCache(self.target, rows, capacity)
         draft_cache = RowKVCache(self.draft, rows, capacity)
-        active: dict[int, tuple[Any, SearchCoroutine, Step]] = {}
+        active: dict[int, tuple[Any, SearchCoroutine, SearchStep]] = {}
         free = list(range(rows - 1, -1, -1))
         clock = time.perf_counter
         counters = self.counters
         ended = False
 
-        def advance(row: int, key: Any, search: SearchCoroutine, send: Callable[[], Step]) -> Iterator[tuple[Any, Any]]:
+        def advance(row: int, key: Any, search: SearchCoroutine, send: Callable[[], SearchStep]) -> Iterator[tuple[Any, Any]]:
             start = clock()
             try:
                 active[row] = (key, search, send())
@@ -565,10 +565,10 @@ class BatchedSearcher:
             target_out = self._forward(self.target, target_cache, target_calls, True)
             for row in sorted(active):
                 key, search, _ = active.pop(row)
-                output = StepOutput(target_out.get(row), draft_out.get(row), proposals.get(row))
+                output = SearchStepOutput(target_out.get(row), draft_out.get(row), proposals.get(row))
                 yield from advance(row, key, search, lambda s=search, o=output: s.send(o))
 
-    def _draft_phase(self, cache: RowKVCache, steps: dict[int, Step]) -> tuple[dict[int, RowOutput], dict[int, list[int]]]:
+    def _draft_phase(self, cache: RowKVCache, steps: dict[int, SearchStep]) -> tuple[dict[int, RowOutput], dict[int, list[int]]]:
         """The draft calls of a tick, then `propose` greedy draft steps for the rows that ask."""
         outputs = self._forward(self.draft, cache, {row: step.draft for row, step in steps.items()}, False)
         wanted = {row: step.propose for row, step in steps.items() if step.propose > 0 and row in outputs}
