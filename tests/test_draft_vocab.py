@@ -9,7 +9,7 @@ import torch
 
 from autojudge.decode.engine import EngineCore, RequestSettings, RowKVCache, forward_rows
 from autojudge.draft_vocab import ReducedHead, apply_draft_vocab, coverage, select_draft_vocab, write_draft_vocab
-from autojudge.testing import greedy_reference, noisy_copy, tiny_model
+from tests.helpers import greedy_reference, noisy_copy, tiny_model
 
 torch.set_num_threads(1)
 
@@ -83,7 +83,7 @@ def test_select_draft_vocab_ranks_by_weighted_count_and_keeps_forced_tokens():
 
 def test_a_folder_with_draft_vocab_json_loads_a_reduced_draft_and_a_full_target(tmp_path):
     from autojudge.models import load_model, load_pair
-    from autojudge.testing import save_pair, toy_vocab_size
+    from tests.helpers import save_pair, toy_vocab_size
 
     target = tiny_model("llama", seed=0, vocab_size=toy_vocab_size())
     target_dir, draft_dir = save_pair(tmp_path, target, noisy_copy(target, 0.3, seed=1))

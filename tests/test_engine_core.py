@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from autojudge.decode.engine import EngineCore, ExactRule, JudgeRule, RequestSettings, TopKRule
-from autojudge.testing import greedy_reference, noisy_copy, tiny_model
+from tests.helpers import greedy_reference, noisy_copy, tiny_model
 
 torch.set_num_threads(1)
 

@@ -63,7 +63,7 @@ def test_evaluate_modes_end_to_end_with_tiny_models(tmp_path: Path) -> None:
     import numpy as np
     import torch
 
-    from autojudge.testing import tiny_model
+    from tests.helpers import tiny_model
     from autojudge.models import ModelPair, load_tokenizer
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes
     from autojudge.judge import Judge, PairInfo

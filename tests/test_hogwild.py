@@ -270,7 +270,7 @@ def test_marked_final_answer_waits_for_the_whole_number():
 
 
 def test_bad_settings_and_models_are_refused_with_clear_errors():
-    from autojudge.testing import tiny_model
+    from tests.helpers import tiny_model
 
     model = rope_model("llama", layers=1, heads=4, kv_heads=2, head_dim=8, theta=10000.0)
     with pytest.raises(InputError, match="at least 1 worker"):
@@ -302,7 +302,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_on_the_toy_pair_and_its_errors(tmp_path):
-    from autojudge.testing import tiny_model
+    from tests.helpers import tiny_model
     from autojudge.models import TOY_WEIGHTS
     from autojudge.toy.world import generate_problems
 

@@ -14,7 +14,7 @@ import torch
 from autojudge.models import ModelPairError
 from autojudge.pipeline.dataset import DataError, read_mined, split_by_prompt
 from autojudge.judge import Judge, JudgeFormatError
-from autojudge.testing import write_mining_folder
+from tests.helpers import write_mining_folder
 from autojudge.pipeline.train import TrainConfig, format_report, pick_threshold, threshold_table, train_judge
 
 TARGET_HIDDEN, DRAFT_HIDDEN = 16, 8  # the synthetic folder's hidden sizes (SYNTHETIC_MANIFEST)

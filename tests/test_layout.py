@@ -19,8 +19,8 @@ BELOW_LAYERS = {"models", "draft_vocab", "tasks", "errors", "files", "judge", "j
 """Modules under every layer: they import none of the layers (ray_utils: Ray set-up only)."""
 TOOLS = {"real"}
 """Beside the layers: `real` (set-up and measurement of the real pair) may compute with `decode`."""
-FREE = {"cli", "testing", None}
-"""`cli` dispatches to the commands; `testing` (helpers for tests and benches) may use any layer."""
+FREE = {"cli", None}
+"""`cli` dispatches to the commands (None: the package's own `__init__`)."""
 DECODE_BASE = "engine"
 """The subsystem of `decode` the others build on (the engine's cache, lean forward, acceptance)."""
 DECODE_SUBSYSTEMS = {"engine", "mining", "hogwild"}
@@ -191,13 +191,29 @@ def test_the_checker_reports_planted_cycles_and_wrong_imports(tmp_path):
     assert wrong_imports(graph(root)) == []
 
 
+def imported_names(path: Path) -> list[str]:
+    """Every module name an import statement of the file names (relative imports as written, without dots)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
 def test_no_test_module_imports_another():
-    """Shared test helpers live in conftest.py (fixtures) and autojudge/testing.py, never in a test module."""
+    """Shared test helpers live in conftest.py (fixtures) and tests/helpers.py, never in a test module."""
     tests = Path(__file__).resolve().parent
     names = {path.stem for path in tests.glob("test_*.py")}
     wrong = []
     for path in sorted(tests.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            imported = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            wrong += [f"{path.name} imports {name}" for name in imported if name.split(".")[0] in names]
+        wrong += [f"{path.name} imports {name}" for name in imported_names(path) if set(name.split(".")) & names]
+    assert wrong == []
+
+
+def test_the_package_never_imports_the_tests():
+    """The test helpers are not shipped in the wheel, so no module of the package may need them."""
+    wrong = [f"{module_name(path)} imports {name}" for path in sorted(PACKAGE.rglob("*.py"))
+             for name in imported_names(path) if name.split(".")[0] in ("tests", "conftest", "helpers")]
     assert wrong == []

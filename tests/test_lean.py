@@ -8,7 +8,7 @@ import torch
 from autojudge.decode.engine.cache import RowKVCache, forward_rows
 from autojudge.decode.engine.core import EngineCore, RequestSettings
 from autojudge.decode.engine.lean import compile_lean, compiled_graphs, lean_decoder, lean_unsupported_reason, set_lean
-from autojudge.testing import greedy_reference, noisy_copy, tiny_model
+from tests.helpers import greedy_reference, noisy_copy, tiny_model
 
 torch.set_num_threads(1)
 

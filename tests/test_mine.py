@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autojudge.testing import noisy_copy, tiny_model
+from tests.helpers import noisy_copy, tiny_model
 from autojudge.pipeline import shards
 from autojudge.pipeline.mine import MineConfig, mine
 from autojudge.decode.mining.search import plain_search

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autojudge.models import ModelPairError, load_pair, resolve_spec, tokenizer_fingerprint
-from autojudge.testing import save_word_level_model
+from tests.helpers import save_word_level_model
 
 
 def test_resolve_specs(tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_a_dtype_suffix_loads_the_model_in_that_dtype_and_exact_decoding_stays_e
     import torch
 
     from autojudge.decode.engine import EngineCore, RequestSettings
-    from autojudge.testing import greedy_reference
+    from tests.helpers import greedy_reference
 
     assert resolve_spec("toy:draft@bf16") == resolve_spec("toy:draft")
     pair = load_pair("toy:target", "toy:draft@bf16")

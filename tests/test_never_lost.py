@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from autojudge.testing import tree_checksums, write_mining_folder
+from tests.helpers import tree_checksums, write_mining_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -135,7 +135,7 @@ def test_run_refuses_while_its_mining_folder_is_being_written(tmp_path: Path) ->
 
 def test_train_and_export_refuse_a_folder_holding_a_label_twice(tmp_path: Path) -> None:
     """What two miners on one folder left: the same prompts in two shards."""
-    from autojudge.testing import write_mining_folder
+    from tests.helpers import write_mining_folder
 
     data = write_mining_folder(tmp_path / "mined", num_prompts=20, shards=2)
     for kind in ("labels", "responses"):

@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autojudge.testing import wait_until as wait_for
+from tests.helpers import wait_until as wait_for
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 300.0

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from autojudge.real.data import GSM8K_INSTRUCTION
-from autojudge.testing import greedy_reference
+from tests.helpers import greedy_reference
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from autojudge.cli import main
-from autojudge.testing import save_word_level_model
+from tests.helpers import save_word_level_model
 
 GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
 

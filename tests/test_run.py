@@ -16,11 +16,11 @@ import torch
 from autojudge.models import TOY_WEIGHTS, load_tokenizer, tokenizer_fingerprint
 from autojudge.pipeline import run as run_module
 from autojudge.judge import Judge
-from autojudge.testing import write_mining_folder
+from tests.helpers import write_mining_folder
 
 
 def save_tiny(folder: Path, seed: int, hidden: int, layers: int, vocab: int) -> str:
-    from autojudge.testing import tiny_model
+    from tests.helpers import tiny_model
 
     tiny_model(seed=seed, vocab_size=vocab, hidden_size=hidden, layers=layers).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):

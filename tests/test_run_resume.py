@@ -26,13 +26,13 @@ import torch
 from autojudge.judge import Judge
 from autojudge.models import TOY_WEIGHTS, load_tokenizer, tokenizer_fingerprint
 from autojudge.pipeline import run as run_module
-from autojudge.testing import write_mining_folder
+from tests.helpers import write_mining_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def save_tiny(folder: Path, seed: int, hidden: int, vocab: int) -> str:
-    from autojudge.testing import tiny_model
+    from tests.helpers import tiny_model
 
     tiny_model(seed=seed, vocab_size=vocab, hidden_size=hidden, layers=1).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):

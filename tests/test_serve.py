@@ -26,7 +26,7 @@ from autojudge.actors.openai_api import APIError, parse_chat, parse_completion
 from autojudge.actors.server import ReplicaConfig, TextStream
 from autojudge.cli import main
 from autojudge.models import eos_token_ids, load_model, load_tokenizer, tokenizer_fingerprint
-from autojudge.testing import wait_until
+from tests.helpers import wait_until
 from autojudge.toy.world import generate_problems
 
 torch.set_num_threads(1)

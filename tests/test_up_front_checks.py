@@ -68,7 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     from autojudge.judge import Judge, PairInfo
     from autojudge.models import load_tokenizer, resolve_spec, tokenizer_fingerprint
-    from autojudge.testing import write_mining_folder
+    from tests.helpers import write_mining_folder
     from autojudge.toy.world import generate_problems
 
     base = tmp_path_factory.mktemp("checks")

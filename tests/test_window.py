@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autojudge.decode.engine.window import PairCosts, best_window, cycle_of, expected_tokens, measure_pair, window_table
-from autojudge.testing import noisy_copy, tiny_model
+from tests.helpers import noisy_copy, tiny_model
 
 torch.set_num_threads(1)
 

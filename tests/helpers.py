@@ -1,4 +1,7 @@
-"""Shared helpers for tests and benches: tiny model pairs and a synthetic mining folder.
+"""Shared helpers for tests (and `bench/decode.py --tiny`): tiny model pairs and a synthetic mining folder.
+
+They live beside the tests, outside the `autojudge` package (the wheel does not ship them), and are
+imported as `tests.helpers` from the repository root (pytest's `pythonpath`, pyproject.toml).
 
 - `tiny_model` / `noisy_copy`: tiny randomly initialised causal LMs (Llama, Qwen2, GPT-2 style),
   seeded, float32, eval mode (default sdpa attention). Vocab 96 by default so argmax ties are
