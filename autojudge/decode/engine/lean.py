@@ -166,7 +166,6 @@ def lean_unsupported_reason(model: Any) -> str | None:
     sliding = (
         any(kind != "full_attention" for kind in layer_types)
         or (getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
-        or (model_type == "mistral" and getattr(config, "sliding_window", None))  # Mistral has no use_sliding_window
         or any(getattr(each.self_attn, "sliding_window", None) for each in base.layers)
     )
     if sliding:
