@@ -84,7 +84,8 @@ def test_few_shot_and_fly_settings_are_checked_before_work(tmp_path: Path, capsy
 
 
 def test_bf16_needs_a_cpu_with_bfloat16_instructions() -> None:
-    from autojudge.checks import InputError, check_spec_precision, cpu_runs_bf16
+    from autojudge.checks import check_spec_precision, cpu_runs_bf16
+    from autojudge.errors import InputError
 
     with_amx = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
     without = "flags\t\t: fpu sse2 avx2 avx512f\n"
