@@ -1,8 +1,9 @@
 """Loading a target/draft pair from specs, and checking that they share a tokenizer.
 
 A spec is `toy:target` / `toy:draft` (the shipped toy pair), a local model folder,
-a Hugging Face id (needs network or a local cache), or a `.gguf` file (needs the
-`gguf` and `accelerate` packages).
+a Hugging Face id (needs network or a local cache), a `.gguf` file (needs the
+`gguf` and `accelerate` packages), or `family:NAME` of a family another package registered
+(`autojudge.model_specs`; `autojudge.real` registers `smollm2:`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from autojudge.errors import ModelPairError
+from autojudge.model_specs import spec_resolver
 
 TOY_WEIGHTS = Path(__file__).parent / "toy" / "weights"
 
@@ -64,14 +66,9 @@ def resolve_spec(spec: str) -> tuple[str, str | None]:
         if which not in ("target", "draft"):
             raise ModelPairError(f"unknown toy model {spec!r}: use toy:target or toy:draft")
         return str(TOY_WEIGHTS / which), None
-    if spec.startswith("smollm2:"):
-        from autojudge.real.smollm2 import RealModelUnavailable
-        from autojudge.real.specs import resolve_real_spec
-
-        try:
-            return str(resolve_real_spec(spec)), None
-        except (RealModelUnavailable, ValueError) as err:
-            raise ModelPairError(str(err)) from None
+    resolver = spec_resolver(spec)  # a family registered by the package that knows it (`model_specs`)
+    if resolver is not None:
+        return resolver(spec), None
     if spec.endswith(".gguf"):
         path = Path(spec)
         if not path.exists():
