@@ -418,18 +418,9 @@ def check_pair_tokenizers(target: str, draft: str) -> Any:
     return target_tokenizer
 
 
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
-"""Config fields that state a model's context length (the first one set counts)."""
-
-
 def context_of_specs(*specs: str) -> int:
     """The shortest context length of the models named by `specs`, read from their configs
     (no weights); a very large number when no config states one."""
-    from autojudge.models import load_text_config
+    from autojudge.models import context_length, load_text_config
 
-    contexts = []
-    for spec in specs:
-        config = load_text_config(spec)
-        values = [getattr(config, key, None) for key in CONTEXT_KEYS]
-        contexts.append(next((v for v in values if isinstance(v, int) and v > 0), 1 << 30))
-    return min(contexts)
+    return min(context_length(load_text_config(spec)) for spec in specs)

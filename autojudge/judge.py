@@ -367,27 +367,6 @@ def _holds_weights(path: Path, data: bytes) -> bool:
         return False
 
 
-def check_judge_for_specs(judge: "Judge", target: str, draft: str, same_pair: bool = False) -> None:
-    """`check_pair` from the specs alone (tokenizer and configs, no weights): used on the driver
-    before any cluster or actor starts. Raises InputError naming every difference."""
-    from autojudge.models import load_text_config, load_tokenizer, tokenizer_fingerprint
-
-    sizes = [int(load_text_config(spec).hidden_size) for spec in (target, draft)]
-    try:
-        judge.check_pair(target, draft, tokenizer_fingerprint(load_tokenizer(target)), sizes[0], sizes[1], same_pair)
-    except ModelPairError as err:
-        raise InputError(str(err)) from None
-
-
-DEFAULT_WINDOW = 8  # draft tokens per cycle when neither the user nor the judge names one
-
-
-def default_window(judge: "Judge | None") -> int:
-    """The window to decode with when none is given: the one the judge's default threshold
-    was chosen at (`autojudge run`, `autojudge eval --set-default`), else DEFAULT_WINDOW."""
-    return judge.default_window if judge is not None and judge.default_window else DEFAULT_WINDOW
-
-
 def hidden_size(model: Any) -> int:
     """Width of a transformers model's last hidden state."""
     config = model.config
