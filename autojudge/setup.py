@@ -85,6 +85,10 @@ class DecodingConfig:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     """Generation budget per request."""
 
+    def window_for(self, judge: Any = None) -> int:
+        """The window this config decodes with: its own, else the one `judge` was chosen at, else `DEFAULT_WINDOW`."""
+        return self.window if self.window is not None else default_window(judge)
+
     def request_fields(self) -> dict[str, Any]:
         """The fields of `decode.RequestSettings` this config sets (mode, threshold, top_k, fly_window,
         window, max_new_tokens): `RequestSettings(**config.request_fields(), stop_strings=...)`."""
@@ -264,7 +268,7 @@ def _resolve(config: DecodingConfig, files: Any, budget_option: str, device: str
         except ModelPairError as err:
             raise InputError(str(err)) from None
     source = "options" if config.window is not None else "judge" if judge is not None and judge.default_window else "default"
-    window = config.window if config.window is not None else default_window(judge)
+    window = config.window_for(judge)
     window_name = "--window" if source != "judge" else (
         f"the default_window of --judge {config.judge} (used when --window is not given)")
     checks.check_within_context([(budget_option, config.max_new_tokens), (window_name, window)], context)

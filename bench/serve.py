@@ -35,16 +35,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autojudge.setup import DEFAULT_DRAFT, DEFAULT_TARGET, DEFAULT_WINDOW
+
 
 @dataclass
 class BenchConfig:
     """What to run."""
 
-    target: str = "toy:target"  # target model spec
-    draft: str = "toy:draft"  # draft model spec
+    target: str = DEFAULT_TARGET  # target model spec
+    draft: str = DEFAULT_DRAFT  # draft model spec
     judge: str | None = None  # judge folder: adds the continuous-autojudge setting
     threshold: float | None = None  # autojudge tau (None: the judge's default)
-    window: int = 8  # draft tokens per cycle, every setting
+    window: int = DEFAULT_WINDOW  # draft tokens per cycle, every setting
     max_batch: int = 32  # rows of the continuous-batching server
     speculation_max_batch: int = 0  # continuous server: no speculation for requests arriving at this many rows (0: never)
     concurrency: tuple[int, ...] = (1, 4, 16, 32)  # closed-loop clients per level

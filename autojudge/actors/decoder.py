@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autojudge.errors import InputError
-from autojudge.setup import DecodingConfig, default_window
+from autojudge.setup import DecodingConfig
 
 
 @dataclass
@@ -96,8 +96,7 @@ def load_decode_state(config: DecodeStageConfig, num_gpus: float = 0.0) -> Decod
 
         judge = Judge.load(decoding.judge)
         judge.check_model_pair(pair, decoding.same_pair)
-    engine = EngineCore.for_pair(pair, judge=judge, default_window=default_window(judge) if decoding.window is None else decoding.window,
-                                 max_batch=max(1, config.batch_size))
+    engine = EngineCore.for_pair(pair, judge=judge, default_window=decoding.window_for(judge), max_batch=max(1, config.batch_size))
     settings = RequestSettings(**decoding.request_fields(), stop_strings=tuple(config.stop))
     engine.rule_for(settings)  # a bad mode or threshold fails here, once per replica
     max_prompt = config.max_prompt_tokens

@@ -81,7 +81,6 @@ def load_engine(config: EngineConfig) -> tuple[Callable[[], Any], dict[str, Any]
     from autojudge.decode.core import EngineCore
     from autojudge.judge import Judge
     from autojudge.models import load_pair, model_context
-    from autojudge.setup import default_window
 
     torch.set_num_threads(max(1, config.threads))
     decoding = config.decoding
@@ -90,7 +89,7 @@ def load_engine(config: EngineConfig) -> tuple[Callable[[], Any], dict[str, Any]
     if decoding.judge:
         judge = Judge.load(decoding.judge)
         judge.check_model_pair(pair, decoding.same_pair)
-    window = decoding.window if decoding.window is not None else default_window(judge)
+    window = decoding.window_for(judge)
 
     def new_core() -> EngineCore:
         return EngineCore.for_pair(pair, judge=judge, default_window=window, max_batch=config.max_batch)
