@@ -370,21 +370,6 @@ def check_within_context(numbers: Iterable[tuple[str, int | None]], context: int
             raise InputError(f"{name} must be <= {context} (the models' context length), got {value}")
 
 
-def check_decode_lengths(context: int, window: int | str | None, max_new_tokens: int | None,
-                         judge: str | os.PathLike[str] | None = None, budget: str = "--max-new-tokens") -> None:
-    """The budget and the window within the models' context: `--window` when given as a number,
-    else (None) the default_window of the judge folder `judge` (the window it decodes with)."""
-    numbers = [(budget, max_new_tokens)]
-    if isinstance(window, int):
-        numbers.append(("--window", window))
-    elif window is None and judge:
-        from autojudge.judge_format import read_judge_meta
-
-        numbers.append((f"the default_window of --judge {judge} (used when --window is not given)",
-                        read_judge_meta(judge).get("default_window")))
-    check_within_context(numbers, context)
-
-
 def check_stop_strings(name: str, values: Iterable[str] | None) -> None:
     """Stop strings are not empty (an empty string would stop every row after its first token)."""
     if any(value == "" for value in values or ()):
@@ -400,22 +385,6 @@ SAME_PAIR_HELP = (
 def add_same_pair_argument(parser: Any) -> None:
     """`--same-pair`: the explicit override of the judge's model-name check (commands that load a judge)."""
     parser.add_argument("--same-pair", action="store_true", help=SAME_PAIR_HELP)
-
-
-def check_pair_tokenizers(target: str, draft: str) -> Any:
-    """Load only the two tokenizers (no weights) and refuse a pair that does not share one;
-    returns the target's tokenizer. Done on the driver before any cluster or model starts."""
-    from autojudge.errors import ModelPairError
-    from autojudge.models import check_same_tokenizer, load_tokenizer
-
-    for name, spec in (("--target", target), ("--draft", draft)):
-        check_spec_precision(name, spec)
-    try:
-        target_tokenizer = load_tokenizer(target)
-        check_same_tokenizer(target_tokenizer, load_tokenizer(draft), target, draft)
-    except ModelPairError as err:
-        raise InputError(f"cannot use --target {target} / --draft {draft}: {err}") from None
-    return target_tokenizer
 
 
 def context_of_specs(*specs: str) -> int:

@@ -108,8 +108,6 @@ class DecodeSetup:
     """The shortest context length of the two models (from their configs)."""
     judge: Any = None
     """The judge (`autojudge.judge.Judge`) when the command uses one, built from the files read once."""
-    window_source: str = "default"
-    """Where the window came from: "options", "judge" or "default"."""
 
     @property
     def window(self) -> int:
@@ -141,19 +139,16 @@ def rule_parameter(args: Any) -> float | None:
 
 
 def check_rule_arguments(args: Any) -> None:
-    """One-line errors for a rule parameter out of range, named by the option that set it."""
-    from autojudge.checks import check_fly_parameters
+    """One-line errors for the rule options of a command that declares them all (`commands.add_rule_arguments`),
+    named by the option: --threshold is a judge threshold in [0, 1] in any mode, --epsilon and --min-prob
+    lie in (0, 1] in their modes (FLy's options: `check_config`)."""
+    from autojudge.checks import check_threshold
 
-    mode = getattr(args, "mode", "exact")
-    if mode == "typical" and hasattr(args, "epsilon") and not 0.0 < args.epsilon <= 1.0:
+    check_threshold("--threshold", getattr(args, "threshold", None))
+    if args.mode == "typical" and not 0.0 < args.epsilon <= 1.0:
         raise InputError(f"--epsilon must be in (0, 1], got {args.epsilon}")
-    if mode == "prob" and hasattr(args, "min_prob") and not 0.0 < args.min_prob <= 1.0:
+    if args.mode == "prob" and not 0.0 < args.min_prob <= 1.0:
         raise InputError(f"--min-prob must be in (0, 1], got {args.min_prob}")
-    if mode == "fly":
-        entropy = getattr(args, "fly_entropy", getattr(args, "threshold", None))
-        window = getattr(args, "window", None)
-        check_fly_parameters([] if entropy is None else [entropy], getattr(args, "fly_window", FLY_WINDOW),
-                             window if isinstance(window, int) else None)
 
 
 def check_config(config: DecodingConfig, least_window: int = 1, budget_option: str = "--max-new-tokens") -> None:
@@ -213,7 +208,7 @@ def resolve_setup(args: Any, *, judge_any_mode: bool = False, least_window: int 
     (serve's is `max_tokens`). `device`: where the models will run (a `@bf16` spec on a CPU
     without bfloat16 instructions is refused)."""
     budget_option = "--" + budget.replace("_", "-")
-    if getattr(args, "mode", None) is not None and hasattr(args, "epsilon"):
+    if hasattr(args, "epsilon"):  # the options of `commands.add_rule_arguments`
         check_rule_arguments(args)
     config = config_from_args(args, budget=budget)
     uses_judge = bool(config.judge) and (judge_any_mode or config.mode == "autojudge")
@@ -267,12 +262,11 @@ def _resolve(config: DecodingConfig, files: Any, budget_option: str, device: str
                              int(model_configs[0].hidden_size), int(model_configs[1].hidden_size), config.same_pair)
         except ModelPairError as err:
             raise InputError(str(err)) from None
-    source = "options" if config.window is not None else "judge" if judge is not None and judge.default_window else "default"
     window = config.window_for(judge)
-    window_name = "--window" if source != "judge" else (
-        f"the default_window of --judge {config.judge} (used when --window is not given)")
+    from_judge = config.window is None and judge is not None and bool(judge.default_window)
+    window_name = f"the default_window of --judge {config.judge} (used when --window is not given)" if from_judge else "--window"
     checks.check_within_context([(budget_option, config.max_new_tokens), (window_name, window)], context)
-    return DecodeSetup(replace(config, window=window), tokenizer, context, judge, source)
+    return DecodeSetup(replace(config, window=window), tokenizer, context, judge)
 
 
 def default_window(judge: Any = None) -> int:
