@@ -370,21 +370,6 @@ def check_within_context(numbers: Iterable[tuple[str, int | None]], context: int
             raise InputError(f"{name} must be <= {context} (the models' context length), got {value}")
 
 
-def check_decode_lengths(context: int, window: int | str | None, max_new_tokens: int | None,
-                         judge: str | os.PathLike[str] | None = None, budget: str = "--max-new-tokens") -> None:
-    """The budget and the window within the models' context: `--window` when given as a number,
-    else (None) the default_window of the judge folder `judge` (the window it decodes with)."""
-    numbers = [(budget, max_new_tokens)]
-    if isinstance(window, int):
-        numbers.append(("--window", window))
-    elif window is None and judge:
-        from autojudge.judge_format import read_judge_meta
-
-        numbers.append((f"the default_window of --judge {judge} (used when --window is not given)",
-                        read_judge_meta(judge).get("default_window")))
-    check_within_context(numbers, context)
-
-
 def check_stop_strings(name: str, values: Iterable[str] | None) -> None:
     """Stop strings are not empty (an empty string would stop every row after its first token)."""
     if any(value == "" for value in values or ()):
@@ -402,34 +387,9 @@ def add_same_pair_argument(parser: Any) -> None:
     parser.add_argument("--same-pair", action="store_true", help=SAME_PAIR_HELP)
 
 
-def check_pair_tokenizers(target: str, draft: str) -> Any:
-    """Load only the two tokenizers (no weights) and refuse a pair that does not share one;
-    returns the target's tokenizer. Done on the driver before any cluster or model starts."""
-    from autojudge.errors import ModelPairError
-    from autojudge.models import check_same_tokenizer, load_tokenizer
-
-    for name, spec in (("--target", target), ("--draft", draft)):
-        check_spec_precision(name, spec)
-    try:
-        target_tokenizer = load_tokenizer(target)
-        check_same_tokenizer(target_tokenizer, load_tokenizer(draft), target, draft)
-    except ModelPairError as err:
-        raise InputError(f"cannot use --target {target} / --draft {draft}: {err}") from None
-    return target_tokenizer
-
-
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
-"""Config fields that state a model's context length (the first one set counts)."""
-
-
 def context_of_specs(*specs: str) -> int:
     """The shortest context length of the models named by `specs`, read from their configs
     (no weights); a very large number when no config states one."""
-    from autojudge.models import load_text_config
+    from autojudge.models import context_length, load_text_config
 
-    contexts = []
-    for spec in specs:
-        config = load_text_config(spec)
-        values = [getattr(config, key, None) for key in CONTEXT_KEYS]
-        contexts.append(next((v for v in values if isinstance(v, int) and v > 0), 1 << 30))
-    return min(contexts)
+    return min(context_length(load_text_config(spec)) for spec in specs)

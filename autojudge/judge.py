@@ -25,10 +25,10 @@ import torch
 
 from autojudge.models import ModelPairError, resolve_spec
 from autojudge.judge_format import (  # noqa: F401 - re-exported: the format lives there
-    FEATURE_SETUPS, FORMAT_VERSION, JSON_NAME, KINDS, LIGHTGBM_NAME, WEIGHTS_NAME, JudgeFormatError,
-    load_logreg_weights, num_features, parse_lightgbm, read_judge_meta,
+    FEATURE_SETUPS, FORMAT_VERSION, JSON_NAME, KINDS, LIGHTGBM_NAME, WEIGHTS_NAME, JudgeFiles, JudgeFormatError,
+    load_logreg_weights, num_features, parse_lightgbm, read_judge_folder, read_judge_meta,
 )
-from autojudge.tasks.jsonl import InputError
+from autojudge.errors import InputError
 
 
 def build_features(h_target: np.ndarray, h_draft: np.ndarray, feature_setup: str) -> np.ndarray:
@@ -318,8 +318,12 @@ class Judge:
     @classmethod
     def load(cls, folder: str | Path) -> "Judge":
         """Read a judge folder written by `save`; every field and tensor is checked (JudgeFormatError)."""
-        folder = Path(folder)
-        meta = read_judge_meta(folder)
+        return cls.from_files(read_judge_folder(folder))
+
+    @classmethod
+    def from_files(cls, files: JudgeFiles) -> "Judge":
+        """The judge of a folder already read and checked (`judge_format.read_judge_folder`), without reading it again."""
+        meta = files.meta
         pair = PairInfo(**meta["pair"])
         common = dict(
             pair=pair,
@@ -330,15 +334,14 @@ class Judge:
             metrics=meta.get("metrics", {}),
             settings=meta.get("settings", {}),
         )
-        features = num_features(meta)
         if meta["kind"] == "logreg":
-            tensors = load_logreg_weights(folder / WEIGHTS_NAME, features)
+            tensors = files.tensors
+            assert tensors is not None
             return cls(
                 "logreg", meta["feature_setup"], scaler_mean=tensors["scaler_mean"], scaler_scale=tensors["scaler_scale"],
                 coef=tensors["coef"], intercept=meta["intercept"], **common,
             )
-        booster_text = parse_lightgbm(folder / LIGHTGBM_NAME, features)
-        return cls(meta["kind"], meta["feature_setup"], booster_text=booster_text, **common)
+        return cls(meta["kind"], meta["feature_setup"], booster_text=files.booster_text, **common)
 
     def __repr__(self) -> str:
         auc = self.metrics.get("val_roc_auc")
@@ -362,27 +365,6 @@ def _holds_weights(path: Path, data: bytes) -> bool:
         return existing == data or (path.name == WEIGHTS_NAME and parts(existing) == parts(data))
     except (OSError, ValueError):
         return False
-
-
-def check_judge_for_specs(judge: "Judge", target: str, draft: str, same_pair: bool = False) -> None:
-    """`check_pair` from the specs alone (tokenizer and configs, no weights): used on the driver
-    before any cluster or actor starts. Raises InputError naming every difference."""
-    from autojudge.models import load_text_config, load_tokenizer, tokenizer_fingerprint
-
-    sizes = [int(load_text_config(spec).hidden_size) for spec in (target, draft)]
-    try:
-        judge.check_pair(target, draft, tokenizer_fingerprint(load_tokenizer(target)), sizes[0], sizes[1], same_pair)
-    except ModelPairError as err:
-        raise InputError(str(err)) from None
-
-
-DEFAULT_WINDOW = 8  # draft tokens per cycle when neither the user nor the judge names one
-
-
-def default_window(judge: "Judge | None") -> int:
-    """The window to decode with when none is given: the one the judge's default threshold
-    was chosen at (`autojudge run`, `autojudge eval --set-default`), else DEFAULT_WINDOW."""
-    return judge.default_window if judge is not None and judge.default_window else DEFAULT_WINDOW
 
 
 def hidden_size(model: Any) -> int:

@@ -4,21 +4,22 @@
 (format version, kind, feature setup, the model pair's facts, a default threshold in
 [0, 1], a default window >= 1 or null, known keys only); `load_logreg_weights` checks
 that the three tensors exist and are finite float vectors of the stated feature count.
-`check_judge_folder` does both (and parses a LightGBM model), so a command can refuse a
-broken judge before it imports torch or loads a model. `Judge.load` reads through the same
-functions.
+`read_judge_folder` does both (and parses a LightGBM model) and keeps what it read, so a command
+can refuse a broken judge before it imports torch or loads a model and build the `Judge` from
+those files without reading them again (`Judge.from_files`; `Judge.load` reads through it).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autojudge.tasks.jsonl import InputError
+from autojudge.errors import InputError
 
 FEATURE_SETUPS = ("DT", "DD-DT")
 """Judge inputs (docs/design.md §1.2): DT = h_target; DD-DT = [h_draft ; h_target]."""
@@ -169,15 +170,32 @@ def read_judge_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def check_judge_folder(folder: str | Path) -> dict[str, Any]:
-    """The whole folder: judge.json, and the weights (or the LightGBM model) of the stated shape."""
+@dataclass(frozen=True)
+class JudgeFiles:
+    """A judge folder as read and checked by `read_judge_folder`: what `Judge.from_files` builds a judge from."""
+
+    folder: Path
+    """The judge folder."""
+    meta: dict[str, Any]
+    """judge.json, checked (`read_judge_meta`)."""
+    tensors: dict[str, np.ndarray] | None
+    """Logistic regression: scaler_mean, scaler_scale and coef, each [F] (`load_logreg_weights`); None for LightGBM."""
+    booster_text: str | None
+    """LightGBM: the text model (`parse_lightgbm`); None for logistic regression."""
+
+
+def read_judge_folder(folder: str | Path) -> JudgeFiles:
+    """The whole folder, each file read once: judge.json, and the weights (or the LightGBM model) of the stated shape."""
     folder = Path(folder)
     meta = read_judge_meta(folder)
     if meta["kind"] == "logreg":
-        load_logreg_weights(folder / WEIGHTS_NAME, num_features(meta))
-        return meta
-    parse_lightgbm(folder / LIGHTGBM_NAME, num_features(meta))
-    return meta
+        return JudgeFiles(folder, meta, load_logreg_weights(folder / WEIGHTS_NAME, num_features(meta)), None)
+    return JudgeFiles(folder, meta, None, parse_lightgbm(folder / LIGHTGBM_NAME, num_features(meta)))
+
+
+def check_judge_folder(folder: str | Path) -> dict[str, Any]:
+    """The whole folder checked (`read_judge_folder`); returns judge.json."""
+    return read_judge_folder(folder).meta
 
 
 def check_lightgbm_text(data: bytes, path: Path) -> None:

@@ -1,8 +1,9 @@
 """Loading a target/draft pair from specs, and checking that they share a tokenizer.
 
 A spec is `toy:target` / `toy:draft` (the shipped toy pair), a local model folder,
-a Hugging Face id (needs network or a local cache), or a `.gguf` file (needs the
-`gguf` and `accelerate` packages).
+a Hugging Face id (needs network or a local cache), a `.gguf` file (needs the
+`gguf` and `accelerate` packages), or `family:NAME` of a family another package registered
+(`autojudge.model_specs`; `autojudge.real` registers `smollm2:`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from autojudge.errors import ModelPairError
+from autojudge.model_specs import spec_resolver
 
 TOY_WEIGHTS = Path(__file__).parent / "toy" / "weights"
 
@@ -64,14 +66,9 @@ def resolve_spec(spec: str) -> tuple[str, str | None]:
         if which not in ("target", "draft"):
             raise ModelPairError(f"unknown toy model {spec!r}: use toy:target or toy:draft")
         return str(TOY_WEIGHTS / which), None
-    if spec.startswith("smollm2:"):
-        from autojudge.real.smollm2 import RealModelUnavailable
-        from autojudge.real.specs import resolve_real_spec
-
-        try:
-            return str(resolve_real_spec(spec)), None
-        except (RealModelUnavailable, ValueError) as err:
-            raise ModelPairError(str(err)) from None
+    resolver = spec_resolver(spec)  # a family registered by the package that knows it (`model_specs`)
+    if resolver is not None:
+        return resolver(spec), None
     if spec.endswith(".gguf"):
         path = Path(spec)
         if not path.exists():
@@ -147,16 +144,18 @@ def check_same_tokenizer(target_tokenizer: Any, draft_tokenizer: Any, target_id:
 
 
 def load_pair(
-    target_spec: str, draft_spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    target_spec: str, draft_spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    tokenizer: Any = None,
 ) -> ModelPair:
     """Load target and draft, refusing a pair whose tokenizers differ. The target always keeps its
-    full head; a draft folder with `draft_vocab.json` gets a reduced one."""
-    target_tokenizer = load_tokenizer(target_spec)
-    draft_tokenizer = load_tokenizer(draft_spec)
-    check_same_tokenizer(target_tokenizer, draft_tokenizer, target_spec, draft_spec)
+    full head; a draft folder with `draft_vocab.json` gets a reduced one. `tokenizer`: the target's,
+    already read and found equal to the draft's (`setup.resolve`): neither is read again."""
+    if tokenizer is None:
+        tokenizer = load_tokenizer(target_spec)
+        check_same_tokenizer(tokenizer, load_tokenizer(draft_spec), target_spec, draft_spec)
     target = load_model(target_spec, device, dtype, reduced_head=False)
     draft = load_model(draft_spec, device, dtype)
-    return ModelPair(target, draft, target_tokenizer, target_spec, draft_spec)
+    return ModelPair(target, draft, tokenizer, target_spec, draft_spec)
 
 
 def eos_token_ids(tokenizer: Any, *models: Any) -> list[int]:
@@ -173,14 +172,19 @@ def eos_token_ids(tokenizer: Any, *models: Any) -> list[int]:
     return ids
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+"""Config fields that state a model's context length (the first one set counts)."""
+
+
+def context_length(config: Any) -> int:
+    """A model's context length from its (text) config; a very large number when it states none."""
+    values = [getattr(config, key, None) for key in CONTEXT_KEYS]
+    return next((value for value in values if isinstance(value, int) and value > 0), 1 << 30)
+
+
 def model_context(model: Any) -> int:
-    """Longest sequence a model supports (max_position_embeddings / n_positions)."""
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1 << 30
+    """Longest sequence a loaded model supports (`context_length` of its config)."""
+    return context_length(model.config)
 
 
 def load_text_config(spec: str) -> Any:

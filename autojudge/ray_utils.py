@@ -7,7 +7,9 @@ Every `autojudge` command that uses Ray picks its cluster the same way:
    runs against), recorded by Ray in `/tmp/ray/ray_current_cluster`, else
 4. a new local cluster, as on a laptop.
 
-A local cluster started here listens on 127.0.0.1 only (Ray's own mode for a single machine;
+A local cluster started here has Ray's token authentication on (Ray's default for a new cluster;
+`RAY_AUTH_MODE=disabled` opts out) and starts without Ray's notice saying so (`DropTokenAuthNotice`).
+It listens on 127.0.0.1 only (Ray's own mode for a single machine;
 on Linux Ray otherwise binds its agents, metrics and dashboard ports on the machine's address):
 a cluster other machines can join is one started with `ray start --head`, which commands then
 attach to (3). Its processes die with the command (Ray ties them to the driver; its workers
@@ -153,6 +155,22 @@ def check_actor_resources(what: str, actors: int, cpus: float, gpus: float = 0.0
     raise InputError(message)
 
 
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+"""The logger of Ray's notice "Token authentication is enabled for this Ray cluster ..."."""
+
+
+class DropTokenAuthNotice(logging.Filter):
+    """Drops Ray's notice that a new local cluster has token authentication on. Ray (>= 2.56) turns it
+    on for every cluster `ray.init` starts and says so on every start; for the private loopback cluster
+    a command starts that is the intended state, not news (docs/cluster.md says it once). Setting
+    RAY_AUTH_MODE=token is not the way to silence it: Ray reads the mode once at import, and a value
+    set after that starts a cluster the driver cannot join. RAY_AUTH_MODE=disabled still opts out, and
+    Ray's warning that authentication is off is never dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
 """Ray's single-machine mode (its default on macOS and Windows): node address 127.0.0.1, and every
 HTTP endpoint of the cluster (agents, metrics export, dashboard) bound there."""
@@ -237,10 +255,14 @@ def _connect(
     global _started_local_cluster
     enable_cluster = ray_constants.ENABLE_RAY_CLUSTER  # LOOPBACK_ENV for this process, where Ray read it at import
     ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, enable_cluster)
+    auth_notice = logging.getLogger(AUTH_NOTICE_LOGGER)
+    quiet = DropTokenAuthNotice()
+    auth_notice.addFilter(quiet)
     try:
         ray.init(address="local", num_cpus=num_cpus, runtime_env=RUNTIME_ENV, include_dashboard=False, **kwargs)
         _started_local_cluster = True
     finally:
+        auth_notice.removeFilter(quiet)
         ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
         for name in added:
             os.environ.pop(name, None)

@@ -37,18 +37,20 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from autojudge.commands import DEFAULT_DRAFT, DEFAULT_TARGET, DEFAULT_TOP_K, add_pair_arguments
+
 
 @dataclass
 class BenchConfig:
     """What to benchmark."""
 
-    target: str = "toy:target"  # target model spec
-    draft: str = "toy:draft"  # draft model spec
+    target: str = DEFAULT_TARGET  # target model spec
+    draft: str = DEFAULT_DRAFT  # draft model spec
     tiny: bool = False  # use a random tiny Llama pair (draft = noisy copy) instead of the specs
     num_prompts: int = 16  # held-out toy prompts (world seed 2)
-    window: int = 4  # draft tokens per target call, all methods
-    top_k: int = 4  # K of the engine's topk mode
-    max_new_tokens: int = 128  # budget per prompt
+    window: int = 4  # draft tokens per target call, all methods (the bench's own setting, as measured in docs/results)
+    top_k: int = DEFAULT_TOP_K  # K of the engine's topk mode
+    max_new_tokens: int = 128  # budget per prompt (the bench's own: toy answers end within ~92 tokens)
     batch_size: int = 8  # engine batch size for the batched line
     threads: int = 1  # torch CPU threads
     seed: int = 2  # toy world seed of the prompts (2 = held-out evaluation stream)
@@ -115,6 +117,7 @@ class BenchInputs:
     tokenizer: Any = None
     task: Any = None
     problems: list[Any] = field(default_factory=list)
+    judge: Any = None  # the judge of --judge, loaded once by `setup.resolve`
 
 
 def load_models(config: BenchConfig) -> BenchInputs:
@@ -129,7 +132,7 @@ def load_models(config: BenchConfig) -> BenchInputs:
         prompts = [[1] + torch.randint(3, 128, (int(n),), generator=generator).tolist()
                    for n in torch.randint(8, 40, (config.num_prompts,), generator=generator)]
         return BenchInputs(target, draft, prompts, [2])
-    from autojudge.models import load_pair, resolve_spec
+    from autojudge.models import resolve_spec
     from autojudge.tasks import get_task
     from autojudge.tasks.base import Problem
     from autojudge.toy.world import generate_problems
@@ -139,7 +142,12 @@ def load_models(config: BenchConfig) -> BenchInputs:
         if spec.startswith("toy:") and not (folder / "config.json").exists():
             raise SystemExit(f"{spec}: no weights in {folder} yet (python -m autojudge.toy.train --out "
                              f"autojudge/toy/weights); use --tiny for a random stand-in pair")
-    pair = load_pair(config.target, config.draft, device="cpu", dtype=torch.float32)
+    from autojudge.setup import DecodingConfig, resolve
+
+    # the project's one resolver: tokenizers and configs read once, the judge read and checked against the pair
+    setup = resolve(DecodingConfig(config.target, config.draft, judge=config.judge or None, window=config.window,
+                                   max_new_tokens=config.max_new_tokens))
+    pair = setup.load_pair(device="cpu", dtype=torch.float32)
     if bench_task(config) == "gsm8k":
         from autojudge.commands.run import GSM8K_INSTRUCTION
         from autojudge.tasks.gsm8k import shared_gsm8k_file
@@ -152,7 +160,8 @@ def load_models(config: BenchConfig) -> BenchInputs:
         records = generate_problems(config.num_prompts, seed=config.seed)
         problems = [Problem(id=r["id"], question=r["question"], answer=r["answer"]) for r in records]
     prompts = [task.prompt_ids(p, pair.tokenizer) for p in problems]
-    return BenchInputs(pair.target, pair.draft, prompts, [pair.tokenizer.eos_token_id], pair.tokenizer, task, list(problems))
+    return BenchInputs(pair.target, pair.draft, prompts, [pair.tokenizer.eos_token_id], pair.tokenizer, task, list(problems),
+                       setup.judge)
 
 
 def bench_task(config: BenchConfig) -> str:
@@ -277,10 +286,8 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
         extra = build_rule(mode, **parameter)
         label = f"engine {mode} {value} (batch 1)"
         methods.append((label, lambda p, extra=extra, label=label: run_engine(label, target, draft, extra, p, config, eos, 1)))
-    if config.judge:
-        from autojudge.judge import Judge
-
-        judge = Judge.load(config.judge)
+    if inputs.judge is not None:
+        judge = inputs.judge
         rule = build_rule("autojudge", judge=judge, threshold=judge.default_threshold)
         k = judge.default_window or config.window
         label = f"engine autojudge k={k} tau={judge.default_threshold:.3g}"
@@ -399,8 +406,7 @@ def report(results: list[MethodResult], config: BenchConfig) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = BenchConfig()
-    parser.add_argument("--target", default=defaults.target)
-    parser.add_argument("--draft", default=defaults.draft)
+    add_pair_arguments(parser)
     parser.add_argument("--tiny", action="store_true", help="random tiny Llama pair instead of the specs")
     parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts)
     parser.add_argument("--window", type=int, default=defaults.window)
@@ -421,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     config = BenchConfig(
-        target=args.target, draft=with_draft_vocab(args.draft, args.draft_vocab), tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
+        target=args.target or defaults.target, draft=with_draft_vocab(args.draft or defaults.draft, args.draft_vocab), tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
         task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), compile=args.compile, hf_forward_row=not args.no_hf_forward_row, unpacked_row=not args.no_unpacked_row,
         window_table=tuple(int(k) for k in args.window_table.split(",") if k), profile_prompts=args.profile_prompts,

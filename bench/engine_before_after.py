@@ -49,8 +49,9 @@ def main() -> None:
 
     import torch
 
-    from autojudge.decode.engine import EngineCore, RequestSettings
-    from autojudge.models import eos_token_ids, load_pair
+    from autojudge.decode import EngineCore, RequestSettings
+    from autojudge.models import eos_token_ids
+    from autojudge.setup import DecodingConfig, resolve
     from autojudge.tasks import get_task
     from autojudge.tasks.base import Problem
     from autojudge.toy.world import generate_problems
@@ -58,16 +59,17 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
         SpeculativeEngine, ExactRule = load_old_engine(args.before, Path(folder))
-        pair = load_pair("toy:target", "toy:draft")
+        setup = resolve(DecodingConfig(max_new_tokens=args.max_new_tokens))  # the toy pair at the default window
+        pair, window = setup.load_pair(), setup.window
         task = get_task("toy")
         problems = [Problem(id=r["id"], question=r["question"]) for r in generate_problems(args.num_prompts, seed=2)]
         prompts = [task.prompt_ids(p, pair.tokenizer) for p in problems]
         eos = eos_token_ids(pair.tokenizer, pair.target, pair.draft)
-        print(f"{args.num_prompts} toy prompts, window 8, exact, max_new_tokens {args.max_new_tokens}, 1 thread, "
+        print(f"{args.num_prompts} toy prompts, window {window}, exact, max_new_tokens {args.max_new_tokens}, 1 thread, "
               f"old engine from {args.before}; min of {args.repeats}")
         for batch in args.batch_sizes:
-            old = SpeculativeEngine(pair.target, pair.draft, ExactRule(), window=8, eos_token_ids=eos, pad_token_id=0)
-            new = EngineCore.for_pair(pair, default_window=8, max_batch=batch)
+            old = SpeculativeEngine(pair.target, pair.draft, ExactRule(), window=window, eos_token_ids=eos, pad_token_id=0)
+            new = EngineCore.for_pair(pair, default_window=window, max_batch=batch)
 
             def run_old() -> list[list[int]]:
                 out: list[list[int]] = []

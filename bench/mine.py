@@ -33,6 +33,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from autojudge.commands import DEFAULT_DRAFT, DEFAULT_TARGET, add_pair_arguments
+
 
 def label_keys(rows: list[dict[str, Any]]) -> Counter:
     return Counter((r["prompt_id"], r["position"], r["target_token"], r["draft_token"], r["important"]) for r in rows)
@@ -266,8 +268,7 @@ def compare_labels(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="toy:target")
-    parser.add_argument("--draft", default="toy:draft")
+    add_pair_arguments(parser)
     parser.add_argument("--task", default="toy", choices=["toy", "gsm8k"], help="toy (generated) or gsm8k (--input)")
     parser.add_argument("--input", default=None, help="task gsm8k: JSONL (default: the shared GSM8K train file)")
     parser.add_argument("--offset", type=int, default=400, help="task gsm8k: first problem used (default 400, past the draft's fitting data)")
@@ -292,10 +293,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--fast-only", action="store_true", help="skip the baseline (tuning runs)")
     args = parser.parse_args()
+    args.target, args.draft = args.target or DEFAULT_TARGET, args.draft or DEFAULT_DRAFT
 
     import torch
 
-    from autojudge.models import load_pair
+    from autojudge.setup import DecodingConfig, resolve
 
     if args.task == "gsm8k":
         from autojudge.commands.run import GSM8K_INSTRUCTION
@@ -306,7 +308,7 @@ def main() -> None:
             args.instruction = GSM8K_INSTRUCTION
     torch.set_num_threads(args.threads)
     load_start = time.perf_counter()
-    pair = load_pair(args.target, args.draft)
+    pair = resolve(DecodingConfig(args.target, args.draft, max_new_tokens=args.max_new_tokens)).load_pair()  # the checked pair
     load_seconds = time.perf_counter() - load_start
     task, problems = load_bench_problems(args)
 

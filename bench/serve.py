@@ -35,16 +35,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autojudge.setup import DEFAULT_DRAFT, DEFAULT_TARGET, DEFAULT_WINDOW
+
 
 @dataclass
 class BenchConfig:
     """What to run."""
 
-    target: str = "toy:target"  # target model spec
-    draft: str = "toy:draft"  # draft model spec
+    target: str = DEFAULT_TARGET  # target model spec
+    draft: str = DEFAULT_DRAFT  # draft model spec
     judge: str | None = None  # judge folder: adds the continuous-autojudge setting
     threshold: float | None = None  # autojudge tau (None: the judge's default)
-    window: int = 8  # draft tokens per cycle, every setting
+    window: int = DEFAULT_WINDOW  # draft tokens per cycle, every setting
     max_batch: int = 32  # rows of the continuous-batching server
     speculation_max_batch: int = 0  # continuous server: no speculation for requests arriving at this many rows (0: never)
     concurrency: tuple[int, ...] = (1, 4, 16, 32)  # closed-loop clients per level
@@ -192,10 +194,9 @@ def engine_level(config: BenchConfig, questions: list[str], concurrency: int, ma
     import torch
 
     from autojudge.decode.engine.core import EngineCore, RequestSettings
-    from autojudge.models import load_pair
 
     torch.set_num_threads(config.threads)
-    pair = load_pair(config.target, config.draft)
+    pair = decoding_setup(config).load_pair()
     tokenizer = pair.tokenizer
     core = EngineCore.for_pair(pair, default_window=config.window, max_batch=max_batch)
     settings = RequestSettings(max_new_tokens=config.max_tokens, window=config.window)
@@ -226,6 +227,14 @@ def speedups(results: list[LevelResult]) -> list[tuple[str, int, list[float]]]:
     return [(setting, concurrency, values) for (setting, concurrency), values in ratios.items()]
 
 
+def decoding_setup(config: BenchConfig) -> Any:
+    """The bench's pair, judge, window and budget checked by the project's one resolver (`autojudge.setup`)."""
+    from autojudge.setup import DecodingConfig, resolve
+
+    return resolve(DecodingConfig(target=config.target, draft=config.draft, judge=config.judge, window=config.window,
+                                  max_new_tokens=config.max_tokens))
+
+
 def deploy(setting: str, config: BenchConfig) -> str:
     """Deploy the server of a setting as its own Serve application (its URL prefix is the setting)."""
     from autojudge.actors.server import ReplicaConfig
@@ -233,8 +242,7 @@ def deploy(setting: str, config: BenchConfig) -> str:
 
     batch = 1 if setting == "one-at-a-time" else config.max_batch
     replica = ReplicaConfig(
-        target=config.target, draft=config.draft, judge=config.judge, window=config.window, max_batch=batch,
-        max_waiting=max(config.concurrency) + 8, default_max_tokens=config.max_tokens,
+        decoding=decoding_setup(config).config, max_batch=batch, max_waiting=max(config.concurrency) + 8,
         speculation_max_batch=(config.speculation_max_batch or None) if batch > 1 else None, threads=config.threads, stream_interval=config.stream_interval,
         engine_nice=config.engine_nice,
     )  # fmt: skip

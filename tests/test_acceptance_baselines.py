@@ -159,12 +159,17 @@ def test_fly_parameters_are_checked_and_the_mode_is_built():
 
 
 def test_the_torch_free_copies_of_the_rule_defaults_agree():
-    """`commands` (argparse, no torch), `RunConfig` and `ReplicaConfig` repeat FLy's defaults and the mode names."""
+    """`setup` (no torch: argparse defaults, the configs) repeats the rules' defaults and the mode names."""
+    import inspect
+
+    from autojudge import setup
     from autojudge.actors.server import ReplicaConfig
-    from autojudge.commands import FLY_ENTROPY, FLY_WINDOW, RULE_MODES
-    from autojudge.decode.engine import acceptance
+    from autojudge.decode.engine import RequestSettings, acceptance
     from autojudge.pipeline.run import RunConfig
 
-    assert RULE_MODES == acceptance.MODES
-    assert (FLY_ENTROPY, FLY_WINDOW) == (acceptance.FLY_ENTROPY, acceptance.FLY_WINDOW)
-    assert RunConfig().fly_window == ReplicaConfig().fly_window == acceptance.FLY_WINDOW
+    assert setup.RULE_MODES == acceptance.MODES
+    assert (setup.FLY_ENTROPY, setup.FLY_WINDOW) == (acceptance.FLY_ENTROPY, acceptance.FLY_WINDOW)
+    assert RunConfig().fly_window == ReplicaConfig().decoding.fly_window == acceptance.FLY_WINDOW
+    defaults = {name: p.default for name, p in inspect.signature(acceptance.build_rule).parameters.items()}
+    assert (setup.DEFAULT_TOP_K, setup.TYPICAL_EPSILON, setup.MIN_PROB) == (defaults["top_k"], defaults["epsilon"], defaults["min_prob"])
+    assert setup.DEFAULT_TOP_K == RequestSettings().top_k

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from autojudge.tasks import InputError, get_task
+from autojudge.errors import InputError
+from autojudge.tasks import get_task
 from autojudge.tasks.code import HumanEvalTask, build_program, default_humaneval_path, extract_code
 from autojudge.tasks.sandbox import SandboxLimits
 

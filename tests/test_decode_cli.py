@@ -114,3 +114,54 @@ def test_decode_bad_input_names_file_and_line(pair_dirs, tmp_path, capsys):
     assert f"{prompts}:2" in capsys.readouterr().err
     assert main(["decode", "--target", str(target_dir), "--draft", str(draft_dir), "--mode", "autojudge",
                  "--input", str(prompts).replace("bad", "none"), "--output", str(tmp_path / "o.jsonl")]) == 2
+
+
+def test_each_command_reads_the_judge_and_each_tokenizer_once(pair_dirs, tmp_path, monkeypatch):
+    """One decoding setup per command (`autojudge.setup`): `decode` and `eval` read judge.json, the
+    judge's weights and each model's tokenizer once, however many checks use them."""
+    import collections
+    from pathlib import Path
+
+    import transformers
+
+    from autojudge import judge_format
+    from autojudge.judge import Judge, PairInfo
+
+    target_dir, draft_dir, target, tokenizer = pair_dirs
+    width = target.config.hidden_size
+    judge = Judge(
+        "logreg", "DT", PairInfo(str(target_dir), str(draft_dir), tokenizer_fingerprint(tokenizer), width, width),
+        scaler_mean=np.zeros(width), scaler_scale=np.ones(width), coef=np.zeros(width), default_threshold=0.5,
+        thresholds=[{"tau": 0.5, "recall_important": 1.0, "acceptance_rate": 0.5}],
+    )
+    judge.save(tmp_path / "judge")
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, [{"id": "a", "question": "Tom has 3 apples. How many?"}])
+
+    reads: collections.Counter[str] = collections.Counter()
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            reads[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(judge_format, "read_judge_meta", counted("judge.json", judge_format.read_judge_meta))
+    monkeypatch.setattr(judge_format, "load_logreg_weights", counted("judge weights", judge_format.load_logreg_weights))
+    from_pretrained = transformers.AutoTokenizer.from_pretrained
+
+    def read_tokenizer(location, *args, **kwargs):
+        reads[f"tokenizer of {Path(location).name}"] += 1
+        return from_pretrained(location, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", staticmethod(read_tokenizer))
+    once = {"judge.json": 1, "judge weights": 1, f"tokenizer of {target_dir.name}": 1, f"tokenizer of {draft_dir.name}": 1}
+
+    assert main(["decode", "--target", str(target_dir), "--draft", str(draft_dir), "--mode", "autojudge",
+                 "--judge", str(tmp_path / "judge"), "--max-new-tokens", "4", "--input", str(prompts),
+                 "--output", str(tmp_path / "out.jsonl")]) == 0
+    assert reads == once
+    reads.clear()
+    assert main(["eval", "--judge", str(tmp_path / "judge"), "--task", "toy", "--limit", "1", "--max-new-tokens", "4",
+                 "--top-k", "2", "--thresholds", "0.5", "--out", str(tmp_path / "eval")]) == 0  # the judge's pair
+    assert reads == once

@@ -37,10 +37,11 @@ def test_parse_jsonl_marks_bad_lines(tmp_path: Path, write_corpus) -> None:
 def test_decode_rows_without_cluster(pair: tuple[Path, Path], tmp_path: Path, write_corpus) -> None:
     """The stage function on dict rows: per-row errors, the rest decoded, same order, exact == greedy."""
     from autojudge.actors.decoder import DecodeStageConfig, decode_rows, load_decode_state
+    from autojudge.setup import DecodingConfig
     from autojudge.pipeline.infer import parse_jsonl_file
 
     target, draft = pair
-    config = DecodeStageConfig(target=str(target), draft=str(draft), max_new_tokens=6, max_prompt_tokens=300)
+    config = DecodeStageConfig(DecodingConfig(str(target), str(draft), max_new_tokens=6), max_prompt_tokens=300)
     state = load_decode_state(config)
     corpus = write_corpus(tmp_path / "c.jsonl", 12, broken=True)
     rows = parse_jsonl_file({"path": str(corpus), "bytes": corpus.read_bytes()})
@@ -68,9 +69,10 @@ def test_decode_rows_without_cluster(pair: tuple[Path, Path], tmp_path: Path, wr
 def test_decode_failure_is_isolated(pair: tuple[Path, Path]) -> None:
     """A row that makes the engine raise gets an error; its batch-mates are still decoded."""
     from autojudge.actors.decoder import DecodeStageConfig, decode_rows, load_decode_state
+    from autojudge.setup import DecodingConfig
 
     target, draft = pair
-    state = load_decode_state(DecodeStageConfig(target=str(target), draft=str(draft), max_new_tokens=4))
+    state = load_decode_state(DecodeStageConfig(DecodingConfig(str(target), str(draft), max_new_tokens=4)))
     real_generate = state.engine.generate
 
     def flaky(prompts, *args, **kwargs):

@@ -93,7 +93,7 @@ def test_threshold_table_definitions() -> None:
 
 
 def test_round_trip_same_probabilities(trained: Judge, tmp_path: Path) -> None:
-    from autojudge.judge import DEFAULT_WINDOW, default_window
+    from autojudge.setup import DEFAULT_WINDOW, default_window
 
     assert trained.default_window is None and default_window(trained) == DEFAULT_WINDOW == default_window(None)
     judge = copy.deepcopy(trained)  # the fixture is shared by the module

@@ -15,7 +15,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "autojudge"
 LAYERS = ["commands", "pipeline", "actors", "decode"]
 """Top to bottom; a module may import only from its own layer or the ones below it."""
-BELOW_LAYERS = {"models", "draft_vocab", "tasks", "errors", "files", "judge", "judge_format", "checks", "toy", "ray_utils"}
+BELOW_LAYERS = {"models", "model_specs", "setup", "draft_vocab", "tasks", "errors", "files", "judge", "judge_format", "checks", "toy",
+                "ray_utils"}
 """Modules under every layer: they import none of the layers (ray_utils: Ray set-up only)."""
 TOOLS = {"real"}
 """Beside the layers: `real` (set-up and measurement of the real pair) may compute with `decode`."""

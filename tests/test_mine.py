@@ -177,7 +177,7 @@ def test_mine_writes_shards_manifest_and_bad_input_rows(pair_dir: Path, tmp_path
     mine(config_for(pair_dir, tmp_path / "out", input=str(prompts), limit=None))
     check_exactly_once(out, set(responses))
     # a different budget on the same folder is refused
-    from autojudge.tasks import InputError
+    from autojudge.errors import InputError
 
     with pytest.raises(InputError, match="max_new_tokens"):
         mine(config_for(pair_dir, tmp_path / "out", input=str(prompts), limit=None, max_new_tokens=30))

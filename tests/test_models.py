@@ -21,6 +21,30 @@ def test_resolve_specs(tmp_path: Path) -> None:
     assert resolve_spec(str(tmp_path / "m.gguf")) == (str(tmp_path), "m.gguf")
 
 
+def test_a_model_family_resolves_through_the_resolver_its_package_registered(tmp_path: Path, monkeypatch) -> None:
+    """The generic loader knows folders, hub ids, .gguf files and the toy pair; `family:NAME` goes to the
+    resolver a package registered (`model_specs`): `autojudge.real` registers smollm2 on import."""
+    import ast
+    import inspect
+
+    from autojudge import model_specs, models
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(models))) if isinstance(node, ast.ImportFrom)}
+    assert not any(str(name).startswith("autojudge.real") for name in imported)  # no family in the generic loader
+    assert "smollm2" in model_specs.families()
+    monkeypatch.setattr(model_specs, "_RESOLVERS", dict(model_specs._RESOLVERS))
+    model_specs.register_spec_resolver("mine", lambda spec: str(tmp_path / spec.split(":", 1)[1]))
+    assert resolve_spec("mine:small@bf16") == (str(tmp_path / "small"), None)
+    assert resolve_spec("other:x") == ("other:x", None)  # no family registered: a hub id as given
+
+    def unavailable(spec: str) -> str:
+        raise ModelPairError(f"{spec}: not built")
+
+    model_specs.register_spec_resolver("mine", unavailable)
+    with pytest.raises(ModelPairError, match="mine:small: not built"):
+        resolve_spec("mine:small")
+
+
 def test_pair_with_same_tokenizer_loads(tmp_path: Path) -> None:
     target = save_word_level_model(tmp_path / "t", ["a", "b", "c"])
     draft = save_word_level_model(tmp_path / "d", ["a", "b", "c"])

@@ -237,6 +237,23 @@ def test_serve_on_loopback_answers_http_on_loopback_only(commands):
     assert any(name_of(p) == "haproxy" for p in processes) or "default HTTP proxy" in server.log.read_text()
     assert answers_http(LOOPBACK, port)  # the check sees an HTTP server where there is one
     assert http_off_loopback(processes) == []
+    assert "Token authentication is enabled" not in server.log.read_text()  # the local cluster started quietly
+
+
+def test_only_rays_notice_that_token_authentication_is_on_is_dropped():
+    """A local cluster a command starts has Ray's token authentication on, without Ray's notice
+    saying so at every start (`ray_utils.DropTokenAuthNotice`); its warning that authentication is off stays."""
+    import logging
+
+    from autojudge.ray_utils import DropTokenAuthNotice
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("ray", logging.WARNING, __file__, 1, message, None, None)
+
+    quiet = DropTokenAuthNotice()
+    assert not quiet.filter(record("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."))
+    assert quiet.filter(record("Token authentication is disabled for this Ray cluster. Anyone with network access ..."))
+    assert quiet.filter(record("Started a local Ray instance."))
 
 
 @pytest.mark.parametrize("signum,to_group", [

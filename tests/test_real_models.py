@@ -85,6 +85,33 @@ def test_target_as_its_own_draft_accepts_everything():
     assert stats.match_rate > 0.9 and stats.tokens_per_target_call > 3
 
 
+def test_the_fitting_steps_show_progress_and_change_nothing(capsys: pytest.CaptureFixture) -> None:
+    """`autojudge real fetch` spends about 10 CPU minutes generating the draft's fitting data and
+    fitting it: every step shows a bar on stderr (here on a tiny pair), and the bars change no result."""
+    from autojudge.real.data import target_responses
+    from autojudge.real.fit import FitConfig, soft_label_examples, train_draft
+    from autojudge.real.smollm2 import truncate_model
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 63
+
+    target = tiny_llama(layers=2, seed=1)
+    prompts = [[1, 2, 3, 4], [5, 6, 7], [8, 9]]
+    quiet = target_responses(target, Tok(), prompts, max_new_tokens=6, batch_size=2)
+    assert capsys.readouterr().err == ""
+    shown = target_responses(target, Tok(), prompts, max_new_tokens=6, batch_size=2, progress="target responses")
+    assert shown == quiet
+    err = capsys.readouterr().err
+    assert "target responses: 100%" in err and "12/12" in err  # 2 batches x 6 generation steps
+    examples = soft_label_examples(target, prompts, shown, top_k=4, progress="soft labels")
+    assert len(examples) == sum(len(r) > 1 for r in shown) and "soft labels: 100%" in capsys.readouterr().err
+    lines: list[str] = []
+    figures = train_draft(truncate_model(target, 1), examples, FitConfig(epochs=2), log=lines.append)
+    assert "fit: epoch 2/2" in capsys.readouterr().err  # the bar of each epoch
+    assert [line.split(" loss")[0] for line in lines] == ["fit: epoch 1/2", "fit: epoch 2/2"]
+    assert figures["train_tokens"] == sum(len(example[1]) for example in examples)
+
+
 @pytest.fixture(scope="module")
 def smollm2() -> dict[str, Path]:
     from autojudge.real.smollm2 import RealModelUnavailable

@@ -26,6 +26,7 @@ from autojudge.actors.openai_api import APIError, parse_chat, parse_completion
 from autojudge.actors.server import ReplicaConfig, TextStream
 from autojudge.cli import main
 from autojudge.models import eos_token_ids, load_model, load_tokenizer, tokenizer_fingerprint
+from autojudge.setup import DecodingConfig
 from tests.helpers import wait_until
 from autojudge.toy.world import generate_problems
 
@@ -289,8 +290,8 @@ def server(judge_dir):
     from autojudge.pipeline.serve import ServeConfig, start_server, stop_server
 
     replica = ReplicaConfig(
-        judge=str(judge_dir), window=4, max_batch=MAX_BATCH, max_waiting=MAX_WAITING, default_max_tokens=48,
-        speculation_max_batch=SPECULATION_MAX_BATCH,
+        decoding=DecodingConfig(judge=str(judge_dir), window=4, max_new_tokens=48), max_batch=MAX_BATCH,
+        max_waiting=MAX_WAITING, speculation_max_batch=SPECULATION_MAX_BATCH,
     )  # fmt: skip
     config = ServeConfig(replica=replica, port=free_port(), address="local", local_cpus=2, access_log=False)
     url = start_server(config)

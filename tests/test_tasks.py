@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autojudge.tasks import InputError, Problem, get_task
+from autojudge.errors import InputError
+from autojudge.tasks import Problem, get_task
 from autojudge.tasks.answers import extract_answer, normalize_number
 from autojudge.tasks.gsm8k import load_problems
 

@@ -10,56 +10,32 @@ function over row dicts (tested without a cluster) that puts each row's failure 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from autojudge.decode.engine.acceptance import FLY_ENTROPY, FLY_WINDOW
 from autojudge.errors import InputError
+from autojudge.setup import DecodingConfig
 
 
 @dataclass
 class DecodeStageConfig:
     """What one decode replica loads and how it decodes (shipped to every actor)."""
 
-    target: str = "toy:target"
-    """Target model spec (hub id, folder, .gguf, toy:target)."""
-    draft: str = "toy:draft"
-    """Draft model spec; must share the target's tokenizer."""
-    mode: str = "exact"
-    """Acceptance rule: exact | topk | autojudge | typical | prob | fly."""
-    judge: str | None = None
-    """Judge folder (mode autojudge); it must match the model pair."""
-    threshold: float | None = None
-    """Judge threshold tau (default: the judge's default)."""
-    top_k: int = 4
-    """K of mode topk."""
-    epsilon: float = 0.09
-    """Epsilon of mode typical (delta = sqrt(epsilon))."""
-    min_prob: float = 0.3
-    """Least target probability of a draft token in mode prob."""
-    fly_entropy: float = FLY_ENTROPY
-    """Least top-3 target entropy (nats) at a mismatch mode fly may accept."""
-    fly_window: int = FLY_WINDOW
-    """Mode fly: the mismatch plus the draft tokens after it that must match."""
-    window: int = 4
-    """Draft tokens proposed per target call."""
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    """The pair, the judge, the rule and its parameter, the window and the budget (`setup.DecodingConfig`;
+    `autojudge infer` ships the one `setup.resolve_setup` checked)."""
     batch_size: int = 16
     """Most rows decoded together by a replica's engine core."""
-    max_new_tokens: int = 256
-    """Generation budget per row."""
     task: str = "gsm8k"
     """Task that formats `question` rows (chat template); `prompt` rows are used as raw text."""
     stop: tuple[str, ...] = ()
     """Stop strings."""
     max_prompt_tokens: int | None = None
-    """Longer prompts become error rows (default: the models' context length minus max_new_tokens)."""
+    """Longer prompts become error rows (default: the models' context length minus the budget)."""
     device: str = "auto"
     """torch device of a replica; auto = cuda when the replica has a GPU, else cpu."""
     threads: int | None = None
     """torch CPU threads per replica (default: the replica's CPU count)."""
-    same_pair: bool = False
-    """The specs name the judge's models under other names (`--same-pair`): names are not compared."""
-
 
 
 @dataclass
@@ -102,7 +78,7 @@ def load_decode_state(config: DecodeStageConfig, num_gpus: float = 0.0) -> Decod
     import torch
 
     from autojudge.decode.engine import EngineCore, RequestSettings
-    from autojudge.models import load_pair
+    from autojudge.models import load_pair, model_context
     from autojudge.tasks import get_task
 
     device = config.device
@@ -110,29 +86,22 @@ def load_decode_state(config: DecodeStageConfig, num_gpus: float = 0.0) -> Decod
         device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(max(1, config.threads or 1))
-    pair = load_pair(config.target, config.draft, device=device)
+    decoding = config.decoding
+    pair = load_pair(decoding.target, decoding.draft, device=device)
     judge = None
-    if config.mode == "autojudge":
-        if not config.judge:
+    if decoding.mode == "autojudge":
+        if not decoding.judge:
             raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
         from autojudge.judge import Judge
 
-        judge = Judge.load(config.judge)
-        judge.check_model_pair(pair, config.same_pair)
-    engine = EngineCore.for_pair(pair, judge=judge, default_window=config.window, max_batch=max(1, config.batch_size))
-    threshold = {"typical": config.epsilon, "prob": config.min_prob, "fly": config.fly_entropy}.get(config.mode, config.threshold)
-    settings = RequestSettings(
-        max_new_tokens=config.max_new_tokens, mode=config.mode, threshold=threshold, top_k=config.top_k,
-        fly_window=config.fly_window, stop_strings=tuple(config.stop),
-    )
+        judge = Judge.load(decoding.judge)
+        judge.check_model_pair(pair, decoding.same_pair)
+    engine = EngineCore.for_pair(pair, judge=judge, default_window=decoding.window_for(judge), max_batch=max(1, config.batch_size))
+    settings = RequestSettings(**decoding.request_fields(), stop_strings=tuple(config.stop))
     engine.rule_for(settings)  # a bad mode or threshold fails here, once per replica
     max_prompt = config.max_prompt_tokens
     if max_prompt is None:
-        context = min(
-            getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 10**9
-            for model in (pair.target, pair.draft)
-        )
-        max_prompt = max(1, context - config.max_new_tokens)
+        max_prompt = max(1, min(model_context(pair.target), model_context(pair.draft)) - decoding.max_new_tokens)
     replica = f"{socket.gethostname()}:{os.getpid()}"
     return DecodeState(config, pair, engine, settings, get_task(config.task), max_prompt, replica)
 

@@ -35,23 +35,20 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Callable
+
+from autojudge.setup import DecodingConfig
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     """What the engine process loads and how its core schedules."""
 
-    target: str = "toy:target"
-    """Target model spec."""
-    draft: str = "toy:draft"
-    """Draft model spec."""
-    judge: str | None = None
-    """Judge folder (mode autojudge), or None."""
-    window: int | None = None
-    """Default draft tokens per cycle (None: the judge's window, else the default)."""
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    """The pair, the judge (or None) and the default window (None: the judge's window, else the
+    default) the engine is built with (`setup.DecodingConfig`; requests bring their own rule and budget)."""
     max_batch: int = 32
     """Rows decoded together."""
     device: str = "cpu"
@@ -62,8 +59,6 @@ class EngineConfig:
     """CPU priority of the engine process, added to its replica's nice value (negative: ahead of
     the replica, the ingress and the rest of the serving path; lowering needs root or
     CAP_SYS_NICE, and without it the process keeps its replica's priority); 0: unchanged."""
-    same_pair: bool = False
-    """The specs name the judge's models under other names (`--same-pair`): names are not compared."""
 
 
 def set_priority(increment: int) -> tuple[int, str | None]:
@@ -84,23 +79,24 @@ def load_engine(config: EngineConfig) -> tuple[Callable[[], Any], dict[str, Any]
     import torch
 
     from autojudge.decode.engine.core import EngineCore
-    from autojudge.judge import Judge, default_window
-    from autojudge.models import load_pair
+    from autojudge.judge import Judge
+    from autojudge.models import load_pair, model_context
 
     torch.set_num_threads(max(1, config.threads))
-    pair = load_pair(config.target, config.draft, device=config.device)
+    decoding = config.decoding
+    pair = load_pair(decoding.target, decoding.draft, device=config.device)
     judge = None
-    if config.judge:
-        judge = Judge.load(config.judge)
-        judge.check_model_pair(pair, config.same_pair)
-    window = config.window if config.window is not None else default_window(judge)
+    if decoding.judge:
+        judge = Judge.load(decoding.judge)
+        judge.check_model_pair(pair, decoding.same_pair)
+    window = decoding.window_for(judge)
 
     def new_core() -> EngineCore:
         return EngineCore.for_pair(pair, judge=judge, default_window=window, max_batch=config.max_batch)
 
     models = (pair.target, pair.draft)
     info = {
-        "context_length": min(getattr(m.config, "max_position_embeddings", None) or 10**9 for m in models),
+        "context_length": min(model_context(m) for m in models),
         # token ids a prompt may hold: known to the tokenizer and to both embedding tables
         "vocab_size": min(len(pair.tokenizer), *(m.get_input_embeddings().weight.shape[0] for m in models)),
         "has_judge": judge is not None,

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -54,6 +54,7 @@ from autojudge.actors.openai_api import (
 from autojudge.actors.engine_process import EngineConfig, EngineProcess
 from autojudge.decode.engine.acceptance import MODES
 from autojudge.decode.engine.core import RequestSettings
+from autojudge.setup import DecodingConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +66,17 @@ ITL_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
 class ReplicaConfig:
     """What one decode replica loads and how it schedules."""
 
-    target: str = "toy:target"
-    """Target model spec (hub id, folder, .gguf, toy:target)."""
-    draft: str = "toy:draft"
-    """Draft model spec; must share the target's tokenizer."""
-    judge: str | None = None
-    """Judge folder from `autojudge train`; needed for mode autojudge (server default or per request)."""
-    mode: str = "exact"
-    """Default acceptance rule: exact | topk | autojudge; a request may choose another."""
-    threshold: float | None = None
-    """Default judge threshold tau (None: the judge's default)."""
-    top_k: int = 4
-    """K of mode topk."""
-    fly_window: int = 6
-    """Mode fly: the mismatch plus the draft tokens after it that must match (`decode.engine.acceptance.FLY_WINDOW`)."""
-    window: int | None = None
-    """Default draft tokens per cycle (None: the judge's window, else 8)."""
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    """The pair, the judge (needed for mode autojudge, as the server's default or a request's) and a
+    request's defaults: rule, its parameter, window, and the budget of a request without max_tokens
+    (clipped to the context left) (`setup.DecodingConfig`; `autojudge serve` ships the one
+    `setup.resolve_setup` checked; a window of None is the judge's, else the default)."""
     max_batch: int = 32
     """Rows decoded together by the engine core."""
     max_waiting: int = 64
     """Requests that may wait for a row; more get 503."""
     speculation_max_batch: int | None = None
     """Rows (running + waiting) above which a new request runs without speculation (None: never)."""
-    default_max_tokens: int = 128
-    """Budget of a request that gives no max_tokens (clipped to the context left)."""
     model_name: str | None = None
     """Name in /v1/models and the `model` field requests must use (default: the target spec)."""
     device: str = "auto"
@@ -106,7 +94,7 @@ class ReplicaConfig:
 
     @property
     def served_name(self) -> str:
-        return self.model_name or self.target
+        return self.model_name or self.decoding.target
 
 
 # --------------------------------------------------------------------------- decode replica
@@ -231,15 +219,12 @@ class DecodeReplica:
         device = config.device
         if device == "auto":
             device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        if config.mode == "autojudge" and not config.judge:
+        if config.decoding.mode == "autojudge" and not config.decoding.judge:
             raise ValueError("mode autojudge needs a judge (--judge JUDGE_DIR)")
-        self.tokenizer = load_tokenizer(config.target)
+        self.tokenizer = load_tokenizer(config.decoding.target)
         self.engine = EngineProcess(
-            EngineConfig(
-                target=config.target, draft=config.draft, judge=config.judge, window=config.window,
-                max_batch=config.max_batch, device=device, threads=config.threads, nice=config.engine_nice,
-                same_pair=config.same_pair,
-            )  # fmt: skip
+            EngineConfig(decoding=config.decoding, max_batch=config.max_batch, device=device, threads=config.threads,
+                         nice=config.engine_nice)
         )
         info = self.engine.info
         if info["nice_refused"]:
@@ -271,7 +256,7 @@ class DecodeReplica:
         modes = [mode for mode in MODES if mode != "autojudge" or self.has_judge]
         return {
             "model": self.config.served_name, "context_length": self.context_length, "modes": modes,
-            "default_mode": self.config.mode, "default_window": self.default_window, "max_batch": self.config.max_batch,
+            "default_mode": self.config.decoding.mode, "default_window": self.default_window, "max_batch": self.config.max_batch,
             "max_waiting": self.config.max_waiting, "pid": os.getpid(),
         }  # fmt: skip
 
@@ -369,7 +354,7 @@ class DecodeReplica:
                 f"{len(prompt_ids)} prompt tokens and asks for {asked} more", param="prompt" if room < 1 else "max_tokens",
                 code="context_length_exceeded",
             )  # fmt: skip
-        settings, info = self._settings(request, min(request.max_tokens or config.default_max_tokens, room))
+        settings, info = self._settings(request, min(request.max_tokens or config.decoding.max_new_tokens, room))
         return _Stream(prompt_ids, settings, TextStream(self.tokenizer, request.stop), info, asyncio.Queue(), time.perf_counter())
 
     def _prompt_ids(self, request: GenerateRequest) -> list[int]:
@@ -387,12 +372,13 @@ class DecodeReplica:
 
     def _settings(self, request: GenerateRequest, max_tokens: int) -> tuple[Any, dict[str, Any]]:
         """RequestSettings of a request and the `info` part of its speculative stats."""
-        mode = request.mode or self.config.mode
+        defaults = self.config.decoding
+        mode = request.mode or defaults.mode
         modes = self.info()["modes"]
         if mode not in modes:
             why = " (the server has no judge: start it with --judge)" if mode == "autojudge" else ""
             raise APIError(400, f"unknown or unavailable mode '{mode}'{why}; this server offers {', '.join(modes)}", param="mode")
-        threshold = request.threshold if request.threshold is not None else (self.config.threshold if mode == self.config.mode else None)
+        threshold = request.threshold if request.threshold is not None else (defaults.threshold if mode == defaults.mode else None)
         if mode == "autojudge" and threshold is None:
             threshold = self.judge_threshold
         if mode in ("exact", "topk"):
@@ -406,7 +392,7 @@ class DecodeReplica:
             window, speculation = 0, f"off (server: batch >= {limit})"
         settings = RequestSettings(
             max_new_tokens=max_tokens, mode=mode, threshold=threshold,
-            top_k=self.config.top_k, fly_window=self.config.fly_window, window=window, stop_strings=request.stop,
+            top_k=defaults.top_k, fly_window=defaults.fly_window, window=window, stop_strings=request.stop,
         )  # fmt: skip
         info = {"mode": mode, "threshold": threshold, "window": window, "speculation": speculation}
         return settings, info

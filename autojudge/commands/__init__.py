@@ -1,15 +1,37 @@
-"""CLI subcommands, one module per stage (see autojudge/cli.py)."""
+"""CLI subcommands, one module per stage (see autojudge/cli.py), and the options they share.
+
+The pair (`--target`, `--draft`, `--same-pair`), the acceptance rule (`--mode` and its
+parameters), the window and the budget are declared here once; their defaults and how they
+resolve into a checked decoding setup live in `autojudge.setup` (`resolve_setup`). The task
+options are `autojudge.tasks.add_task_arguments`, the cluster's `ray_utils.add_ray_arguments`.
+"""
 
 from typing import Any
 
-RULE_MODES = ("exact", "topk", "autojudge", "typical", "prob", "fly")
-"""The acceptance rules a command may name (`decode.engine.acceptance.MODES`; kept here so `--help` needs no torch)."""
-FLY_ENTROPY, FLY_WINDOW = 0.3, 6
-"""FLy's defaults (`decode.engine.acceptance.FLY_ENTROPY`, `FLY_WINDOW`): the authors' shipped config."""
+from autojudge.checks import add_same_pair_argument
+from autojudge.setup import (  # noqa: F401 - FLY_ENTROPY, RULE_MODES: the torch-free copies, re-exported
+    DEFAULT_DRAFT, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TARGET, DEFAULT_TOP_K, DEFAULT_WINDOW, FLY_ENTROPY, FLY_WINDOW, MIN_PROB,
+    RULE_MODES, TYPICAL_EPSILON,
+)
+
+SPEC_HELP = "a model folder, a Hugging Face id, a .gguf file, toy:{which} or smollm2:{which}; @bf16 picks the dtype"
 
 
-def add_rule_arguments(parser: Any, default_window_help: str = "the judge's window in mode autojudge, else 8") -> None:
-    """--mode, --judge and every rule's parameter, declared once for the commands that decode (decode, infer)."""
+def add_pair_arguments(parser: Any, judge: bool = False, required: bool = False, default: str | None = None) -> None:
+    """`--target` and `--draft` (and with `judge`, `--same-pair`). Not given, they are None and
+    `setup.resolve_setup` takes the judge's pair, else the toy pair; `default` words the help
+    (`{which}`: target or draft, `{fallback}`: the default spec)."""
+    for which, fallback in (("target", DEFAULT_TARGET), ("draft", DEFAULT_DRAFT)):
+        shown = (default or ("the judge's {which}, else {fallback}" if judge else "{fallback}")).format(which=which, fallback=fallback)
+        parser.add_argument(f"--{which}", default=None, required=required, metavar="SPEC",
+                            help=f"{which} model spec: {SPEC_HELP.format(which=which)}"
+                                 + ("" if required else f" (default: {shown})"))
+    if judge:
+        add_same_pair_argument(parser)
+
+
+def add_rule_arguments(parser: Any) -> None:
+    """--mode, --judge and every rule's parameter, declared once for the commands that decode with one rule (decode, infer)."""
     parser.add_argument(
         "--mode", choices=RULE_MODES, default="exact",
         help="acceptance rule: exact (lossless), topk (draft token in target's top-K), autojudge (trained judge), "
@@ -20,31 +42,33 @@ def add_rule_arguments(parser: Any, default_window_help: str = "the judge's wind
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder from `autojudge train` (mode autojudge)")
     parser.add_argument("--threshold", type=float, metavar="TAU",
                         help="judge threshold: accept a mismatch when p(important) < TAU (default: the judge's default)")
-    parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
-    parser.add_argument("--epsilon", type=float, default=0.09,
-                        help="mode typical: posterior threshold epsilon (default 0.09, Medusa's and vLLM's; delta = sqrt(epsilon))")
-    parser.add_argument("--min-prob", type=float, default=0.3, help="mode prob: least target probability of a draft token (default 0.3)")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"K of mode topk (default {DEFAULT_TOP_K})")
+    parser.add_argument("--epsilon", type=float, default=TYPICAL_EPSILON,
+                        help=f"mode typical: posterior threshold epsilon (default {TYPICAL_EPSILON}, Medusa's and vLLM's; "
+                        "delta = sqrt(epsilon))")
+    parser.add_argument("--min-prob", type=float, default=MIN_PROB,
+                        help=f"mode prob: least target probability of a draft token (default {MIN_PROB})")
     parser.add_argument("--fly-entropy", type=float, default=FLY_ENTROPY,
                         help=f"mode fly: least top-3 entropy (nats) of the target at a mismatch it may accept (default {FLY_ENTROPY})")
-    parser.add_argument("--fly-window", type=int, default=FLY_WINDOW,
+    add_fly_window_argument(parser)
+
+
+def add_fly_window_argument(parser: Any, default: int | None = FLY_WINDOW) -> None:
+    """`--fly-window`: FLy's window (the mismatch plus the draft tokens after it that must match)."""
+    parser.add_argument("--fly-window", type=int, default=default,
                         help=f"mode fly: the mismatch plus the draft tokens after it that must match (default {FLY_WINDOW}; "
                         "needs a --window larger than it)")
 
 
-def check_rule_arguments(args: Any) -> None:
-    """One-line errors for a rule parameter out of range (before any model loads)."""
-    from autojudge.errors import InputError
-
-    if args.mode == "typical" and not 0.0 < args.epsilon <= 1.0:
-        raise InputError(f"--epsilon must be in (0, 1], got {args.epsilon}")
-    if args.mode == "prob" and not 0.0 < args.min_prob <= 1.0:
-        raise InputError(f"--min-prob must be in (0, 1], got {args.min_prob}")
-    if args.mode == "fly":
-        from autojudge.checks import check_fly_parameters
-
-        check_fly_parameters([args.fly_entropy], args.fly_window, getattr(args, "window", None))
+def add_window_argument(parser: Any, default_help: str = f"the judge's window in mode autojudge, else {DEFAULT_WINDOW}",
+                        type: Any = int, extra_help: str = "") -> None:
+    """`--window K` (None when not given: `setup` takes the judge's window, else `DEFAULT_WINDOW`)."""
+    parser.add_argument("--window", type=type, default=None, metavar="K",
+                        help=f"draft tokens per target call (default: {default_help}){extra_help}")
 
 
-def rule_parameter(args: Any) -> float | None:
-    """The lossy rule's one number for `RequestSettings.threshold`: tau, epsilon, least probability or FLy entropy."""
-    return {"typical": args.epsilon, "prob": args.min_prob, "fly": args.fly_entropy}.get(args.mode, args.threshold)
+def add_budget_argument(parser: Any, option: str = "--max-new-tokens", what: str = "generation budget",
+                        default: int | None = DEFAULT_MAX_NEW_TOKENS, default_help: str | None = None) -> None:
+    """The budget option (`setup.DEFAULT_MAX_NEW_TOKENS` unless a command with presets defaults it to None)."""
+    parser.add_argument(option, type=int, default=default, metavar="L",
+                        help=f"{what} (default {default_help or default})")

@@ -7,8 +7,7 @@ import sys
 import time
 from typing import Any
 
-from autojudge.commands import add_rule_arguments, check_rule_arguments
-from autojudge.checks import add_same_pair_argument
+from autojudge.commands import add_budget_argument, add_pair_arguments, add_rule_arguments, add_window_argument
 from autojudge.tasks import add_task_arguments
 
 
@@ -24,15 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "new_tokens, wall_s, accepted_lengths, tokens_per_target_call)."
         ),
     )
-    parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
-    parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
+    add_pair_arguments(parser, judge=True)
     add_rule_arguments(parser)
-    add_same_pair_argument(parser)
-    parser.add_argument("--window", type=window_option, default=None, metavar="K",
-                        help="draft tokens per target call (default: the judge's window in mode autojudge, else 8); "
-                        "'auto': measure the pair on the first prompts (step cost of each model, acceptance per "
-                        "position under --mode, batch 1) and take the window with the highest expected tokens/s")
-    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L", help="generation budget (default 256)")
+    add_window_argument(parser, type=window_option, extra_help=(
+        "; 'auto': measure the pair on the first prompts (step cost of each model, acceptance per position under "
+        "--mode, batch 1) and take the window with the highest expected tokens/s"))
+    add_budget_argument(parser)
     add_task_arguments(parser, default="gsm8k", seed=None)
     parser.add_argument("--input", required=True, metavar="FILE", help="prompts JSONL (id + question or prompt)")
     parser.add_argument("--output", required=True, metavar="FILE", help="output JSONL")
@@ -80,88 +76,53 @@ def auto_window(engine: Any, prompts: list[list[int]], max_new_tokens: int, rule
     return chosen
 
 
-def load_rule(args: argparse.Namespace, pair: Any) -> tuple[Any, Any]:
-    """(acceptance rule of --mode, judge or None); loads and checks the judge for mode autojudge."""
-    from autojudge.decode.engine import build_rule
-    from autojudge.tasks import InputError
-
-    if args.mode != "autojudge":
-        if args.judge:
-            print(f"autojudge decode: note: --judge is ignored in mode {args.mode}", file=sys.stderr)
-        return build_rule(args.mode, top_k=args.top_k, epsilon=args.epsilon, min_prob=args.min_prob,
-                          fly_entropy=args.fly_entropy, fly_window=args.fly_window), None
-    if not args.judge:
-        raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
-    from autojudge.judge import Judge  # lazy: only this mode needs it
-
-    judge = Judge.load(args.judge)
-    judge.check_model_pair(pair, args.same_pair)
-    return build_rule("autojudge", judge=judge, threshold=args.threshold), judge
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Everything that can be refused before the models load (autojudge.checks)."""
+def check_args(args: argparse.Namespace) -> Any:
+    """Everything that can be refused before the weights load (autojudge.checks); returns the checked
+    decoding setup (`setup.resolve_setup`: the judge folder and the tokenizers read once)."""
     from autojudge import checks
+    from autojudge.setup import resolve_setup
 
-    checks.check_options(args, at_least_1=["max_new_tokens", "batch_size", "limit", "top_k"],
-                         thresholds=["threshold"], threads=["threads"])
+    checks.check_options(args, at_least_1=["batch_size", "limit"], threads=["threads"])
     checks.check_stop_strings("--stop", args.stop)
-    if args.window != "auto":
-        checks.check_options(args, at_least_1=["window"])
-    check_rule_arguments(args)
     checks.check_input_file("--input", args.input)
     checks.check_output_file("--output", args.output)
     checks.check_not_inside("--output", args.output, "--input", args.input)
-    if args.mode == "autojudge":
-        if not args.judge:
-            raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
-        from autojudge.judge_format import check_judge_folder
-
-        check_judge_folder(args.judge)  # a broken judge is refused before torch or the models load
+    if args.judge and args.mode != "autojudge":
+        print(f"autojudge decode: note: --judge is ignored in mode {args.mode}", file=sys.stderr)
+    return resolve_setup(args, device=args.device)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_args(args)  # before the heavy imports: a bad option fails in a blink
-    from autojudge.tasks import InputError, build_task, write_jsonl
+    setup = check_args(args)  # before the weights load: a bad option fails in a blink
+    from autojudge import checks
+    from autojudge.errors import InputError
+    from autojudge.tasks import build_task, write_jsonl
 
     task = build_task(args.task, instruction=args.instruction, shots=args.shots, shots_file=args.shots_file)
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line
     if not problems:
         raise InputError(f"--input {args.input}: no records")
-    from autojudge import checks
-
-    # the pair, the judge and the prompts' lengths from tokenizers and configs, before any weights load
-    tokenizer = checks.check_pair_tokenizers(args.target, args.draft)
-    prompts = [task.prompt_ids(p, tokenizer) for p in problems]
-    context = checks.context_of_specs(args.target, args.draft)
-    checks.check_prompt_lengths(((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)), context, args.input)
-    checks.check_decode_lengths(context, args.window, args.max_new_tokens, args.judge if args.mode == "autojudge" else None)
-    if args.mode == "autojudge":
-        from autojudge.judge import Judge, check_judge_for_specs
-
-        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft, args.same_pair)
+    prompts = [task.prompt_ids(p, setup.tokenizer) for p in problems]
+    checks.check_prompt_lengths(((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)), setup.context, args.input)
     import torch
 
     from autojudge.decode.engine import EngineCore, RequestSettings, aggregate
-    from autojudge.models import ModelPairError, load_pair
+    from autojudge.errors import ModelPairError
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        pair = load_pair(args.target, args.draft, device=args.device)
-        rule, judge = load_rule(args, pair)
+        pair = setup.load_pair(device=args.device)
     except ModelPairError as err:
         raise InputError(str(err)) from None
-    from autojudge.judge import default_window
-
-    auto = args.window == "auto"
-    args.window = default_window(judge) if auto or args.window is None else args.window
     tokenizer = pair.tokenizer
-    engine = EngineCore.for_pair(pair, judge=judge, default_window=args.window, max_batch=args.batch_size, compile=args.compile,
-                                 shared_prefix=task.shared_prefix_ids(pair.tokenizer))
-    if auto:
-        args.window = engine.default_window = auto_window(engine, prompts, args.max_new_tokens, rule)
-    settings = RequestSettings(max_new_tokens=args.max_new_tokens, stop_strings=tuple(args.stop), rule=rule)
+    engine = EngineCore.for_pair(pair, judge=setup.judge, default_window=setup.window, max_batch=args.batch_size,
+                                 compile=args.compile, shared_prefix=task.shared_prefix_ids(tokenizer))
+    settings = RequestSettings(**setup.config.request_fields(), stop_strings=tuple(args.stop))
+    if args.window == "auto":
+        engine.default_window = auto_window(engine, prompts, setup.config.max_new_tokens, engine.rule_for(settings))
+    window = engine.default_window
+    settings = RequestSettings(**dict(setup.config.request_fields(), window=window), stop_strings=tuple(args.stop))
     start = time.perf_counter()
     results = engine.generate(prompts, settings)
     total_wall = time.perf_counter() - start
@@ -184,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     write_jsonl(args.output, records)
     total = aggregate(metrics, wall_s=total_wall)
     print(
-        f"mode {args.mode} window {args.window}: {len(records)} prompts, {total.new_tokens} tokens, "
+        f"mode {args.mode} window {window}: {len(records)} prompts, {total.new_tokens} tokens, "
         f"{total.target_calls} target calls ({total.tokens_per_target_call:.2f} tokens/call), "
         f"accepted-length histogram {total.accepted_lengths}, {total.wall_s:.1f} s ({total.tokens_per_s:.1f} tokens/s); "
         f"wrote {args.output}"

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from autojudge.checks import check_fly_parameters
-from autojudge.commands import FLY_WINDOW
-from autojudge.checks import add_same_pair_argument
+from autojudge.commands import DEFAULT_WINDOW, add_budget_argument, add_fly_window_argument, add_pair_arguments, add_window_argument
 from autojudge.tasks import add_task_arguments
 
 
@@ -28,15 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder (from `autojudge train`); without it only exact/topk")
-    add_same_pair_argument(parser)
-    parser.add_argument("--target", help="target model spec (default: the judge's target, else toy:target)")
-    parser.add_argument("--draft", help="draft model spec (default: the judge's draft, else toy:draft)")
+    add_pair_arguments(parser, judge=True)
     add_task_arguments(parser, default="toy", seed=2)
     parser.add_argument("--input", metavar="FILE", help="problems JSONL (default for toy: generated from --seed)")
     parser.add_argument("--limit", type=int, default=100, help="number of problems")
-    parser.add_argument("--window", type=int, default=None,
-                        help="draft tokens per cycle (k), same for every mode (default: the judge's window, else 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="generation budget per problem")
+    add_window_argument(parser, default_help=f"the judge's window, else {DEFAULT_WINDOW}", extra_help="; the same for every mode")
+    add_budget_argument(parser, what="generation budget per problem")
     parser.add_argument("--batch-size", type=int, default=16, help="problems decoded together")
     parser.add_argument("--top-k", type=_floats, default=(2.0, 3.0), help="K values of the topk baseline, e.g. 2,3")
     parser.add_argument(
@@ -53,9 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="thresholds of the training-free prob baseline, e.g. 0.5,0.3,0.1 (default none)")
     parser.add_argument("--fly-entropies", type=_floats, default=(), metavar="H,H",
                         help="entropy thresholds (nats) of the training-free FLy baseline, e.g. 0.3,0.6 (default none)")
-    parser.add_argument("--fly-window", type=int, default=FLY_WINDOW,
-                        help=f"FLy's window: the mismatch plus the draft tokens after it that must match (default {FLY_WINDOW}; "
-                        "needs --window larger than it)")
+    add_fly_window_argument(parser)
     parser.add_argument(
         "--set-default", action="store_true",
         help="write the recommended threshold into the judge as its default (use on validation problems, not test)",
@@ -66,80 +60,55 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Everything that can be refused before the models load (autojudge.checks)."""
+def check_args(args: argparse.Namespace) -> Any:
+    """Everything that can be refused before the weights load (autojudge.checks); returns the checked
+    decoding setup (`setup.resolve_setup`: the judge folder and the tokenizers read once)."""
     from autojudge import checks
+    from autojudge.errors import InputError
+    from autojudge.setup import resolve_setup
 
-    checks.check_options(args, at_least_1=["limit", "window", "max_new_tokens", "batch_size", "top_k"],
+    checks.check_options(args, at_least_1=["limit", "batch_size", "top_k"],
                          thresholds=["thresholds"], threads=["threads"], seeds=["seed"])
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if any(k != int(k) for k in args.top_k):
-        raise checks.InputError(f"--top-k takes whole numbers, got {','.join(f'{k:g}' for k in args.top_k)}")
+        raise InputError(f"--top-k takes whole numbers, got {','.join(f'{k:g}' for k in args.top_k)}")
     if any(not 0.0 < x <= 1.0 for x in (*args.typical_epsilons, *args.min_probs)):
-        raise checks.InputError("--typical-epsilons and --min-probs must lie in (0, 1]")
+        raise InputError("--typical-epsilons and --min-probs must lie in (0, 1]")
     if args.fly_entropies:
-        check_fly_parameters(args.fly_entropies, args.fly_window, args.window)
+        checks.check_fly_parameters(args.fly_entropies, args.fly_window, args.window)
     checks.check_input_file("--input", args.input)
     checks.check_output_dir("--out", args.out)
-    if args.judge:
-        from autojudge.judge_format import check_judge_folder
-
-        check_judge_folder(args.judge)  # a broken judge is refused before torch or the models load
-        if args.set_default:
-            checks.check_output_dir("--judge (written by --set-default)", args.judge)
+    if args.judge and args.set_default:
+        checks.check_output_dir("--judge (written by --set-default)", args.judge)
+    return resolve_setup(args, judge_any_mode=True, device=args.device)
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from autojudge.errors import ModelPairError
-
-    try:
-        return _run(args)
-    except ModelPairError as err:
-        print(f"autojudge eval: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    check_args(args)  # before the heavy imports: a bad option fails in a blink
-    from autojudge.tasks import InputError, build_task
+    setup = check_args(args)  # before the weights load: a bad option fails in a blink
+    from autojudge import checks
+    from autojudge.errors import InputError
+    from autojudge.tasks import build_task
 
     task = build_task(args.task, seed=args.seed, instruction=args.instruction, shots=args.shots, shots_file=args.shots_file)
     problems = [p for p in task.load(args.input, limit=args.limit) if p.error is None]
     if not problems:
         raise InputError(f"no problems to evaluate in {args.input or f'{args.task} seed {args.seed}'}")
+    checks.check_prompt_lengths(((f"problem {p.id!r}", len(task.prompt_ids(p, setup.tokenizer))) for p in problems),
+                                setup.context, args.input or args.task)
     import torch
 
-    from autojudge.models import load_pair
+    from autojudge.errors import ModelPairError
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes, recommend_threshold, write_eval_outputs
-    from autojudge.judge import Judge, default_window
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    judge = Judge.load(args.judge) if args.judge else None
-    target = args.target or (judge.pair.target_id if judge else "toy:target")
-    draft = args.draft or (judge.pair.draft_id if judge else "toy:draft")
-    from autojudge import checks
-
-    # the pair, the judge and the prompts' lengths from tokenizers and configs, before any weights load
-    tokenizer = checks.check_pair_tokenizers(target, draft)
-    context = checks.context_of_specs(target, draft)
-    checks.check_prompt_lengths(
-        ((f"problem {p.id!r}", len(task.prompt_ids(p, tokenizer)))
-         for p in problems),
-        context, args.input or args.task,
-    )
-    checks.check_decode_lengths(context, args.window, args.max_new_tokens, args.judge)
-    if judge is not None:
-        from autojudge.judge import check_judge_for_specs
-
-        check_judge_for_specs(judge, target, draft, args.same_pair)
-    pair = load_pair(target, draft, device=args.device)
-    if judge is not None:
-        judge.check_model_pair(pair, args.same_pair)
+    try:
+        pair = setup.load_pair(device=args.device)
+    except ModelPairError as err:
+        raise InputError(str(err)) from None
+    judge, target, draft = setup.judge, setup.config.target, setup.config.draft
     config = EvalConfig(
-        window=default_window(judge) if args.window is None else args.window, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        window=setup.window, max_new_tokens=setup.config.max_new_tokens, batch_size=args.batch_size,
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,
         max_accuracy_drop=args.max_drop / 100.0, device=args.device, quality=args.quality,
         typical_epsilons=args.typical_epsilons, min_probs=args.min_probs,

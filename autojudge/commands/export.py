@@ -62,7 +62,7 @@ def check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_args(args)  # before the heavy imports and any work
     from autojudge.pipeline.export import ExportConfig, export_dataset, is_export
-    from autojudge.tasks.jsonl import InputError
+    from autojudge.errors import InputError
 
     if args.push and not args.overwrite and is_export(Path(args.out)):
         print(f"{args.out} already holds an export: pushing it as it is (--overwrite exports again first)")

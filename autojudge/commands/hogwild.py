@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from autojudge.commands import add_budget_argument
 from autojudge.tasks import add_task_arguments
 
 
@@ -26,8 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default="toy:target", help="model spec (default toy:target; e.g. smollm2:target)")
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="parallel workers (default 2)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="L",
-                        help="generation budget per worker (default 256)")
+    add_budget_argument(parser, what="generation budget per worker")
     parser.add_argument("--no-collaborate", dest="collaborate", action="store_false",
                         help="no collaboration system prompt and no worker headers (1 worker = plain greedy)")
     parser.add_argument("--header", default="**{name}:** ",
@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from autojudge import checks
     from autojudge.decode.hogwild.generator import render_prompt
     from autojudge.models import load_tokenizer
-    from autojudge.tasks import InputError, build_task, write_jsonl
+    from autojudge.errors import InputError
+    from autojudge.tasks import build_task, write_jsonl
 
     task = build_task(args.task, instruction=args.instruction)
     problems = task.load(args.input, limit=args.limit, strict=True)  # InputError names file:line

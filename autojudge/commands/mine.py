@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from autojudge.commands import add_budget_argument, add_pair_arguments
 from autojudge.ray_utils import add_ray_arguments
 from autojudge.tasks import add_task_arguments
 
@@ -23,8 +24,7 @@ def add_parser(subparsers: Any) -> None:
     add_task_arguments(parser)
     parser.add_argument("--input", default=None, help="prompt JSONL (id + question or prompt); toy generates problems if absent")
     parser.add_argument("--limit", type=int, default=None, help="mine at most N prompts (toy default without --input: 200)")
-    parser.add_argument("--target", required=True, help="target model spec (HF id, folder, .gguf, toy:target)")
-    parser.add_argument("--draft", required=True, help="draft model spec (HF id, folder, .gguf, toy:draft)")
+    add_pair_arguments(parser, required=True)
     parser.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     parser.add_argument("--workers", type=int, default=1, help="Ray actors, one model replica each (0: no Ray, this process)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (0 on CPU machines)")
@@ -33,7 +33,7 @@ def add_parser(subparsers: Any) -> None:
                         help="mine only problems whose target answer ends (EOS) within the budget; the others get a "
                         "'not mined' response row (a cut or looping answer has no final answer to keep)")
     parser.add_argument("--batch-size", type=int, default=64, help="searches in flight per replica (default 64: wide forwards are where mining gets cheap)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="response budget per prompt")
+    add_budget_argument(parser, what="response budget per prompt")
     parser.add_argument("--method", default="fast", choices=["fast", "plain"], help="fast miner or the plain reference algorithm")
     parser.add_argument("--chunk-size", type=int, default=0, help="prompts per actor task and per shard (0: 2 x batch size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,7 +46,7 @@ def check_args(args: argparse.Namespace) -> None:
     from autojudge import checks
     from autojudge.ray_utils import check_cluster_address
 
-    checks.check_options(args, at_least_1=["limit", "cpus_per_worker", "batch_size", "max_new_tokens"],
+    checks.check_options(args, at_least_1=["limit", "cpus_per_worker", "batch_size"],
                          at_least_0=["workers", "gpus_per_worker", "chunk_size"], seeds=["seed"])
     if args.workers == 0:  # mining in this process: --cpus-per-worker is its torch threads
         checks.check_options(args, threads=["cpus_per_worker"])
@@ -66,8 +66,9 @@ def check_args(args: argparse.Namespace) -> None:
         check_cluster_address(args.address)
         check_actor_resources("mining workers", args.workers, args.cpus_per_worker, args.gpus_per_worker, args.address,
                               advice=RESOURCE_ADVICE)
-    checks.check_pair_tokenizers(args.target, args.draft)
-    checks.check_within_context([("--max-new-tokens", args.max_new_tokens)], checks.context_of_specs(args.target, args.draft))
+    from autojudge.setup import resolve_setup
+
+    resolve_setup(args)  # the pair's tokenizers, the budget within the models' context
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from autojudge.commands import add_budget_argument, add_fly_window_argument, add_pair_arguments, add_window_argument
+from autojudge.pipeline.run import TOY_RUN
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,8 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     defaults = RunConfig()
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="named settings; explicit flags override them. smollm2-gsm8k: "
-                        + ", ".join(f"{k}={v}" for k, v in PRESETS["smollm2-gsm8k"].items() if k not in ("train_input", "test_input")))
+                        help=f"named settings; explicit flags override them (default {DEFAULT_PRESET}). "
+                        + "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in preset.items() if k not in ("train_input", "test_input"))
+                                    for name, preset in sorted(PRESETS.items())))
     parser.add_argument("--task", choices=["toy", "gsm8k"], default=None, help="toy (default) or gsm8k")
     parser.add_argument("--train-input", metavar="FILE", default=None,
                         help="task gsm8k: train JSONL (mined problems, then selection problems)")
@@ -48,8 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="thresholds of the training-free prob baseline on the test curve ('' for none)")
     parser.add_argument("--fly-entropies", type=_float_list, default=None, metavar="H,H",
                         help="entropy thresholds (nats) of the training-free FLy baseline on the test curve ('' for none)")
-    parser.add_argument("--fly-window", type=int, default=None,
-                        help="FLy's window: the mismatch plus the draft tokens after it that must match (default 6)")
+    add_fly_window_argument(parser, default=None)
     parser.add_argument("--extra-judges", type=_str_list, default=None, metavar="MODEL:FEATURES,...",
                         help="other judges on the test curve, e.g. lightgbm:DD-DT,logreg:DT ('' for none)")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>)")
@@ -59,13 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f"seed-1 problems after the mined ones to choose tau on (default {defaults.select_problems})")
     parser.add_argument("--test-problems", type=int, default=None,
                         help=f"held-out seed-2 problems (default {defaults.test_problems})")
-    parser.add_argument("--window", type=int, default=None,
-                        help=f"draft tokens per cycle in evaluation, every mode (default {defaults.window})")
+    add_window_argument(parser, default_help=f"the preset's; {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET]['window']}",
+                        extra_help="; in selection and evaluation, every mode")
     parser.add_argument("--compare-windows", type=_int_list, default=None, metavar="K,K",
                         help="other windows at which exact and the chosen tau also run on the test problems "
                         f"(default {','.join(map(str, defaults.compare_windows))}; '' for none)")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help=f"generation budget per problem (default {defaults.max_new_tokens}; toy answers need <= ~92)")
+    add_budget_argument(parser, what="generation budget per problem, mining and decoding", default=None,
+                        default_help=f"the preset's; {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET]['max_new_tokens']}")
     parser.add_argument("--judge-model", choices=["logreg", "lightgbm"], default=None,
                         help="judge classifier")
     parser.add_argument("--features", choices=["DT", "DD-DT"], default=None, help="judge feature setup")
@@ -76,8 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help=f"torch CPU threads (default {defaults.threads})")
     parser.add_argument("--device", default=None, help="torch device")
-    parser.add_argument("--target", default=None, help=f"target model spec (default {defaults.target})")
-    parser.add_argument("--draft", default=None, help=f"draft model spec (default {defaults.draft})")
+    add_pair_arguments(parser, default=f"the preset's; {DEFAULT_PRESET}: {{fallback}}")
     parser.set_defaults(func=run)
 
 
@@ -98,6 +99,7 @@ GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final an
 """The instruction of the real-model set-up (`autojudge.real.measure.GSM8K_INSTRUCTION`)."""
 
 PRESETS: dict[str, dict[str, object]] = {
+    "toy": dict(TOY_RUN),
     "smollm2-gsm8k": {
         "target": "smollm2:target", "draft": "smollm2:draft", "task": "gsm8k",
         "train_input": "gsm8k:train", "test_input": "gsm8k:test", "train_offset": 400,
@@ -110,12 +112,17 @@ PRESETS: dict[str, dict[str, object]] = {
         "recall_levels": (1.0, 0.95, 0.9, 0.8), "low_taus": (),
     },
 }
-"""Named settings of `autojudge run`. smollm2-gsm8k: the real pair on GSM8K at the issue's
+"""Named settings of `autojudge run` (`DEFAULT_PRESET` when none is named). toy: the toy world's
+window and budget (`pipeline.run.TOY_RUN`: `make run`'s headline). smollm2-gsm8k: the real pair on GSM8K at the issue's
 sizes (300 mined train problems, budget 192, 200 test problems; hours on one CPU core - the
 README section "AutoJudge on SmolLM2 / GSM8K" gives the measured costs and the smaller run
 that fits a shared 2-core machine). The train slice starts at 400, after the problems the
 default draft was fitted on (0..347). Window 4: the fitted draft's exact acceptance is ~1.9
 tokens per call at k=4 and ~2.0 at k=8, and a window-4 cycle costs about half as much CPU."""
+
+
+DEFAULT_PRESET = "toy"
+"""The preset `autojudge run` applies when --preset names none."""
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -126,10 +133,12 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def check_args(args: argparse.Namespace, config: "RunConfig") -> None:  # noqa: F821 - lazy import
+def check_args(args: argparse.Namespace, config: "RunConfig") -> "DecodeSetup":  # noqa: F821 - lazy import
     """Everything that can be refused before mining starts (autojudge.checks), on the flags and on
-    the settings the run will use (defaults, then the preset, then the flags)."""
+    the settings the run will use (defaults, then the preset, then the flags); returns the decoding
+    setup (`pipeline.run.resolve_run_setup`: the pair's tokenizers read once)."""
     from autojudge import checks
+    from autojudge.pipeline.run import resolve_run_setup
     from autojudge.ray_utils import check_cluster_address
 
     checks.check_options(args, at_least_1=["mine_problems", "select_problems", "test_problems", "window",
@@ -150,41 +159,29 @@ def check_args(args: argparse.Namespace, config: "RunConfig") -> None:  # noqa: 
         check_cluster_address(None)
         check_actor_resources("mining workers", config.mine_workers, config.threads,
                               1.0 if config.device.startswith("cuda") else 0.0, None, advice=RESOURCE_ADVICE)
-    checks.check_pair_tokenizers(config.target, config.draft)
-    checks.check_within_context([("--max-new-tokens", config.max_new_tokens), ("--window", config.window),
-                                 *(("--compare-windows", window) for window in config.compare_windows)],
-                                checks.context_of_specs(config.target, config.draft))
+    return resolve_run_setup(config)
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     config = build_config(args)
-    check_args(args, config)  # before the heavy imports and any work
+    setup = check_args(args, config)  # before the heavy imports and any work
 
-    from autojudge.models import ModelPairError
     from autojudge.pipeline.run import format_summary, run_main
 
-    try:
-        summary = run_main(config)
-    except ModelPairError as err:
-        print(f"autojudge run: error: {err}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
+    print(format_summary(run_main(config, setup=setup)))
     return 0
 
 
 def build_config(args: argparse.Namespace) -> "RunConfig":  # noqa: F821 - lazy import below
     """RunConfig from the defaults, then the preset, then the flags given explicitly."""
     from autojudge.pipeline.run import RunConfig
-    from autojudge.tasks import InputError
+    from autojudge.errors import InputError
     from autojudge.tasks.gsm8k import shared_gsm8k_file
 
-    values: dict[str, object] = {}
-    if args.preset is not None:
-        if args.preset not in PRESETS:
-            raise InputError(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
-        values.update(PRESETS[args.preset])
+    preset = args.preset or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
+    values: dict[str, object] = dict(PRESETS[preset])
     flags = {
         "out": args.out, "target": args.target, "draft": args.draft, "task": args.task,
         "train_input": args.train_input, "train_offset": args.train_offset, "test_input": args.test_input,

@@ -8,8 +8,9 @@ import signal
 import sys
 import time
 
-from autojudge.checks import add_same_pair_argument, check_fly_parameters
-from autojudge.commands import FLY_WINDOW
+from autojudge.commands import (
+    DEFAULT_TOP_K, DEFAULT_WINDOW, RULE_MODES, add_budget_argument, add_fly_window_argument, add_pair_arguments, add_window_argument,
+)
 from autojudge.ray_utils import add_ray_arguments
 
 
@@ -24,27 +25,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "'autojudge' object or as top-level fields. Runs until Ctrl-C or SIGTERM, then stops everything it started and exits 0."
         ),
     )
-    parser.add_argument("--target", default="toy:target", help="target model spec (default toy:target)")
-    parser.add_argument("--draft", default="toy:draft", help="draft model spec (default toy:draft)")
     parser.add_argument("--judge", metavar="JUDGE_DIR", help="judge folder from `autojudge train` (enables mode autojudge)")
-    add_same_pair_argument(parser)
+    add_pair_arguments(parser, judge=True)
     parser.add_argument("--mode", default="exact", metavar="MODE",
-                        help="default acceptance rule of requests that name none: exact, topk, autojudge, or another "
-                             "rule of this build (default exact)")
-    parser.add_argument("--threshold", type=float, metavar="TAU", help="default judge threshold (default: the judge's)")
-    parser.add_argument("--top-k", type=int, default=4, help="K of mode topk (default 4)")
-    parser.add_argument("--fly-window", type=int, default=FLY_WINDOW,
-                        help=f"mode fly: the mismatch plus the draft tokens after it that must match (default {FLY_WINDOW}); "
-                        "a request's threshold is FLy's entropy threshold")
-    parser.add_argument("--window", type=int, default=None, metavar="K",
-                        help="default draft tokens per cycle (default: the judge's window, else 8)")
+                        help=f"default acceptance rule of requests that name none: {', '.join(RULE_MODES)} (default exact)")
+    parser.add_argument("--threshold", type=float, metavar="X",
+                        help="default parameter of that rule: the judge threshold tau (default: the judge's), typical's "
+                             "epsilon, prob's least probability or FLy's entropy threshold (default: the rule's)")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"K of mode topk (default {DEFAULT_TOP_K})")
+    add_fly_window_argument(parser)
+    add_window_argument(parser, default_help=f"the judge's window, else {DEFAULT_WINDOW}; 0: no speculation",
+                        extra_help=", for requests that name none")
     parser.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together per replica (default 32)")
     parser.add_argument("--max-waiting", type=int, default=64, metavar="N",
                         help="requests that may wait for a row per replica; more get 503 (default 64)")
     parser.add_argument("--speculation-max-batch", type=int, default=None, metavar="N",
                         help="a request arriving when N or more rows run or wait decodes without speculation (default: never)")
-    parser.add_argument("--max-tokens", type=int, default=128, metavar="L",
-                        help="budget of requests that give no max_tokens (default 128)")
+    add_budget_argument(parser, "--max-tokens", what="budget of requests that give no max_tokens")
     parser.add_argument("--engine-nice", type=int, default=-10, metavar="N",
                         help="CPU priority of each replica's engine process relative to the replica (nice increment, -20..19): "
                              "negative keeps request handling from delaying a running cycle; lowering needs root or "
@@ -67,40 +64,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Every option, the pair's tokenizers, the judge (and that it fits the pair) and the cluster
-    address, before Ray or any model starts."""
+def check_args(args: argparse.Namespace) -> "DecodeSetup":  # noqa: F821 - lazy import
+    """Every option, the port and the cluster address, then the decoding setup (`setup.resolve_setup`:
+    the pair's tokenizers and the judge, read once, and the judge against the pair), before Ray or any
+    model starts."""
     from autojudge import checks
-    from autojudge.decode.engine.acceptance import MODES
+    from autojudge.errors import InputError
     from autojudge.ray_utils import check_cluster_address
+    from autojudge.setup import resolve_setup
 
-    checks.check_options(args, at_least_1=["max_batch", "num_replicas", "max_tokens", "threads", "top_k",
-                                           "speculation_max_batch", "stream_interval"],
-                         at_least_0=["window", "max_waiting", "gpus_per_replica", "cpus_per_replica"],
-                         thresholds=["threshold"], ports=["port"])  # fmt: skip
+    checks.check_options(args, at_least_1=["max_batch", "num_replicas", "threads", "speculation_max_batch", "stream_interval"],
+                         at_least_0=["max_waiting", "gpus_per_replica", "cpus_per_replica"], thresholds=["threshold"],
+                         ports=["port"])
+    checks.check_fly_parameters([], args.fly_window)  # a request may choose mode fly
     if not (args.address or os.environ.get("RAY_ADDRESS")):  # a local cluster: the replicas run on these cores
         checks.check_options(args, threads=["threads"])
     if not -20 <= args.engine_nice <= 19:
-        raise checks.InputError(f"--engine-nice must be between -20 and 19, got {args.engine_nice}")
-    if args.mode not in MODES:
-        raise checks.InputError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
-    if args.mode == "autojudge" and not args.judge:
-        raise checks.InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
-    check_fly_parameters([] if args.threshold is None or args.mode != "fly" else [args.threshold], args.fly_window,
-                         args.window if args.mode == "fly" else None)
-    if args.judge:
-        from autojudge.judge_format import check_judge_folder
-
-        check_judge_folder(args.judge)
+        raise InputError(f"--engine-nice must be between -20 and 19, got {args.engine_nice}")
     check_cluster_address(args.address)
     check_port_free(args.host, args.port)
-    checks.check_pair_tokenizers(args.target, args.draft)
-    checks.check_decode_lengths(checks.context_of_specs(args.target, args.draft), args.window, args.max_tokens,
-                                args.judge, budget="--max-tokens")
-    if args.judge:
-        from autojudge.judge import Judge, check_judge_for_specs
-
-        check_judge_for_specs(Judge.load(args.judge), args.target, args.draft, args.same_pair)
+    return resolve_setup(args, judge_any_mode=True, least_window=0, budget="max_tokens")
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -188,16 +171,14 @@ def stop_process(process: "psutil.Process", timeout_s: float = 5.0) -> None:  # 
         pass
 
 
-def config_from_args(args: argparse.Namespace) -> "ServeConfig":  # noqa: F821
+def config_from_args(args: argparse.Namespace, setup: "DecodeSetup") -> "ServeConfig":  # noqa: F821
     from autojudge.actors.server import ReplicaConfig
     from autojudge.pipeline.serve import ServeConfig
 
     replica = ReplicaConfig(
-        target=args.target, draft=args.draft, judge=args.judge, mode=args.mode, threshold=args.threshold,
-        top_k=args.top_k, fly_window=args.fly_window, window=args.window, max_batch=args.max_batch, max_waiting=args.max_waiting,
-        speculation_max_batch=args.speculation_max_batch, default_max_tokens=args.max_tokens,
-        model_name=args.model_name, threads=args.threads, stream_interval=args.stream_interval,
-        engine_nice=args.engine_nice, same_pair=args.same_pair,
+        decoding=setup.config, max_batch=args.max_batch, max_waiting=args.max_waiting,
+        speculation_max_batch=args.speculation_max_batch, model_name=args.model_name, threads=args.threads,
+        stream_interval=args.stream_interval, engine_nice=args.engine_nice,
     )  # fmt: skip
     return ServeConfig(
         replica=replica, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
@@ -219,18 +200,18 @@ def run(args: argparse.Namespace) -> int:
     previous = {signum: signal.signal(signum, interrupt) for signum in signals}  # kept through ray.init (init_ray)
     config = None
     try:
-        check_args(args)  # before the heavy imports and any work
+        setup = check_args(args)  # before the heavy imports and any work
         from autojudge.errors import InputError
         from autojudge.pipeline.serve import start_server
 
-        config = config_from_args(args)
+        config = config_from_args(args, setup)
         try:
             url = start_server(config)
         except Exception as err:  # a replica that cannot start (out of memory, no GPU, ...)
             first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise InputError(f"the server did not start: {first_line} (the replicas' logs are in Ray's session folder, logs/serve/)") from None
         model = config.replica.served_name
-        print(f"serving {model} (draft {args.draft}, mode {args.mode}) at {url}/v1  (Ctrl-C or SIGTERM to stop)", file=sys.stderr)
+        print(f"serving {model} (draft {setup.config.draft}, mode {args.mode}) at {url}/v1  (Ctrl-C or SIGTERM to stop)", file=sys.stderr)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

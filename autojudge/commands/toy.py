@@ -24,7 +24,7 @@ def write_problems(num: int, seed: int, out: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch on the parsed arguments."""
-    from autojudge.tasks.jsonl import InputError
+    from autojudge.errors import InputError
     from autojudge.toy import model_path
 
     if args.model_path:

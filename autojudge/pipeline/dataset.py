@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from autojudge.judge import FEATURE_SETUPS, build_features  # noqa: F401 (re-exported for train)
-from autojudge.tasks.jsonl import InputError
+from autojudge.errors import InputError
 
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autojudge.decode.engine.acceptance import FLY_WINDOW
+from autojudge.setup import DEFAULT_MAX_NEW_TOKENS, DEFAULT_WINDOW
 from autojudge.tasks.base import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ DEFAULT_LOW_TAUS: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05)  # fills the saf
 class EvalConfig:
     """Settings of `evaluate_modes`."""
 
-    window: int = 8
+    window: int = DEFAULT_WINDOW
     """Draft tokens proposed per cycle (k), the same for every mode."""
-    max_new_tokens: int = 160
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     """Generation budget per problem."""
     batch_size: int = 16
     """Problems decoded together by the engine."""

@@ -49,7 +49,7 @@ import yaml
 
 from autojudge.checks import check_not_inside, check_overwrite
 from autojudge.files import is_no_space, no_space
-from autojudge.tasks.jsonl import InputError
+from autojudge.errors import InputError
 
 LABEL_NAMES = ["unimportant", "important"]  # ClassLabel ids 0 / 1
 EXPORT_ENTRIES = re.compile(

@@ -322,32 +322,24 @@ def summarize(path: str, wall_s: float, config: InferConfig) -> dict[str, Any]:
     return summary
 
 
-def _check_pair_tokenizers(stage: DecodeStageConfig) -> None:
-    """Fail fast on the driver (tokenizers only, no weights) instead of in every actor."""
-    from autojudge.models import ModelPairError, check_same_tokenizer, load_tokenizer
-
-    try:
-        check_same_tokenizer(load_tokenizer(stage.target), load_tokenizer(stage.draft), stage.target, stage.draft)
-    except (ModelPairError, OSError, ValueError) as err:
-        raise InputError(f"cannot use --target {stage.target} / --draft {stage.draft}: {err}") from None
-
-
-def run_infer(config: InferConfig) -> dict[str, Any]:
-    """Decode the whole corpus on the cluster and write Parquet; returns the summary."""
+def run_infer(config: InferConfig, setup: Any = None) -> dict[str, Any]:
+    """Decode the whole corpus on the cluster and write Parquet; returns the summary. `setup`: the
+    stage's decoding setup as `setup.resolve_setup` checked it (`autojudge infer`); without it the
+    stage's `DecodingConfig` is checked here (`setup.resolve`), before Ray starts."""
     import ray
 
     from autojudge.actors.decoder import Decoder
     from autojudge.ray_utils import check_actor_resources, init_ray
+    from autojudge.setup import resolve
 
+    if config.batch_size < 1 or config.num_replicas < 1:
+        raise InputError("--batch-size and --num-replicas must be >= 1")
     stage = config.stage
-    if config.batch_size < 1 or config.num_replicas < 1 or stage.max_new_tokens < 1 or stage.window < 1:
-        raise InputError("--batch-size, --num-replicas, --max-new-tokens and --window must be >= 1")
-    if stage.mode == "autojudge" and not stage.judge:
-        raise InputError("mode autojudge needs --judge JUDGE_DIR (from `autojudge train`)")
+    setup = setup or resolve(stage.decoding)  # the pair's tokenizers, the judge against them, the window: on the driver
+    stage.decoding = setup.config
     stage.batch_size = config.batch_size
     if stage.threads is None:
         stage.threads = max(1, int(config.num_cpus_per_replica))
-    _check_pair_tokenizers(stage)
     prepare_output(config.output, config.overwrite)
     init_ray(config.address, num_cpus=config.local_cpus)
     ray.data.DataContext.get_current().enable_progress_bars = True

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autojudge.pipeline import shards
+from autojudge.setup import DEFAULT_DRAFT, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TARGET
 
 
 @dataclass
@@ -35,9 +36,9 @@ class MineConfig:
     """Task gsm8k: solved examples shown first as earlier chat turns (few-shot)."""
     shots_file: str | None = None
     """Task gsm8k: JSONL whose first `shots` problems are the examples (None: the shared train file)."""
-    target: str = "toy:target"
+    target: str = DEFAULT_TARGET
     """Target model spec (HF id, folder, .gguf, or toy:target)."""
-    draft: str = "toy:draft"
+    draft: str = DEFAULT_DRAFT
     """Draft model spec."""
     out: str = "mined"
     """Output folder (labels/, responses/, manifest.json); re-running resumes it."""
@@ -55,7 +56,7 @@ class MineConfig:
     """CPUs reserved per actor; the actor also uses this many torch threads."""
     batch_size: int = 64
     """Searches in flight per replica (rows of one batched forward)."""
-    max_new_tokens: int = 128
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     """Response budget per prompt (the same for the first response and every alternative)."""
     finished_only: bool = False
     """Mine only problems whose target answer ends (EOS) within the budget: a cut or looping answer has no
@@ -147,7 +148,7 @@ class Progress:
 
 def mine(config: MineConfig) -> Path:
     """Run (or resume) a mining job; returns the output folder."""
-    from autojudge.tasks import InputError
+    from autojudge.errors import InputError
 
     if config.max_new_tokens < 1:
         raise InputError("--max-new-tokens must be at least 1")
@@ -189,7 +190,7 @@ RESUME_KEYS = ("task", "instruction", "shots", "shots_file", "target", "draft", 
 def resume_settings(out: Path) -> dict[str, Any] | None:
     """The settings recorded in `out/manifest.json` (None when there is no manifest); InputError when
     `out` holds what the miner did not write (`shards.check_mining_folder`) or the manifest is corrupt."""
-    from autojudge.tasks import InputError
+    from autojudge.errors import InputError
 
     shards.check_no_writer(out)  # another writer's half-written first shard is not a foreign file
     shards.check_mining_folder(out)
@@ -202,7 +203,7 @@ def resume_settings(out: Path) -> dict[str, Any] | None:
 
 def check_resumable(config: MineConfig, out: Path) -> None:
     """Refuse to resume a folder mined with other models, task, prompts or budget."""
-    from autojudge.tasks import InputError
+    from autojudge.errors import InputError
 
     before = resume_settings(out)
     if before is None:

@@ -50,20 +50,31 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from autojudge.setup import DEFAULT_DRAFT, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TARGET, DEFAULT_WINDOW, FLY_WINDOW
 from autojudge.tasks.base import Problem
 
 log = logging.getLogger(__name__)
 
 
+TOY_RUN: dict[str, object] = {"window": 12, "max_new_tokens": 112}
+"""The decoding settings `autojudge run` uses on the toy world unless told others (its `toy` preset,
+which `make run`'s headline was measured with): toy target answers take at most ~92 tokens, so a
+budget of 112 ends every one and keeps mining short; window 12 because the toy judge accepts most
+mismatches, and a long window turns that acceptance into fewer target calls (the report compares
+8 and 16)."""
+
+
 @dataclass
 class RunConfig:
-    """Settings of the main job (defaults take ~3.5 minutes on an idle 2-core CPU machine)."""
+    """Settings of the main job (with `TOY_RUN`, the defaults take ~3.5 minutes on an idle 2-core CPU
+    machine). Decoding defaults are the project's (`autojudge.setup`); `autojudge run` applies a preset
+    on top (`toy` unless told another)."""
 
     out: str | None = None
     """Run folder; default runs/<timestamp>."""
-    target: str = "toy:target"
+    target: str = DEFAULT_TARGET
     """Target model spec."""
-    draft: str = "toy:draft"
+    draft: str = DEFAULT_DRAFT
     """Draft model spec."""
     mine_problems: int = 600
     """Problems of seed 1 to mine labels from."""
@@ -75,10 +86,11 @@ class RunConfig:
     """Toy seed of the mining and selection problems."""
     test_seed: int = 2
     """Toy seed of the test problems."""
-    max_new_tokens: int = 112
-    """Generation budget per problem (mining and decoding); toy target answers take at most ~92 tokens."""
-    window: int = 12
-    """Draft tokens per cycle in selection and evaluation, the same for every mode."""
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    """Generation budget per problem (mining and decoding); `autojudge run` takes a preset's (`TOY_RUN`: 112)."""
+    window: int = DEFAULT_WINDOW
+    """Draft tokens per cycle in selection and evaluation, the same for every mode; `autojudge run`
+    takes a preset's (`TOY_RUN`: 12)."""
     compare_windows: tuple[int, ...] = (8, 16)
     """Other windows at which the test stage also runs exact and the chosen threshold."""
     top_ks: tuple[int, ...] = (2, 3)
@@ -127,7 +139,7 @@ class RunConfig:
     """Thresholds p of the training-free `prob` baseline on the test curve (() = not run)."""
     fly_entropies: tuple[float, ...] = ()
     """Entropy thresholds (nats) of the training-free FLy baseline on the test curve (() = not run)."""
-    fly_window: int = 6
+    fly_window: int = FLY_WINDOW
     """FLy's window (`decode.engine.acceptance.FLY_WINDOW`): the mismatch plus the draft tokens after it that must match."""
     extra_judges: tuple[str, ...] = ()
     """Other judges trained on the same labels and put on the test curve, as "model:features"
@@ -169,7 +181,7 @@ class StageTimer:
 
 def file_problems(path: str | None, start: int, count: int, what: str) -> list[Problem]:
     """Problems start..start+count-1 of a GSM8K-format file; every one must have a ground-truth answer."""
-    from autojudge.tasks import InputError
+    from autojudge.errors import InputError
     from autojudge.tasks.gsm8k import load_problems
 
     if not path:
@@ -216,9 +228,10 @@ def stage_description(config: RunConfig, stage: str) -> str:
     return f"the first {config.test_problems} problems of {config.test_input}"
 
 
-def check_run_config(config: RunConfig) -> None:
-    """Clear errors for settings the run cannot use (before any model is loaded)."""
-    from autojudge.tasks import InputError
+def check_run_config(config: RunConfig, tokenizer: Any = None) -> None:
+    """Clear errors for settings the run cannot use (before any model is loaded). `tokenizer`: the
+    target's, when the pair's tokenizers were read and compared already (`setup.resolve`)."""
+    from autojudge.errors import InputError
 
     if config.task not in ("toy", "gsm8k"):
         raise InputError(f"autojudge run supports --task toy or gsm8k, got {config.task!r}")
@@ -255,11 +268,11 @@ def check_run_config(config: RunConfig) -> None:
     if config.task == "gsm8k":
         for stage in ("mine", "select", "test"):
             stage_problems(config, stage)  # missing file, too few problems, problems without answers
-    from autojudge.models import check_same_tokenizer, load_tokenizer
+    if tokenizer is None:  # a pair that cannot work is refused before anything is mined (ModelPairError names both)
+        from autojudge.models import check_same_tokenizer, load_tokenizer
 
-    # a pair that cannot work is refused before anything is mined (ModelPairError names both)
-    tokenizer = load_tokenizer(config.target)
-    check_same_tokenizer(tokenizer, load_tokenizer(config.draft), config.target, config.draft)
+        tokenizer = load_tokenizer(config.target)
+        check_same_tokenizer(tokenizer, load_tokenizer(config.draft), config.target, config.draft)
     if config.task == "gsm8k" and config.shots:
         from autojudge.tasks import build_task
         from autojudge.tasks.gsm8k import clean_solution
@@ -270,6 +283,18 @@ def check_run_config(config: RunConfig) -> None:
         if config.max_new_tokens < shortest:
             raise InputError(f"--max-new-tokens {config.max_new_tokens} is shorter than every few-shot example's answer "
                              f"(the shortest is {shortest} tokens): no answer of the form the examples show fits")
+
+
+def resolve_run_setup(config: RunConfig) -> Any:
+    """The run's decoding setup checked (`setup.resolve`): the pair's tokenizers read once, the window,
+    the budget and every compared window within the models' context."""
+    from autojudge.checks import check_within_context
+    from autojudge.setup import DecodingConfig, resolve
+
+    setup = resolve(DecodingConfig(target=config.target, draft=config.draft, window=config.window,
+                                   max_new_tokens=config.max_new_tokens))
+    check_within_context([("--compare-windows", window) for window in config.compare_windows], setup.context)
+    return setup
 
 
 def mine_stage(config: RunConfig, out: Path) -> Path:
@@ -304,7 +329,7 @@ def check_mined_source(config: RunConfig, out: Path) -> dict[str, str]:
     import hashlib
 
     from autojudge.pipeline.mine import resume_settings
-    from autojudge.tasks import InputError
+    from autojudge.errors import InputError
 
     source = {"train_sha256": hashlib.sha256(Path(str(config.train_input)).read_bytes()).hexdigest()[:16]}
     before = ((resume_settings(out) or {}).get("settings_note") or {}).get("problems")
@@ -365,18 +390,20 @@ def extra_judge_taus(judge: Any, count: int) -> list[float]:
     return sorted(set(safe[: max(count - 1, 1)]) | set(wide))
 
 
-def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Mine, train, select the threshold, evaluate; return the summary (also written to RUN/summary.json)."""
+def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any = None) -> dict[str, Any]:
+    """Mine, train, select the threshold, evaluate; return the summary (also written to RUN/summary.json).
+    `setup`: the pair, window and budget as `setup.resolve` checked them (`autojudge run`); else they
+    are checked here."""
     import torch
 
-    from autojudge.models import load_pair
     from autojudge.pipeline.dataset import read_mined
     from autojudge.pipeline.evaluate import (
         EvalConfig, evaluate_modes, recommend_threshold, sweep_thresholds, write_eval_outputs,
     )
     from autojudge.tasks import build_task
 
-    check_run_config(config)
+    setup = setup or resolve_run_setup(config)
+    check_run_config(config, setup.tokenizer)
     torch.set_num_threads(config.threads)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -402,7 +429,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print) -> dict[str
     for name, other in extra.items():
         echo(f"  {name}: validation ROC AUC {other.metrics['val_roc_auc']:.4f}, PR AUC {other.metrics['val_pr_auc']:.4f}")
 
-    pair = load_pair(config.target, config.draft, device=config.device)
+    pair = setup.load_pair(device=config.device)
     judge.check_model_pair(pair)
     gsm8k = config.task == "gsm8k"
     task = build_task(config.task, instruction=config.instruction if gsm8k else None, shots=config.shots if gsm8k else 0,

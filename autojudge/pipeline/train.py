@@ -25,7 +25,7 @@ import numpy as np
 
 from autojudge.pipeline.dataset import FEATURE_SETUPS, MinedData, check_trainable, split_by_prompt
 from autojudge.judge import Judge, PairInfo
-from autojudge.tasks.jsonl import InputError
+from autojudge.errors import InputError
 
 log = logging.getLogger(__name__)
 

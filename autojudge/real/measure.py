@@ -96,7 +96,8 @@ def measure_drafts(
     started = time.time()
     cache_file = model_root() / "responses" / f"gsm8k-test-{prompts}-{max_new_tokens}.json"
     source = data or str(default_gsm8k("test"))
-    prompt_ids, responses = cached_target_responses(target, tokenizer, source, prompts, max_new_tokens, cache_file)
+    prompt_ids, responses = cached_target_responses(target, tokenizer, source, prompts, max_new_tokens, cache_file,
+                                                    progress=f"target responses to {prompts} test prompts")
     log(f"target responses: {len(responses)} prompts, {sum(map(len, responses))} tokens ({time.time() - started:.0f}s)")
     rows = []
     for spec in draft_specs:

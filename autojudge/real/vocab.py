@@ -81,7 +81,8 @@ def build_reduced_draft(base_folder: Path, size: int, name: str, cache: Path | N
         responses = json.loads(responses_file.read_text())["responses"]
     else:  # the fit's responses are not cached (a draft that was not fitted): generate them once
         target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
-        _, responses = cached_target_responses(target, tokenizer, source, fit.prompts, fit.max_new_tokens, responses_file)
+        _, responses = cached_target_responses(target, tokenizer, source, fit.prompts, fit.max_new_tokens, responses_file,
+                                               progress=f"draft vocabulary: target responses to {fit.prompts} prompts")
     text = gsm8k_train_text_ids(tokenizer, source)
     vocab_size = len(tokenizer)
     special = set(tokenizer.all_special_ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())

@@ -6,7 +6,8 @@ from typing import Any
 
 from autojudge.tasks.base import Problem, Task, chat_prompt
 from autojudge.tasks.gsm8k import GSM8KTask, ToyTask
-from autojudge.tasks.jsonl import InputError, read_jsonl, write_jsonl
+from autojudge.errors import InputError
+from autojudge.tasks.jsonl import read_jsonl, write_jsonl
 
 TASKS: dict[str, type[Task]] = {"gsm8k": GSM8KTask, "toy": ToyTask}
 
@@ -56,4 +57,4 @@ def add_task_arguments(parser: Any, default: str = "toy", seed: int | None = 1, 
                             help="seed of generated toy problems (1 = mining, 2 = held-out evaluation)")
 
 
-__all__ = ["build_task", "add_task_arguments", "Problem", "Task", "GSM8KTask", "ToyTask", "InputError", "get_task", "read_jsonl", "write_jsonl", "chat_prompt"]
+__all__ = ["build_task", "add_task_arguments", "Problem", "Task", "GSM8KTask", "ToyTask", "get_task", "read_jsonl", "write_jsonl", "chat_prompt"]

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from autojudge.tasks.base import Problem, Task, chat_prompt
-from autojudge.tasks.jsonl import InputError, scan_jsonl
+from autojudge.errors import InputError
+from autojudge.tasks.jsonl import scan_jsonl
 from autojudge.tasks.sandbox import SandboxLimits, SandboxResult, run_python
 
 HUMANEVAL_FILE = Path("humaneval") / "HumanEval.jsonl.gz"

@@ -11,7 +11,8 @@ from typing import Any
 
 from autojudge.tasks.answers import extract_answer
 from autojudge.tasks.base import Problem, Task, chat_prompt
-from autojudge.tasks.jsonl import InputError, scan_jsonl
+from autojudge.errors import InputError
+from autojudge.tasks.jsonl import scan_jsonl
 
 
 def record_to_problem(record: dict[str, Any], where: str, default_id: str) -> Problem:
