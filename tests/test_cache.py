@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autojudge.decode.engine.cache import CacheLayoutError, RowKVCache, forward_groups, forward_rows, group_by_length
+from autojudge.decode.engine.cache import CacheLayoutError, RowKVCache, forward_rows, group_by_length
 from tests.helpers import tiny_model
 
 torch.set_num_threads(1)
@@ -52,7 +52,7 @@ def test_group_by_length_splits_a_long_chunk_from_one_token_rows_when_padding_co
     assert group_by_length([3, 4], [5, 5], 0) in ([[3, 4]], [[3], [4]])  # equal lengths: no padding either way
 
 
-def test_forward_groups_equals_one_padded_forward_in_the_callers_row_order():
+def test_grouped_forward_equals_one_padded_forward_in_the_callers_row_order():
     """A new row's prompt among one-token rows runs in a forward of its own; outputs (and cache lengths)
     are those of the single padded forward, returned in the order the rows were given."""
     model = tiny_model("llama", seed=3)
@@ -62,7 +62,7 @@ def test_forward_groups_equals_one_padded_forward_in_the_callers_row_order():
         forward_rows(model, cache, [0, 1, 2], prompts)
     rows, chunks = [3, 0, 2, 1], [list(range(20, 50)), [12], [13], [14]]  # row 3 joins with a 30-token prompt
     assert group_by_length(list(range(4)), [len(c) for c in chunks], 8) == [[1, 2, 3], [0]]
-    out = forward_groups(model, grouped, rows, chunks, last=[2, 1, 1, 1], with_logits=True, overhead_tokens=8)
+    out = forward_rows(model, grouped, rows, chunks, last=[2, 1, 1, 1], with_logits=True, overhead_tokens=8)
     reference = forward_rows(model, padded, rows, chunks, last=[2, 1, 1, 1], with_logits=True)
     assert grouped.lengths == padded.lengths == [3, 4, 3, 30]
     for ours, theirs in zip(out, reference):

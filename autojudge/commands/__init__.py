@@ -1,9 +1,10 @@
-"""CLI subcommands, one module per stage (see autojudge/cli.py), and the options they share.
+"""CLI subcommands, one module per stage (see autojudge/cli.py), and the options and steps they share.
 
 The pair (`--target`, `--draft`, `--same-pair`), the acceptance rule (`--mode` and its
 parameters), the window and the budget are declared here once; their defaults and how they
 resolve into a checked decoding setup live in `autojudge.setup` (`resolve_setup`). The task
 options are `autojudge.tasks.add_task_arguments`, the cluster's `ray_utils.add_ray_arguments`.
+`load_pair` loads a checked setup's pair for the commands that decode in their own process (decode, eval).
 """
 
 from typing import Any
@@ -72,3 +73,18 @@ def add_budget_argument(parser: Any, option: str = "--max-new-tokens", what: str
     """The budget option (`setup.DEFAULT_MAX_NEW_TOKENS` unless a command with presets defaults it to None)."""
     parser.add_argument(option, type=int, default=default, metavar="L",
                         help=f"{what} (default {default_help or default})")
+
+
+def load_pair(setup: Any, device: str, threads: int | None = None) -> Any:
+    """The checked setup's loaded pair (`setup.DecodeSetup.load_pair`), torch's CPU threads set first
+    when `threads` is given; a pair that cannot load is the user's input error (`InputError`)."""
+    import torch
+
+    from autojudge.errors import InputError, ModelPairError
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return setup.load_pair(device=device)
+    except ModelPairError as err:
+        raise InputError(str(err)) from None

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from autojudge.commands import add_budget_argument, add_pair_arguments, add_rule_arguments, add_window_argument
+from autojudge.commands import add_budget_argument, add_pair_arguments, add_rule_arguments, add_window_argument, load_pair
 from autojudge.tasks import add_task_arguments
 
 
@@ -104,17 +104,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--input {args.input}: no records")
     prompts = [task.prompt_ids(p, setup.tokenizer) for p in problems]
     checks.check_prompt_lengths(((f"record {p.id!r}", len(ids)) for p, ids in zip(problems, prompts)), setup.context, args.input)
-    import torch
-
     from autojudge.decode.engine import EngineCore, RequestSettings, aggregate
-    from autojudge.errors import ModelPairError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        pair = setup.load_pair(device=args.device)
-    except ModelPairError as err:
-        raise InputError(str(err)) from None
+    pair = load_pair(setup, args.device, args.threads)
     tokenizer = pair.tokenizer
     engine = EngineCore.for_pair(pair, judge=setup.judge, default_window=setup.window, max_batch=args.batch_size,
                                  compile=args.compile, shared_prefix=task.shared_prefix_ids(tokenizer))

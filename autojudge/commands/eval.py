@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autojudge.commands import DEFAULT_WINDOW, add_budget_argument, add_fly_window_argument, add_pair_arguments, add_window_argument
+from autojudge.commands import (
+    DEFAULT_WINDOW, add_budget_argument, add_fly_window_argument, add_pair_arguments, add_window_argument, load_pair,
+)
 from autojudge.tasks import add_task_arguments
 
 
@@ -95,17 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no problems to evaluate in {args.input or f'{args.task} seed {args.seed}'}")
     checks.check_prompt_lengths(((f"problem {p.id!r}", len(task.prompt_ids(p, setup.tokenizer))) for p in problems),
                                 setup.context, args.input or args.task)
-    import torch
-
-    from autojudge.errors import ModelPairError
     from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes, recommend_threshold, write_eval_outputs
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        pair = setup.load_pair(device=args.device)
-    except ModelPairError as err:
-        raise InputError(str(err)) from None
+    pair = load_pair(setup, args.device, args.threads)
     judge, target, draft = setup.judge, setup.config.target, setup.config.draft
     config = EvalConfig(
         window=setup.window, max_new_tokens=setup.config.max_new_tokens, batch_size=args.batch_size,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from autojudge.commands import add_budget_argument, add_pair_arguments
 from autojudge.ray_utils import add_ray_arguments
 from autojudge.tasks import add_task_arguments
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "mine",
         help="mine important/unimportant mismatch labels with features (resumable)",

@@ -41,6 +41,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -49,7 +50,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 from autojudge.tasks.cgroup import ProgramCgroup
 
@@ -190,37 +191,36 @@ def namespaces_available() -> bool:
     return _NAMESPACES_WORK
 
 
-def processes_of_uid(uid: int) -> list[int]:
-    """PIDs whose real uid is `uid` (from /proc)."""
-    found = []
+def proc_files(name: str) -> Iterator[tuple[int, str]]:
+    """(PID, text of /proc/PID/`name`) of every process whose file could be read (one may exit meanwhile)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/status") as handle:
-                for line in handle:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) == uid:
-                            found.append(int(entry))
-                        break
-        except (OSError, ValueError):
+            with open(f"/proc/{entry}/{name}") as handle:
+                text = handle.read()
+        except OSError:
             continue
+        yield int(entry), text
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    """PIDs whose real uid is `uid` (the first number of the `Uid:` line of /proc/PID/status)."""
+    found = []
+    for pid, status in proc_files("status"):
+        real_uid = re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE)  # Uid: real effective saved filesystem
+        if real_uid and int(real_uid[1]) == uid:
+            found.append(pid)
     return found
 
 
 def processes_in_session(session_id: int) -> list[int]:
     """PIDs whose session id is `session_id` (from /proc/PID/stat)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 4 and int(fields[3]) == session_id:  # fields after "(comm)": state ppid pgrp session
-            found.append(int(entry))
+    for pid, line in proc_files("stat"):
+        fields = line.rsplit(")", 1)[1].split() if ")" in line else []  # after "(comm)": state ppid pgrp session
+        if len(fields) > 4 and int(fields[3]) == session_id:
+            found.append(pid)
     return found
 
 

@@ -178,14 +178,31 @@ def forward_rows(
     last: Sequence[int] | None = None,
     with_logits: bool = False,
     vocab_size: int | None = None,
+    overhead_tokens: int | None = None,
 ) -> list[RowOutput]:
     """Feed `chunks[i]` to cache row `rows[i]` (appended after its valid length), all in one
     forward pass; return per row the outputs at its last `last[i]` fed positions (all of them
     when `last` is None): greedy next tokens, hidden states and, with `with_logits`, logits.
-`vocab_size` drops padded vocabulary columns (a draft's) before the argmax.
+    `vocab_size` drops padded vocabulary columns (a draft's) before the argmax.
+
+    With `overhead_tokens` (the fixed cost of one forward call in fed tokens, e.g.
+    `FORWARD_OVERHEAD_TOKENS`), rows are grouped by chunk length (`group_by_length`) and each
+    group runs in a forward of its own: a new row's prompt does not pad every one-token row of
+    the batch to its length. Outputs stay in the order of `rows` either way.
 
     When the rows span a range at most twice their number, the whole range runs (idle rows
     feed only padding) so attention reads the cache as a view instead of gathering rows."""
+    if overhead_tokens is not None:
+        groups = group_by_length(list(range(len(rows))), [len(chunk) for chunk in chunks], overhead_tokens)
+        if len(groups) > 1:
+            outputs: dict[int, RowOutput] = {}
+            for group in groups:
+                picked = forward_rows(
+                    model, cache, [rows[i] for i in group], [chunks[i] for i in group], pad_token_id,
+                    None if last is None else [last[i] for i in group], with_logits, vocab_size,
+                )  # fmt: skip
+                outputs.update(zip(group, picked))
+            return [outputs[i] for i in range(len(rows))]
     requested = {row: (list(chunk), len(chunk) if last is None else min(last[i], len(chunk))) for i, (row, chunk) in enumerate(zip(rows, chunks))}
     if not requested:
         return []
@@ -329,37 +346,8 @@ def group_by_length(rows: list[int], lengths: list[int], overhead_tokens: int) -
 
 
 FORWARD_OVERHEAD_TOKENS = 64
-"""Default fixed cost of one forward call, in fed tokens (`group_by_length`): a batch splits where padding
-every row to the longest chunk would cost more than one more call."""
-
-
-def forward_groups(
-    model: Any,
-    cache: RowKVCache,
-    rows: Sequence[int],
-    chunks: Sequence[Sequence[int]],
-    pad_token_id: int = 0,
-    last: Sequence[int] | None = None,
-    with_logits: bool = False,
-    vocab_size: int | None = None,
-    overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
-) -> list[RowOutput]:
-    """`forward_rows` over rows grouped by chunk length (`group_by_length`): a new row's prompt does
-    not pad every one-token row of the batch to its length. Outputs in the order of `rows`."""
-    if not rows:
-        return []
-    groups = group_by_length(list(range(len(rows))), [len(chunk) for chunk in chunks], overhead_tokens)
-    if len(groups) == 1:
-        return forward_rows(model, cache, rows, chunks, pad_token_id, last, with_logits, vocab_size)
-    outputs: list[RowOutput | None] = [None] * len(rows)
-    for group in groups:
-        picked = forward_rows(
-            model, cache, [rows[i] for i in group], [chunks[i] for i in group], pad_token_id,
-            None if last is None else [last[i] for i in group], with_logits, vocab_size,
-        )  # fmt: skip
-        for i, output in zip(group, picked):
-            outputs[i] = output
-    return outputs  # type: ignore[return-value]
+"""Default fixed cost of one forward call, in fed tokens (`forward_rows(overhead_tokens=...)`, `group_by_length`):
+a batch splits where padding every row to the longest chunk would cost more than one more call."""
 
 
 def truncate_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -374,7 +362,6 @@ __all__ = [
     "RowOutput",
     "SharedPrefix",
     "check_cache_layout",
-    "forward_groups",
     "forward_rows",
     "group_by_length",
     "truncate_logits",

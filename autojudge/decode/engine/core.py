@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from autojudge.decode.engine.acceptance import FLY_WINDOW, AcceptanceRule, ExactRule, accepted_lengths, build_rule, greedy_prefix
-from autojudge.decode.engine.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_groups
+from autojudge.decode.engine.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_rows
 from autojudge.decode.engine.lean import compile_lean
 from autojudge.decode.engine.metrics import RequestMetrics
 
@@ -146,7 +146,7 @@ def propose(
 ) -> Proposal:
     """Draft each row's window greedily: the pending tokens first, then one batched step per
     token; a row whose rule reads draft features also feeds its last proposal. Rows whose pending
-    tokens differ much in length (a new row's prompt) run in separate forwards (`forward_groups`)."""
+    tokens differ much in length (a new row's prompt) run in separate forwards (`forward_rows` with `overhead_tokens`)."""
     tokens: list[list[int]] = [[] for _ in rows]
     hidden: list[list[torch.Tensor]] = [[] for _ in rows]
     calls = [0] * len(rows)
@@ -154,7 +154,7 @@ def propose(
     first = True
     while feed:
         indices = list(feed)
-        outputs = forward_groups(
+        outputs = forward_rows(
             draft, cache, [rows[i].slot for i in indices], [feed[i] for i in indices], pad_id,  # type: ignore[misc]
             last=[1] * len(indices), vocab_size=vocab_size, overhead_tokens=overhead_tokens,
         )  # fmt: skip
@@ -180,13 +180,13 @@ def verify(
     overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
 ) -> list[RowOutput]:
     """One batched target forward over each row's pending tokens + its proposal (a new row's prompt
-    in a forward of its own when padding the others to it costs more, `forward_groups`); per row the
+    in a forward of its own when padding the others to it costs more, `forward_rows` with `overhead_tokens`); per row the
     outputs at the last k+1 positions: logits/argmax predicting c_1..c_k and the bonus, hidden
     states `[k + 1, Ht]` (index i >= 1 is the position holding c_i)."""
     chunks = [pending(row, cache) + drafted for row, drafted in zip(rows, proposal.tokens)]
     last = [len(drafted) + 1 for drafted in proposal.tokens]
     slots = [row.slot for row in rows]
-    return forward_groups(target, cache, slots, chunks, pad_id, last=last, with_logits=True, overhead_tokens=overhead_tokens)  # type: ignore[arg-type]
+    return forward_rows(target, cache, slots, chunks, pad_id, last=last, with_logits=True, overhead_tokens=overhead_tokens)  # type: ignore[arg-type]
 
 
 def pad_rows(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
