@@ -32,7 +32,7 @@ class ReducedHead(torch.nn.Module):
 
     `weight_t` holds the kept rows of the original head, transposed (`[H, N]`, contiguous: on the
     CPU a one-row `hidden @ weight_t` is about 2x faster than `F.linear` over `[N, H]` rows, measured
-    in README "Real models"); `forward` scatters its N logits into a `[..., vocab_size]` tensor filled with the dtype's
+    in docs/real-models.md); `forward` scatters its N logits into a `[..., vocab_size]` tensor filled with the dtype's
     lowest value, so an argmax over the result is the argmax over the subset mapped back
     to full-vocabulary ids (ties resolve to the lowest id, as over the full head, because
     `token_ids` is ascending)."""

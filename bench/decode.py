@@ -149,7 +149,7 @@ def load_models(config: BenchConfig) -> BenchInputs:
                                    max_new_tokens=config.max_new_tokens))
     pair = setup.load_pair(device="cpu", dtype=torch.float32)
     if bench_task(config) == "gsm8k":
-        from autojudge.commands.run import GSM8K_INSTRUCTION
+        from autojudge.tasks.gsm8k import GSM8K_INSTRUCTION
         from autojudge.tasks.gsm8k import shared_gsm8k_file
         from autojudge.tasks.gsm8k import load_problems
 

@@ -300,7 +300,7 @@ def main() -> None:
     from autojudge.setup import DecodingConfig, resolve
 
     if args.task == "gsm8k":
-        from autojudge.commands.run import GSM8K_INSTRUCTION
+        from autojudge.tasks.gsm8k import GSM8K_INSTRUCTION
         from autojudge.tasks.gsm8k import shared_gsm8k_file
 
         args.input = args.input or shared_gsm8k_file("train")

@@ -37,7 +37,7 @@ def main() -> None:
 
     import torch
 
-    from autojudge.commands.run import GSM8K_INSTRUCTION
+    from autojudge.tasks.gsm8k import GSM8K_INSTRUCTION
     from autojudge.decode.engine.core import EngineCore, RequestSettings
     from autojudge.models import load_model, load_tokenizer
     from autojudge.tasks import build_task

