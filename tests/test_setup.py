@@ -3,6 +3,8 @@ window and the budget from there, and `autojudge run` overrides them only throug
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from autojudge import setup
@@ -20,7 +22,11 @@ def test_the_config_classes_take_the_project_defaults():
     nested = [DecodeStageConfig().decoding, ReplicaConfig().decoding, EngineConfig().decoding]
     assert all(config == setup.DecodingConfig() for config in nested)  # one nested config, not repeated fields
     assert setup.DecodingConfig().window_for(None) == EvalConfig().window == RunConfig().window == setup.DEFAULT_WINDOW
-    budgets = {config.max_new_tokens for config in (setup.DecodingConfig(), EvalConfig(), MineConfig(), RunConfig())}
+    from autojudge.decode.engine.core import EngineCore, RequestSettings
+
+    budgets = {config.max_new_tokens for config in (setup.DecodingConfig(), EvalConfig(), MineConfig(), RunConfig(), RequestSettings())}
+    assert inspect.signature(EngineCore).parameters["default_window"].default == setup.DEFAULT_WINDOW
+    assert inspect.signature(EngineCore.for_pair).parameters["default_window"].default == setup.DEFAULT_WINDOW
     assert budgets == {setup.DEFAULT_MAX_NEW_TOKENS}
     assert (MineConfig().target, RunConfig().draft) == (setup.DEFAULT_TARGET, setup.DEFAULT_DRAFT)
 

@@ -37,13 +37,14 @@ from autojudge.decode.engine.acceptance import FLY_WINDOW, AcceptanceRule, Exact
 from autojudge.decode.engine.cache import FORWARD_OVERHEAD_TOKENS, RowKVCache, RowOutput, SharedPrefix, forward_rows
 from autojudge.decode.engine.lean import compile_lean
 from autojudge.decode.engine.metrics import RequestMetrics
+from autojudge.setup import DEFAULT_MAX_NEW_TOKENS, DEFAULT_WINDOW
 
 
 @dataclass(frozen=True)
 class RequestSettings:
     """How one request is decoded."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     """Most tokens to generate (EOS included when emitted)."""
     mode: str = "exact"
     """Acceptance rule: "exact", "topk", "autojudge" (needs the engine's judge) or another mode of `build_rule`."""
@@ -256,7 +257,7 @@ class EngineCore:
         tokenizer: Any = None,
         eos_token_ids: Sequence[int] | int | None = (),
         pad_token_id: int | None = 0,
-        default_window: int = 8,
+        default_window: int = DEFAULT_WINDOW,
         max_batch: int = 64,
         forward_overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
         shared_prefix: Sequence[int] = (),
@@ -292,7 +293,7 @@ class EngineCore:
         self._next_id = 0
 
     @classmethod
-    def for_pair(cls, pair: Any, judge: Any = None, default_window: int = 8, max_batch: int = 64, compile: bool = False,
+    def for_pair(cls, pair: Any, judge: Any = None, default_window: int = DEFAULT_WINDOW, max_batch: int = 64, compile: bool = False,
                  shared_prefix: Sequence[int] = ()) -> "EngineCore":
         """The engine for a loaded `models.ModelPair`: its tokenizer, and the one EOS policy (the
         tokenizer's EOS and both models' generation-config EOS ids, as `generate` stops on).
