@@ -157,7 +157,7 @@ def test_prefix_attention_equals_attention_over_each_rows_cache(dtype, tolerance
             allowed[row, 0, j, : prefix + max(length - c + j + 1, 1)] = True
     mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
     expected = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=d**-0.5, enable_gqa=True)
-    got = prefix_attention(q, prefix_k, prefix_v, keys, values, mask, d**-0.5)
+    got = prefix_attention(q, prefix_k, prefix_v, own_k, own_v, mask, d**-0.5)  # each row's slots after the prefix
     assert got.dtype == dtype and got.shape == expected.shape
     torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
 

@@ -201,18 +201,19 @@ def write_and_read_rows(
     low: int,
     high: int,
     kv_len: int,
+    start: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer's step on the per-row cache (`cache.RowKVCache`, whose `update` calls this too): write
     the chunk's keys/values `[b, kv_heads, C, d]` to the flat `write_index` of the buffers `[rows,
-    kv_heads, capacity, d]`, then return slots `[0, kv_len)` of rows `low:high` (a view) or, when
-    `low < 0`, of the gathered `rows`."""
+    kv_heads, capacity, d]`, then return slots `[start, kv_len)` of rows `low:high` (a view) or, when
+    `low < 0`, of the gathered `rows` (a copy: a shared header's slots are not copied)."""
     head_dim = keys.shape[-1]
     keys.view(-1, head_dim).index_put_((write_index,), key_states.reshape(-1, head_dim))
     values.view(-1, head_dim).index_put_((write_index,), value_states.reshape(-1, head_dim))
     if low >= 0:
-        return keys[low:high, :, :kv_len], values[low:high, :, :kv_len]
+        return keys[low:high, :, start:kv_len], values[low:high, :, start:kv_len]
     assert rows is not None
-    return keys[:, :, :kv_len].index_select(0, rows), values[:, :, :kv_len].index_select(0, rows)
+    return keys[:, :, start:kv_len].index_select(0, rows), values[:, :, start:kv_len].index_select(0, rows)
 
 
 class LeanDecoder:
@@ -420,9 +421,13 @@ class LeanDecoder:
 
         def attend(index: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             qk = rotate(qk, cos, sin)  # q and k in one operation
+            if shared is not None and mask is not None:  # the header's slots are read once, not per row
+                prefix_k, prefix_v = shared[0][index], shared[1][index]
+                after_k, after_v = write_and_read_rows(
+                    keys[index], values[index], qk[:, heads:], v, write_index, rows, low, high, kv_len, prefix_k.shape[1]
+                )
+                return prefix_attention(qk[:, :heads], prefix_k, prefix_v, after_k, after_v, mask, self.scaling)
             cached_k, cached_v = write_and_read_rows(keys[index], values[index], qk[:, heads:], v, write_index, rows, low, high, kv_len)
-            if shared is not None and mask is not None:
-                return prefix_attention(qk[:, :heads], shared[0][index], shared[1][index], cached_k, cached_v, mask, self.scaling)
             return F.scaled_dot_product_attention(
                 qk[:, :heads], cached_k, cached_v, attn_mask=mask, scale=self.scaling, enable_gqa=self.grouped
             )  # [b, heads, C, d]
@@ -434,14 +439,15 @@ def prefix_attention(
     q: torch.Tensor,
     prefix_k: torch.Tensor,
     prefix_v: torch.Tensor,
-    cached_k: torch.Tensor,
-    cached_v: torch.Tensor,
+    after_k: torch.Tensor,
+    after_v: torch.Tensor,
     mask: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
     """Attention of queries `q` `[b, heads, C, d]` over rows whose caches `[b, kv_heads, S, d]` all start
-    with the same P slots, given once as `prefix_k`/`prefix_v` `[kv_heads, P, d]` (`mask` `[b, 1, C, S]`
-    additive, every query at a position >= P). The same function as attending to each row's whole cache:
+    with the same P slots, given once as `prefix_k`/`prefix_v` `[kv_heads, P, d]`; `after_k`/`after_v`
+    `[b, kv_heads, S - P, d]` are each row's slots after them (`mask` `[b, 1, C, S]` additive over all S
+    slots, every query at a position >= P). The same function as attending to each row's whole cache:
 
     - the prefix part is one matrix product per key/value head over every query of every row (a dense
       product instead of b memory-bound ones: a few-shot header of hundreds of tokens is read once);
@@ -462,8 +468,8 @@ def prefix_attention(
     out1 = out1.reshape(kv_heads, b, group * c, d).transpose(0, 1).reshape(b, heads, c, d)
     # the rest of each row's cache: the fused kernel, which also returns its log-sum-exp
     out2, lse2 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, cached_k[:, :, prefix_len:], cached_v[:, :, prefix_len:], 0.0, False, attn_mask=mask[..., prefix_len:], scale=scale
-    ) if q.device.type == "cpu" else _attention_with_lse(q, cached_k[:, :, prefix_len:], cached_v[:, :, prefix_len:], mask[..., prefix_len:], scale)
+        q, after_k, after_v, 0.0, False, attn_mask=mask[..., prefix_len:], scale=scale
+    ) if q.device.type == "cpu" else _attention_with_lse(q, after_k, after_v, mask[..., prefix_len:], scale)
     lse = torch.logaddexp(lse1, lse2)
     out = out1 * torch.exp(lse1 - lse)[..., None] + out2.float() * torch.exp(lse2 - lse)[..., None]
     return out.to(q.dtype).reshape(b, heads, c, d)
