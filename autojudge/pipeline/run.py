@@ -315,7 +315,9 @@ def mine_stage(config: RunConfig, out: Path) -> Path:
     mine_config = MineConfig(
         target=config.target, draft=config.draft, limit=config.mine_problems,
         out=str(out), max_new_tokens=config.max_new_tokens, batch_size=config.mine_batch_size,
-        chunk_size=max(1, config.mine_batch_size // 2), max_chunks_in_flight=4,  # small shards: a kill loses little
+        # shards of batch/8 problems, two batches' worth queued: a shard is written as soon as its 8 slowest-to-mine
+        # problems are done (with batch/2 the first shard of the real run took an hour), and a kill loses little
+        chunk_size=max(1, config.mine_batch_size // 8), max_chunks_in_flight=16,
         finished_only=config.finished_only,
         workers=config.mine_workers, cpus_per_worker=config.threads,
         gpus_per_worker=1.0 if config.device.startswith("cuda") else 0.0, **where,
