@@ -41,11 +41,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen) -> None:
+def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ray start exited early with code {process.returncode}")
+        if process.poll() is not None:  # say why: the end of its own output
+            raise RuntimeError(f"ray start exited early with code {process.returncode}: {log_path.read_text()[-2000:]}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -73,7 +73,7 @@ def ray_head() -> Iterator[str]:
     log = open(Path(temp_dir) / "ray_start.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        wait_for_port(port, 90, process)
+        wait_for_port(port, 90, process, Path(temp_dir) / "ray_start.log")
         time.sleep(2)  # the raylet registers shortly after the GCS port opens
         yield f"127.0.0.1:{port}"
     finally:
@@ -156,7 +156,7 @@ def test_ray_job_submit_working_dir(tmp_path: Path) -> None:
     log = open(Path(temp_dir) / "ray_start.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        wait_for_port(dashboard_port, 120, process)
+        wait_for_port(dashboard_port, 120, process, Path(temp_dir) / "ray_start.log")
         job_env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
         result = subprocess.run(
             [str(RAY_BIN), "job", "submit", "--working-dir", ".", "--",
