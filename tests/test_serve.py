@@ -446,7 +446,7 @@ def test_sixteen_mixed_requests_in_flight_are_exact(server, reference):
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(call, range(16)))
-    exact, server_off = 0, 0
+    exact = 0
     for body, response in results:
         choice = response["choices"][0]
         spec = check_stats(response)
@@ -457,14 +457,8 @@ def test_sixteen_mixed_requests_in_flight_are_exact(server, reference):
             assert spec["speculation"] == "off (request)"
         if spec["speculation"].startswith("off"):
             assert spec["draft_tokens"] == 0 and spec["target_calls"] == spec["new_tokens"] and spec["window"] == 0
-        server_off += spec["speculation"] == f"off (server: batch >= {SPECULATION_MAX_BATCH})"
-    assert exact >= 12
-    assert all(spec_off(response) in ("on", "off (request)", f"off (server: batch >= {SPECULATION_MAX_BATCH})") for _, response in results)
-    # how many of the 16 overlap depends on the machine's load; the server's cut-off is pinned below
-
-
-def spec_off(response: dict) -> str:
-    return check_stats(response)["speculation"]
+        assert spec["speculation"] in ("on", "off (request)", f"off (server: batch >= {SPECULATION_MAX_BATCH})")
+    assert exact >= 12  # how many of the 16 overlap depends on the machine's load; the server's cut-off is pinned below
 
 
 def test_a_request_arriving_at_the_speculation_batch_decodes_without_speculation():
