@@ -10,7 +10,7 @@ models' context, all before any weights load. The setup keeps what it read:
 `DecodeSetup.load_pair` loads the weights without reading a tokenizer again, and the judge is
 the one object built from the files read. Its `config` is the `DecodingConfig` that decode
 replicas, servers and pipelines are configured with (`actors/decoder.py`, `actors/server.py`,
-`actors/engine_process.py`), with the pair and the window filled in.
+`actors/engine_process.py`, `pipeline/mine.py`, `pipeline/run.py`), with the pair and the window filled in.
 
 One default per concept, here: `DEFAULT_TARGET` / `DEFAULT_DRAFT`, `DEFAULT_WINDOW`,
 `DEFAULT_MAX_NEW_TOKENS` and the rules' parameters. A preset may set other values explicitly

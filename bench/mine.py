@@ -221,11 +221,12 @@ def run_ray_workers(problems: list[Any], args: argparse.Namespace, workers: int)
     from autojudge.actors.miner import MinerActor
     from autojudge.pipeline.mine import MineConfig, chunked
     from autojudge.ray_utils import init_ray
+    from autojudge.setup import DecodingConfig
 
     init_ray("local", num_cpus=None)  # our own cluster, not a stray `ray start` one
-    config = MineConfig(task=args.task, instruction=args.instruction, target=args.target, draft=args.draft,
-                        workers=workers, cpus_per_worker=1, input=getattr(args, "input_slice", None),
-                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    config = MineConfig(task=args.task, instruction=args.instruction, workers=workers, cpus_per_worker=1,
+                        decoding=DecodingConfig(args.target, args.draft, max_new_tokens=args.max_new_tokens),
+                        input=getattr(args, "input_slice", None), batch_size=args.batch_size, seed=args.seed)
     actors = [MinerActor.options(num_cpus=1).remote(config) for _ in range(workers)]
     ray.get([actor.describe.remote() for actor in actors])
     chunks = chunked(problems, max(1, -(-len(problems) // (2 * workers))))

@@ -169,7 +169,7 @@ def test_the_torch_free_copies_of_the_rule_defaults_agree():
 
     assert setup.RULE_MODES == acceptance.MODES
     assert (setup.FLY_ENTROPY, setup.FLY_WINDOW) == (acceptance.FLY_ENTROPY, acceptance.FLY_WINDOW)
-    assert RunConfig().fly_window == ReplicaConfig().decoding.fly_window == acceptance.FLY_WINDOW
+    assert RunConfig().decoding.fly_window == ReplicaConfig().decoding.fly_window == acceptance.FLY_WINDOW
     defaults = {name: p.default for name, p in inspect.signature(acceptance.build_rule).parameters.items()}
     assert (setup.DEFAULT_TOP_K, setup.TYPICAL_EPSILON, setup.MIN_PROB) == (defaults["top_k"], defaults["epsilon"], defaults["min_prob"])
     assert setup.DEFAULT_TOP_K == RequestSettings().top_k

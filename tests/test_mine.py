@@ -18,6 +18,7 @@ import torch
 from tests.helpers import noisy_copy, tiny_model
 from autojudge.pipeline import shards
 from autojudge.pipeline.mine import MineConfig, mine
+from autojudge.setup import DecodingConfig
 from autojudge.decode.mining.search import plain_search
 from autojudge.decode.mining.lookahead import BatchedSearcher, SearchJob, realign, LookaheadSettings
 
@@ -127,10 +128,11 @@ def pair_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config_for(pair_dir: Path, out: Path, **overrides) -> MineConfig:
-    settings = dict(task="toy", target=str(pair_dir / "target"), draft=str(pair_dir / "draft"), out=str(out),
-                    limit=6, workers=0, batch_size=4, max_new_tokens=24, progress=False)
+    pair = {"target": str(pair_dir / "target"), "draft": str(pair_dir / "draft"), "max_new_tokens": 24}
+    pair.update({key: overrides.pop(key) for key in list(overrides) if key in pair})
+    settings = dict(task="toy", out=str(out), limit=6, workers=0, batch_size=4, progress=False)
     settings.update(overrides)
-    return MineConfig(**settings)
+    return MineConfig(decoding=DecodingConfig(**pair), **settings)
 
 
 def check_exactly_once(out: Path, expected_ids: set[str]) -> None:

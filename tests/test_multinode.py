@@ -56,12 +56,13 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def mine_config(pair: tuple[Path, Path], out: Path, address: str) -> Any:
     from autojudge.pipeline.mine import MineConfig
+    from autojudge.setup import DecodingConfig
 
     target, draft = pair
     return MineConfig(
-        task="toy", target=str(target), draft=str(draft), out=str(out), limit=NUM_PROMPTS, seed=2,
-        workers=2, cpus_per_worker=1, batch_size=2, chunk_size=2, max_chunks_in_flight=1,
-        max_new_tokens=8, address=address, progress=False,
+        task="toy", decoding=DecodingConfig(str(target), str(draft), max_new_tokens=8), out=str(out),
+        limit=NUM_PROMPTS, seed=2, workers=2, cpus_per_worker=1, batch_size=2, chunk_size=2, max_chunks_in_flight=1,
+        address=address, progress=False,
     )  # fmt: skip
 
 

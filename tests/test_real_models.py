@@ -190,6 +190,7 @@ def test_mining_gsm8k_gives_labels_and_features_of_the_hidden_size(smollm2, tmp_
     import pyarrow.parquet as pq
 
     from autojudge.pipeline.mine import MineConfig, mine
+    from autojudge.setup import DecodingConfig
     from autojudge.tasks import write_jsonl
 
     if not GSM8K_TEST.exists():
@@ -201,8 +202,8 @@ def test_mining_gsm8k_gives_labels_and_features_of_the_hidden_size(smollm2, tmp_
             records.append({"id": f"gsm8k-test-{index}", "question": f"{row['question']}\n{GSM8K_INSTRUCTION}", "answer": row["answer"]})
     write_jsonl(tmp_path / "prompts.jsonl", records)
     config = MineConfig(
-        task="gsm8k", target=str(smollm2["target"]), draft=str(smollm2["draft"]), out=str(tmp_path / "mined"),
-        input=str(tmp_path / "prompts.jsonl"), workers=0, batch_size=3, max_new_tokens=32, progress=False,
+        task="gsm8k", decoding=DecodingConfig(str(smollm2["target"]), str(smollm2["draft"]), max_new_tokens=32),
+        out=str(tmp_path / "mined"), input=str(tmp_path / "prompts.jsonl"), workers=0, batch_size=3, progress=False,
     )
     out = mine(config)
     manifest = json.loads((out / "manifest.json").read_text())

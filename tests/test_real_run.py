@@ -112,14 +112,15 @@ def test_preset_fills_settings_and_flags_override_it() -> None:
 
     args = build_parser().parse_args(["run", "--preset", "smollm2-gsm8k", "--test-problems", "7", "--out", "x"])
     config = build_config(args)
-    assert (config.target, config.draft, config.task, config.quality) == ("smollm2:target", "smollm2:draft", "gsm8k", "agreement")
+    decoding = config.decoding
+    assert (decoding.target, decoding.draft, config.task, config.quality) == ("smollm2:target", "smollm2:draft", "gsm8k", "agreement")
     assert config.test_problems == 7 and config.mine_problems == 1000 and config.select_problems == 100
-    assert config.shots == 3 and config.instruction is None and config.max_new_tokens == 160
-    assert config.fly_entropies and config.window > config.fly_window
+    assert config.shots == 3 and config.instruction is None and decoding.max_new_tokens == 160
+    assert config.fly_entropies and decoding.window > decoding.fly_window == 3
     assert config.train_input.endswith("gsm8k/train.jsonl") and config.test_input.endswith("gsm8k/test.jsonl")
     assert config.typical_epsilons and config.min_probs and config.train_offset >= 348
     plain = build_config(build_parser().parse_args(["run"]))
-    assert (plain.task, plain.target, plain.quality, plain.typical_epsilons) == ("toy", "toy:target", "accuracy", ())
+    assert (plain.task, plain.decoding.target, plain.quality, plain.typical_epsilons) == ("toy", "toy:target", "accuracy", ())
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import torch
 
 from autojudge.models import TOY_WEIGHTS, load_tokenizer, tokenizer_fingerprint
 from autojudge.pipeline import run as run_module
+from autojudge.setup import DecodingConfig
 from autojudge.judge import Judge
 from tests.helpers import write_mining_folder
 
@@ -41,8 +42,8 @@ def test_run_main_writes_every_artifact(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(run_module, "mine_stage", fake_mine)
     config = run_module.RunConfig(
-        out=str(tmp_path / "run"), target=target, draft=draft, mine_problems=40, select_problems=3,
-        test_problems=3, max_new_tokens=8, window=3, compare_windows=(2, 3), top_ks=(2,), threads=1,
+        out=str(tmp_path / "run"), decoding=DecodingConfig(target, draft, max_new_tokens=8, window=3), mine_problems=40, select_problems=3,
+        test_problems=3, compare_windows=(2, 3), top_ks=(2,), threads=1,
     )
     summary = run_module.run_main(config, echo=lambda line: None)
     run_dir = Path(summary["run_dir"])

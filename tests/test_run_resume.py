@@ -26,6 +26,7 @@ import torch
 from autojudge.judge import Judge
 from autojudge.models import TOY_WEIGHTS, load_tokenizer, tokenizer_fingerprint
 from autojudge.pipeline import run as run_module
+from autojudge.setup import DecodingConfig
 from tests.helpers import write_mining_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +58,8 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> run_module.RunCon
 
     monkeypatch.setattr(run_module, "mine_stage", mine_more)
     return run_module.RunConfig(
-        out=str(tmp_path / "run"), target=target, draft=draft, mine_problems=40, select_problems=2,
-        test_problems=2, max_new_tokens=6, window=3, compare_windows=(), top_ks=(2,), threads=1,
+        out=str(tmp_path / "run"), decoding=DecodingConfig(target, draft, max_new_tokens=6, window=3), mine_problems=40, select_problems=2,
+        test_problems=2, compare_windows=(), top_ks=(2,), threads=1,
     )
 
 

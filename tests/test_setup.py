@@ -19,16 +19,16 @@ def test_the_config_classes_take_the_project_defaults():
     from autojudge.pipeline.mine import MineConfig
     from autojudge.pipeline.run import RunConfig
 
-    nested = [DecodeStageConfig().decoding, ReplicaConfig().decoding, EngineConfig().decoding]
+    nested = [DecodeStageConfig().decoding, ReplicaConfig().decoding, EngineConfig().decoding, MineConfig().decoding]
     assert all(config == setup.DecodingConfig() for config in nested)  # one nested config, not repeated fields
-    assert setup.DecodingConfig().window_for(None) == EvalConfig().window == RunConfig().window == setup.DEFAULT_WINDOW
+    assert RunConfig().decoding == setup.DecodingConfig(window=setup.DEFAULT_WINDOW)  # the run fixes its window
+    assert setup.DecodingConfig().window_for(None) == EvalConfig().window == setup.DEFAULT_WINDOW
     from autojudge.decode.engine.core import EngineCore, RequestSettings
 
-    budgets = {config.max_new_tokens for config in (setup.DecodingConfig(), EvalConfig(), MineConfig(), RunConfig(), RequestSettings())}
+    budgets = {config.max_new_tokens for config in (setup.DecodingConfig(), EvalConfig(), RequestSettings())}
     assert inspect.signature(EngineCore).parameters["default_window"].default == setup.DEFAULT_WINDOW
     assert inspect.signature(EngineCore.for_pair).parameters["default_window"].default == setup.DEFAULT_WINDOW
     assert budgets == {setup.DEFAULT_MAX_NEW_TOKENS}
-    assert (MineConfig().target, RunConfig().draft) == (setup.DEFAULT_TARGET, setup.DEFAULT_DRAFT)
 
 
 @pytest.mark.parametrize("argv,budget", [
@@ -49,9 +49,9 @@ def test_autojudge_run_takes_its_decoding_settings_from_a_preset():
     from autojudge.pipeline.run import TOY_RUN
 
     toy = build_config(build_parser().parse_args(["run"]))
-    assert (toy.window, toy.max_new_tokens) == (TOY_RUN["window"], TOY_RUN["max_new_tokens"]) == (12, 112)  # make run's headline
+    assert (toy.decoding.window, toy.decoding.max_new_tokens) == (TOY_RUN["window"], TOY_RUN["max_new_tokens"]) == (12, 112)  # make run's headline
     real = build_config(build_parser().parse_args(["run", "--preset", "smollm2-gsm8k", "--window", "5"]))
-    assert (real.window, real.max_new_tokens) == (5, PRESETS["smollm2-gsm8k"]["max_new_tokens"])  # a flag beats the preset
+    assert (real.decoding.window, real.decoding.max_new_tokens) == (5, PRESETS["smollm2-gsm8k"]["max_new_tokens"])  # a flag beats the preset
 
 
 def test_a_pair_not_given_is_the_judges_else_the_default():

@@ -254,10 +254,10 @@ def load_worker(config: Any) -> MiningWorker:
     from autojudge.models import load_pair
     from autojudge.tasks import build_task
 
-    pair = load_pair(config.target, config.draft, config.device())
+    pair = load_pair(config.decoding.target, config.decoding.draft, config.device())
     task = build_task(config.task, seed=config.seed, instruction=config.instruction, shots=config.shots,
                       shots_file=config.shots_file)
-    return MiningWorker(pair, task, config.max_new_tokens, config.batch_size, config.method, finished_only=config.finished_only)
+    return MiningWorker(pair, task, config.decoding.max_new_tokens, config.batch_size, config.method, finished_only=config.finished_only)
 
 
 @ray.remote(max_concurrency=8, max_restarts=-1, max_task_retries=-1)

@@ -75,6 +75,13 @@ def add_budget_argument(parser: Any, option: str = "--max-new-tokens", what: str
                         help=f"{what} (default {default_help or default})")
 
 
+def options_for(config_class: Any, args: Any) -> dict[str, Any]:
+    """The options of `args` named like fields of the dataclass `config_class` (argparse dest = field name)."""
+    import dataclasses
+
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(config_class) if hasattr(args, field.name)}
+
+
 def load_pair(setup: Any, device: str, threads: int | None = None) -> Any:
     """The checked setup's loaded pair (`setup.DecodeSetup.load_pair`), torch's CPU threads set first
     when `threads` is given; a pair that cannot load is the user's input error (`InputError`)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from autojudge.commands import add_budget_argument, add_pair_arguments
+from autojudge.commands import add_budget_argument, add_pair_arguments, options_for
 from autojudge.ray_utils import add_ray_arguments
 from autojudge.tasks import add_task_arguments
 
@@ -40,8 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Everything that can be refused before a model or a cluster starts (autojudge.checks)."""
+def check_args(args: argparse.Namespace) -> "DecodingConfig":  # noqa: F821 - lazy import
+    """Everything that can be refused before a model or a cluster starts (autojudge.checks); returns the
+    checked pair and budget (`setup.resolve_setup`)."""
     from autojudge import checks
     from autojudge.ray_utils import check_cluster_address
 
@@ -67,35 +68,14 @@ def check_args(args: argparse.Namespace) -> None:
                               advice=RESOURCE_ADVICE)
     from autojudge.setup import resolve_setup
 
-    resolve_setup(args)  # the pair's tokenizers, the budget within the models' context
+    return resolve_setup(args).config  # the pair's tokenizers, the budget within the models' context
 
 
 def run(args: argparse.Namespace) -> int:
-    check_args(args)  # before the heavy imports and any work
+    decoding = check_args(args)  # before the heavy imports and any work
     from autojudge.pipeline.mine import MineConfig, mine
 
-    config = MineConfig(
-        task=args.task,
-        instruction=args.instruction,
-        shots=args.shots,
-        shots_file=args.shots_file,
-        finished_only=args.finished_only,
-        target=args.target,
-        draft=args.draft,
-        out=args.out,
-        input=args.input,
-        limit=args.limit,
-        seed=args.seed,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        method=args.method,
-        chunk_size=args.chunk_size,
-        address=args.address,
-        progress=not args.no_progress,
-    )
+    config = MineConfig(**options_for(MineConfig, args), decoding=decoding, progress=not args.no_progress)
     out = mine(config)
     from autojudge.pipeline.shards import read_manifest
 

@@ -118,6 +118,9 @@ the measured costs). The train slice starts at 400, after the problems the defau
 fitted on (0..347)."""
 
 
+DECODING_FIELDS = ("target", "draft", "window", "max_new_tokens", "fly_window")
+"""The settings of a preset or the flags that go into `RunConfig.decoding` (the rest are `RunConfig`'s own)."""
+
 DEFAULT_PRESET = "toy"
 """The preset `autojudge run` applies when --preset names none."""
 
@@ -171,8 +174,9 @@ def run(args: argparse.Namespace) -> int:
 
 def build_config(args: argparse.Namespace) -> "RunConfig":  # noqa: F821 - lazy import below
     """RunConfig from the defaults, then the preset, then the flags given explicitly."""
-    from autojudge.pipeline.run import RunConfig
     from autojudge.errors import InputError
+    from autojudge.pipeline.run import RunConfig
+    from autojudge.setup import DecodingConfig
     from autojudge.tasks.gsm8k import shared_gsm8k_file
 
     preset = args.preset or DEFAULT_PRESET
@@ -199,4 +203,5 @@ def build_config(args: argparse.Namespace) -> "RunConfig":  # noqa: F821 - lazy 
         for key in ("train_input", "test_input"):
             if not values.get(key):
                 raise InputError(f"--task gsm8k needs --{key.replace('_', '-')} FILE (or --preset smollm2-gsm8k)")
-    return RunConfig(**values)  # type: ignore[arg-type]
+    decoding = DecodingConfig(**{key: values.pop(key) for key in DECODING_FIELDS if key in values})  # type: ignore[arg-type]
+    return RunConfig(decoding=decoding, **values)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autojudge.pipeline import shards
-from autojudge.setup import DEFAULT_DRAFT, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TARGET
+from autojudge.setup import DecodingConfig
 
 
 @dataclass
@@ -36,10 +36,9 @@ class MineConfig:
     """Task gsm8k: solved examples shown first as earlier chat turns (few-shot)."""
     shots_file: str | None = None
     """Task gsm8k: JSONL whose first `shots` problems are the examples (None: the shared train file)."""
-    target: str = DEFAULT_TARGET
-    """Target model spec (HF id, folder, .gguf, or toy:target)."""
-    draft: str = DEFAULT_DRAFT
-    """Draft model spec."""
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    """The pair (`target`, `draft`) and the response budget (`max_new_tokens`, the same for the first
+    response and every alternative). Mining decodes greedily: the rule and the window are not used."""
     out: str = "mined"
     """Output folder (labels/, responses/, manifest.json); re-running resumes it."""
     input: str | None = None
@@ -56,8 +55,6 @@ class MineConfig:
     """CPUs reserved per actor; the actor also uses this many torch threads."""
     batch_size: int = 64
     """Searches in flight per replica (rows of one batched forward)."""
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    """Response budget per prompt (the same for the first response and every alternative)."""
     finished_only: bool = False
     """Mine only problems whose target answer ends (EOS) within the budget: a cut or looping answer has no
     final answer for a swapped token to change (the response row of a skipped one says "not mined")."""
@@ -106,13 +103,21 @@ def chunked(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def manifest_settings(config: MineConfig) -> dict[str, Any]:
+    """The settings recorded in manifest.json (and compared on resume): the config's fields, with the
+    pair and the budget as the flat `target`, `draft` and `max_new_tokens` keys of the folder format."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "progress", "address", "decoding")}
+    decoding = config.decoding
+    return {**settings, "target": decoding.target, "draft": decoding.draft, "max_new_tokens": decoding.max_new_tokens}
+
+
 def write_manifest(config: MineConfig, out: Path, models: dict[str, Any], status: str) -> dict[str, Any]:
     """manifest.json: models, task, settings, counts (recomputed from the shards)."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "progress", "address")}
+    settings = manifest_settings(config)
     manifest = {
         "task": config.task,
-        "target": config.target,
-        "draft": config.draft,
+        "target": config.decoding.target,
+        "draft": config.decoding.draft,
         **models,
         "settings": settings,
         "counts": shards.count_rows(out),
@@ -150,7 +155,7 @@ def mine(config: MineConfig) -> Path:
     """Run (or resume) a mining job; returns the output folder."""
     from autojudge.errors import InputError
 
-    if config.max_new_tokens < 1:
+    if config.decoding.max_new_tokens < 1:
         raise InputError("--max-new-tokens must be at least 1")
     if config.batch_size < 1 or config.workers < 0:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
@@ -208,7 +213,7 @@ def check_resumable(config: MineConfig, out: Path) -> None:
     before = resume_settings(out)
     if before is None:
         return
-    now = asdict(config)
+    now = manifest_settings(config)
     changed = [f"{key}: {before[key]!r} -> {now[key]!r}" for key in RESUME_KEYS if key in before and before[key] != now[key]]
     if changed:
         raise InputError(f"{out} was mined with other settings ({'; '.join(changed)}); use a new --out folder")

@@ -45,12 +45,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from autojudge.setup import DEFAULT_DRAFT, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TARGET, DEFAULT_WINDOW, FLY_WINDOW
+from autojudge.setup import DEFAULT_WINDOW, DecodingConfig
 from autojudge.tasks.base import Problem
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,11 @@ class RunConfig:
 
     out: str | None = None
     """Run folder; default runs/<timestamp>."""
-    target: str = DEFAULT_TARGET
-    """Target model spec."""
-    draft: str = DEFAULT_DRAFT
-    """Draft model spec."""
+    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(window=DEFAULT_WINDOW))
+    """The pair (`target`, `draft`), the generation budget per problem (`max_new_tokens`, mining and
+    decoding), the window (draft tokens per cycle in selection and evaluation, the same for every
+    mode) and FLy's window (`fly_window`); `autojudge run` takes a preset's (`TOY_RUN`: window 12,
+    budget 112). Its rule fields are not used: the run sweeps every mode."""
     mine_problems: int = 600
     """Problems of seed 1 to mine labels from."""
     select_problems: int = 500
@@ -86,11 +87,6 @@ class RunConfig:
     """Toy seed of the mining and selection problems."""
     test_seed: int = 2
     """Toy seed of the test problems."""
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    """Generation budget per problem (mining and decoding); `autojudge run` takes a preset's (`TOY_RUN`: 112)."""
-    window: int = DEFAULT_WINDOW
-    """Draft tokens per cycle in selection and evaluation, the same for every mode; `autojudge run`
-    takes a preset's (`TOY_RUN`: 12)."""
     compare_windows: tuple[int, ...] = (8, 16)
     """Other windows at which the test stage also runs exact and the chosen threshold."""
     top_ks: tuple[int, ...] = (2, 3)
@@ -139,8 +135,6 @@ class RunConfig:
     """Thresholds p of the training-free `prob` baseline on the test curve (() = not run)."""
     fly_entropies: tuple[float, ...] = ()
     """Entropy thresholds (nats) of the training-free FLy baseline on the test curve (() = not run)."""
-    fly_window: int = FLY_WINDOW
-    """FLy's window (`decode.engine.acceptance.FLY_WINDOW`): the mismatch plus the draft tokens after it that must match."""
     extra_judges: tuple[str, ...] = ()
     """Other judges trained on the same labels and put on the test curve, as "model:features"
     (e.g. "lightgbm:DD-DT", "logreg:DT"), each on a short tau sweep."""
@@ -150,6 +144,10 @@ class RunConfig:
     """Validation recall levels of important mismatches whose taus join the sweep (None: evaluate.py's default)."""
     low_taus: tuple[float, ...] | None = None
     """Fixed small taus added to the sweep (None: evaluate.py's default)."""
+
+    def __post_init__(self) -> None:
+        if self.decoding.window is None:  # the run sweeps every mode at one window
+            self.decoding = replace(self.decoding, window=DEFAULT_WINDOW)
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -246,7 +244,7 @@ def check_run_config(config: RunConfig, tokenizer: Any = None) -> None:
     if config.task == "gsm8k" and config.shots > config.train_offset:
         raise InputError(f"--shots {config.shots} takes the train file's first problems as examples: --train-offset "
                          f"({config.train_offset}) must skip at least that many, so no example is mined or selected on")
-    if min(config.mine_problems, config.select_problems, config.test_problems, config.max_new_tokens, config.window) < 1:
+    if min(config.mine_problems, config.select_problems, config.test_problems, config.decoding.max_new_tokens, config.decoding.window) < 1:
         raise InputError("--mine-problems, --select-problems, --test-problems, --max-new-tokens and --window must be >= 1")
     if config.task == "toy":  # what the world can generate, refused before any problem is built
         from autojudge.toy.world import MAX_PROBLEMS
@@ -264,15 +262,15 @@ def check_run_config(config: RunConfig, tokenizer: Any = None) -> None:
     if config.fly_entropies:
         from autojudge.checks import check_fly_parameters
 
-        check_fly_parameters(config.fly_entropies, config.fly_window, config.window)
+        check_fly_parameters(config.fly_entropies, config.decoding.fly_window, config.decoding.window)
     if config.task == "gsm8k":
         for stage in ("mine", "select", "test"):
             stage_problems(config, stage)  # missing file, too few problems, problems without answers
     if tokenizer is None:  # a pair that cannot work is refused before anything is mined (ModelPairError names both)
         from autojudge.models import check_same_tokenizer, load_tokenizer
 
-        tokenizer = load_tokenizer(config.target)
-        check_same_tokenizer(tokenizer, load_tokenizer(config.draft), config.target, config.draft)
+        tokenizer = load_tokenizer(config.decoding.target)
+        check_same_tokenizer(tokenizer, load_tokenizer(config.decoding.draft), config.decoding.target, config.decoding.draft)
     if config.task == "gsm8k" and config.shots:
         from autojudge.tasks import build_task
         from autojudge.tasks.gsm8k import clean_solution
@@ -280,8 +278,8 @@ def check_run_config(config: RunConfig, tokenizer: Any = None) -> None:
         task = build_task("gsm8k", shots=config.shots, shots_file=config.train_input)
         shortest = min(len(tokenizer(clean_solution(example.answer or ""), add_special_tokens=False).input_ids)
                        for example in task.examples())
-        if config.max_new_tokens < shortest:
-            raise InputError(f"--max-new-tokens {config.max_new_tokens} is shorter than every few-shot example's answer "
+        if config.decoding.max_new_tokens < shortest:
+            raise InputError(f"--max-new-tokens {config.decoding.max_new_tokens} is shorter than every few-shot example's answer "
                              f"(the shortest is {shortest} tokens): no answer of the form the examples show fits")
 
 
@@ -289,10 +287,9 @@ def resolve_run_setup(config: RunConfig) -> Any:
     """The run's decoding setup checked (`setup.resolve`): the pair's tokenizers read once, the window,
     the budget and every compared window within the models' context."""
     from autojudge.checks import check_within_context
-    from autojudge.setup import DecodingConfig, resolve
+    from autojudge.setup import resolve
 
-    setup = resolve(DecodingConfig(target=config.target, draft=config.draft, window=config.window,
-                                   max_new_tokens=config.max_new_tokens))
+    setup = resolve(config.decoding)
     check_within_context([("--compare-windows", window) for window in config.compare_windows], setup.context)
     return setup
 
@@ -313,8 +310,7 @@ def mine_stage(config: RunConfig, out: Path) -> Path:
                  "shots": config.shots, "shots_file": config.train_input if config.shots else None,
                  "settings_note": {"problems": source}}
     mine_config = MineConfig(
-        target=config.target, draft=config.draft, limit=config.mine_problems,
-        out=str(out), max_new_tokens=config.max_new_tokens, batch_size=config.mine_batch_size,
+        decoding=config.decoding, limit=config.mine_problems, out=str(out), batch_size=config.mine_batch_size,
         # shards of batch/8 problems, two batches' worth queued: a shard is written as soon as its 8 slowest-to-mine
         # problems are done (with batch/2 the first shard of the real run took an hour), and a kill loses little
         chunk_size=max(1, config.mine_batch_size // 8), max_chunks_in_flight=16,
@@ -437,7 +433,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any 
     task = build_task(config.task, instruction=config.instruction if gsm8k else None, shots=config.shots if gsm8k else 0,
                       shots_file=config.train_input if gsm8k and config.shots else None)
     eval_config = EvalConfig(
-        window=config.window, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
+        window=config.decoding.window, max_new_tokens=config.decoding.max_new_tokens, batch_size=config.eval_batch_size,
         top_ks=config.top_ks, max_accuracy_drop=config.max_accuracy_drop, device=config.device,
         quality=config.quality,
     )
@@ -448,10 +444,10 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any 
         sweep_thresholds(judge.thresholds, eval_config.acceptance_rates, eval_config.recall_levels, **sweep_kwargs)
     )
     context = {
-        "target / draft": f"`{config.target}` / `{config.draft}`",
+        "target / draft": f"`{config.decoding.target}` / `{config.decoding.draft}`",
         "judge": f"{judge.kind} {judge.feature_setup}, validation ROC AUC {judge.metrics['val_roc_auc']:.3f}",
-        "window": config.window,
-        "max new tokens": config.max_new_tokens,
+        "window": config.decoding.window,
+        "max new tokens": config.decoding.max_new_tokens,
         "quality measure for the threshold": config.quality,
         "mined": f"{len(data)} mismatches ({int(data.important.sum())} important) from {len(set(data.prompt_ids.tolist()))} prompts"
                  + (f"; {skipped} problems not mined (answer did not end within the budget)" if skipped else ""),
@@ -474,7 +470,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any 
                 float(chosen.param),
                 f"selection sweep on {where}: most tokens/target call within "
                 f"{100 * config.max_accuracy_drop:g} point of exact's {config.quality}",
-                window=config.window,
+                window=config.decoding.window,
             )
         else:
             echo(f"no threshold kept {config.quality} within the allowed drop on the selection problems; "
@@ -491,13 +487,13 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any 
         thresholds = tuple(sorted(set(eval_config.thresholds or ()) | {round(judge.default_threshold, 4)}))
         test_config = EvalConfig(**dict(asdict(eval_config), thresholds=thresholds,
                                         typical_epsilons=config.typical_epsilons, min_probs=config.min_probs,
-                                        fly_entropies=config.fly_entropies, fly_window=config.fly_window))
+                                        fly_entropies=config.fly_entropies, fly_window=config.decoding.fly_window))
         others = {name: (other, extra_judge_taus(other, config.extra_judge_taus)) for name, other in extra.items()}
         results = evaluate_modes(pair, task, test_problems, judge, test_config, extra_judges=others,
                                  cache_dir=run_dir / "eval" / "settings")
         chosen = next(r for r in results if r.mode == "autojudge" and r.param == round(judge.default_threshold, 4))
         where = stage_description(config, "test")
-        title = "AutoJudge on held-out toy problems" if config.task == "toy" else f"AutoJudge on held-out GSM8K test problems ({config.target} / {config.draft})"
+        title = "AutoJudge on held-out toy problems" if config.task == "toy" else f"AutoJudge on held-out GSM8K test problems ({config.decoding.target} / {config.decoding.draft})"
         paths = write_eval_outputs(results, run_dir / "eval", title,
                                    dict(context, problems=where, **{"chosen tau (from selection)": judge.default_threshold}),
                                    config.max_accuracy_drop, chosen, config.quality)
@@ -510,7 +506,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any 
         return [
             window_comparison(pair, task, test_problems, judge, dict(asdict(eval_config), window=window),
                               run_dir / "eval" / "settings")
-            for window in config.compare_windows if window != config.window
+            for window in config.compare_windows if window != config.decoding.window
         ]
 
     by_window = timer.run("other windows", other_windows) if config.compare_windows else []
@@ -576,7 +572,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "",
         "== result ==",
         f"validation ROC AUC of the judge: {summary['judge']['val_roc_auc']:.4f}",
-        f"held-out test, window {summary['config']['window']}: exact {test['exact_tokens_per_target_call']:.2f} "
+        f"held-out test, window {summary['config']['decoding']['window']}: exact {test['exact_tokens_per_target_call']:.2f} "
         f"tokens/target call at {100 * test['exact_accuracy']:.1f}% accuracy; autojudge tau={summary['default_threshold']:g} "
         f"{test['chosen_tokens_per_target_call']:.2f} tokens/target call ({test['speedup_tokens_per_target_call']:.2f}x) "
         f"at {100 * test['chosen_accuracy']:.1f}% ({-test['accuracy_drop_points']:+.1f} points)"
