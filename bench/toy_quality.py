@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from autojudge.setup import DEFAULT_WINDOW
 from autojudge.tasks.answers import extract_answer
 from autojudge.toy import model_path
 from autojudge.toy.world import generate_problems
@@ -36,7 +37,7 @@ class BenchConfig:
     num: int = 500  # held-out problems for the accuracy figures
     seed: int = 3  # world seed of the held-out problems
     spec_num: int = 100  # problems (a prefix of the same set) for the speculative metric
-    window: int = 8  # draft tokens proposed per target call
+    window: int = DEFAULT_WINDOW  # draft tokens proposed per target call
     batch_size: int = 64  # prompts per batched generate call
     max_new_tokens: int = 128  # generation budget per problem
     threads: int = 1  # torch CPU threads (1 is fastest on a shared machine)
@@ -198,7 +199,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=500, help="held-out problems for accuracy")
     parser.add_argument("--seed", type=int, default=3, help="world seed of the held-out problems")
     parser.add_argument("--spec-num", type=int, default=100, help="problems for the speculative metric")
-    parser.add_argument("--window", type=int, default=8, help="draft tokens per target call")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="draft tokens per target call")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
