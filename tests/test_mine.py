@@ -194,6 +194,30 @@ def test_plain_method_matches_fast_through_the_job(pair_dir: Path, tmp_path: Pat
     assert rows(fast) == rows(plain) and rows(fast)
 
 
+def test_each_label_was_mined_in_the_final_response_up_to_it(pair_dir: Path, tmp_path: Path) -> None:
+    """The semi-greedy search never changes a response before a mismatch it has decided, so a label at position
+    p was mined in the context prompt + final_response[:p] (what bench/rules_on_labels.py rebuilds): there the
+    target's greedy token is the label's target token, the draft's is its draft token, and the final response
+    holds the target's token where the mismatch was important and the draft's where it was not."""
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    out = mine(config_for(pair_dir, tmp_path / "out", limit=4))
+    responses = {row["prompt_id"]: row for row in shards.read_responses(out).to_pylist()}
+    labels = shards.read_labels(out, ["prompt_id", "position", "target_token", "draft_token", "important"]).to_pylist()
+    assert labels and {row["important"] for row in labels} == {True, False}
+    target, draft = (AutoModelForCausalLM.from_pretrained(pair_dir / name).eval() for name in ("target", "draft"))
+    for prompt_id, response in responses.items():
+        prompt, final = response["prompt_token_ids"], response["final_response_ids"]
+        ids = torch.tensor([prompt + final])
+        with torch.no_grad():
+            target_next, draft_next = target(ids).logits[0].argmax(-1), draft(ids).logits[0].argmax(-1)
+        for row in (row for row in labels if row["prompt_id"] == prompt_id):
+            at = len(prompt) + row["position"]  # the token at `at` is predicted by the logits at at - 1
+            assert (int(target_next[at - 1]), int(draft_next[at - 1])) == (row["target_token"], row["draft_token"])
+            assert final[row["position"]] == (row["target_token"] if row["important"] else row["draft_token"])
+
+
 def run_until_killed(command: list[str], out: Path, timeout: float = 50.0) -> None:
     """Start the job, kill -9 it once at least one shard is committed (and before it ends)."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
