@@ -107,7 +107,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "min_probs": (0.3, 0.1), "fly_entropies": (0.6, 0.3, 0.1), "fly_window": 3,
         "mine_workers": 0, "mine_batch_size": 64, "eval_batch_size": 64, "finished_only": True,
         "extra_judges": ("lightgbm:DD-DT",), "extra_judge_taus": 3,
-        "recall_levels": (1.0, 0.95, 0.9, 0.8), "low_taus": (),
+        "recall_levels": (1.0, 0.99, 0.98, 0.95, 0.9, 0.8), "low_taus": (),
     },
 }
 """Named settings of `autojudge run` (`DEFAULT_PRESET` when none is named). toy: the toy world's
