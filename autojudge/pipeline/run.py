@@ -244,7 +244,8 @@ def check_run_config(config: RunConfig, tokenizer: Any = None) -> None:
     if config.task == "gsm8k" and config.shots > config.train_offset:
         raise InputError(f"--shots {config.shots} takes the train file's first problems as examples: --train-offset "
                          f"({config.train_offset}) must skip at least that many, so no example is mined or selected on")
-    if min(config.mine_problems, config.select_problems, config.test_problems, config.decoding.max_new_tokens, config.decoding.window) < 1:
+    decoding = config.decoding
+    if min(config.mine_problems, config.select_problems, config.test_problems, decoding.max_new_tokens, decoding.window) < 1:
         raise InputError("--mine-problems, --select-problems, --test-problems, --max-new-tokens and --window must be >= 1")
     if config.task == "toy":  # what the world can generate, refused before any problem is built
         from autojudge.toy.world import MAX_PROBLEMS
@@ -262,15 +263,15 @@ def check_run_config(config: RunConfig, tokenizer: Any = None) -> None:
     if config.fly_entropies:
         from autojudge.checks import check_fly_parameters
 
-        check_fly_parameters(config.fly_entropies, config.decoding.fly_window, config.decoding.window)
+        check_fly_parameters(config.fly_entropies, decoding.fly_window, decoding.window)
     if config.task == "gsm8k":
         for stage in ("mine", "select", "test"):
             stage_problems(config, stage)  # missing file, too few problems, problems without answers
     if tokenizer is None:  # a pair that cannot work is refused before anything is mined (ModelPairError names both)
         from autojudge.models import check_same_tokenizer, load_tokenizer
 
-        tokenizer = load_tokenizer(config.decoding.target)
-        check_same_tokenizer(tokenizer, load_tokenizer(config.decoding.draft), config.decoding.target, config.decoding.draft)
+        tokenizer = load_tokenizer(decoding.target)
+        check_same_tokenizer(tokenizer, load_tokenizer(decoding.draft), decoding.target, decoding.draft)
     if config.task == "gsm8k" and config.shots:
         from autojudge.tasks import build_task
         from autojudge.tasks.gsm8k import clean_solution
@@ -278,8 +279,8 @@ def check_run_config(config: RunConfig, tokenizer: Any = None) -> None:
         task = build_task("gsm8k", shots=config.shots, shots_file=config.train_input)
         shortest = min(len(tokenizer(clean_solution(example.answer or ""), add_special_tokens=False).input_ids)
                        for example in task.examples())
-        if config.decoding.max_new_tokens < shortest:
-            raise InputError(f"--max-new-tokens {config.decoding.max_new_tokens} is shorter than every few-shot example's answer "
+        if decoding.max_new_tokens < shortest:
+            raise InputError(f"--max-new-tokens {decoding.max_new_tokens} is shorter than every few-shot example's answer "
                              f"(the shortest is {shortest} tokens): no answer of the form the examples show fits")
 
 
@@ -493,7 +494,9 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any 
                                  cache_dir=run_dir / "eval" / "settings")
         chosen = next(r for r in results if r.mode == "autojudge" and r.param == round(judge.default_threshold, 4))
         where = stage_description(config, "test")
-        title = "AutoJudge on held-out toy problems" if config.task == "toy" else f"AutoJudge on held-out GSM8K test problems ({config.decoding.target} / {config.decoding.draft})"
+        pair_names = f"{config.decoding.target} / {config.decoding.draft}"
+        title = ("AutoJudge on held-out toy problems" if config.task == "toy"
+                 else f"AutoJudge on held-out GSM8K test problems ({pair_names})")
         paths = write_eval_outputs(results, run_dir / "eval", title,
                                    dict(context, problems=where, **{"chosen tau (from selection)": judge.default_threshold}),
                                    config.max_accuracy_drop, chosen, config.quality)
