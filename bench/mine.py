@@ -4,6 +4,8 @@
     PYTHONPATH=. python bench/mine.py --limit 50 --workers 1 2  # + the fast miner on 1 and 2 Ray actors
     PYTHONPATH=. python bench/mine.py --target smollm2:target --draft smollm2:draft --task gsm8k --limit 10
     PYTHONPATH=. python bench/mine.py --limit 400 --seed 2 --max-new-tokens 256 --whole-command
+    PYTHONPATH=. python bench/mine.py --target smollm2:target --draft smollm2:draft --task gsm8k --shots 3 \
+      --finished-only --max-new-tokens 160 --limit 96 --plain-limit 3 --batch-size 64 --whole-command-only
 
 The baseline is the *straightforward* plain search (`straightforward_search` below): the
 semi-greedy algorithm one prompt at a time, batch 1, a target `generate()` (with its own
@@ -12,7 +14,8 @@ draft pass per step and one draft pass for the draft feature. (The oracle
 `plain_search` of the package recomputes the target feature with an extra uncached
 forward per label; `--oracle` also runs it.) `--whole-command` times the whole
 `autojudge mine` command in a subprocess (interpreter and Ray start, model loading, one
-worker), the figure a user sees, next to the pipeline-only figure.
+worker), the figure a user sees, next to the pipeline-only figure; `--whole-command-only` runs
+only the baseline and that command (whose labels it compares with the baseline's).
 
 Prints labels/s of each method (1 worker = 1 torch thread, models already loaded), by wall
 clock and by the process's CPU time (the robust figure on a machine shared with others),
@@ -186,17 +189,20 @@ def run_whole_command(args: argparse.Namespace, out: str, batch_size: int | None
     if done.returncode != 0:
         raise RuntimeError(f"autojudge mine failed: {done.stderr[-2000:]}")
     counts = json.loads((Path(out) / "manifest.json").read_text())["counts"]
+    from autojudge.pipeline.shards import read_labels
+
+    rows = read_labels(out, columns=["prompt_id", "position", "target_token", "draft_token", "important"]).to_pylist()
     return {"command": " ".join(command), "batch_size": batch_size or 64, "seconds": seconds, "labels": counts["labels"],
-            "labels_per_s": counts["labels"] / seconds}
+            "labels_per_s": counts["labels"] / seconds, "rows": rows}
 
 
 def run_in_process(pair: Any, task: Any, problems: list[Any], args: argparse.Namespace, method: str) -> dict[str, Any]:
     from autojudge.actors.miner import MiningWorker
-    from autojudge.decode.mining.lookahead import LookaheadSettings
+    from autojudge.decode.mining.lookahead import settings_for
 
     if method == "straightforward":
         return run_straightforward(pair, task, problems, args)
-    settings = LookaheadSettings()
+    settings = settings_for(pair.target)  # what the miner picks for this target
     if getattr(args, "regen_proposals", None) is not None:
         settings.regen_proposals = args.regen_proposals
     worker = MiningWorker(pair, task, args.max_new_tokens, args.batch_size, method, lookahead=settings,
@@ -267,6 +273,41 @@ def compare_labels(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str
             "rows_only_first": sum((keys_a - keys_b).values()), "rows_only_second": sum((keys_b - keys_a).values())}
 
 
+def whole_command_only(pair: Any, task: Any, problems: list[Any], args: argparse.Namespace, load_seconds: float) -> None:
+    """The straightforward search on the first --plain-limit problems, then the whole `autojudge mine` command
+    (new interpreter, Ray, model loading, 1 worker of 1 thread) on all of them; labels compared on the common ones."""
+    import tempfile
+
+    plain_problems = problems[: args.plain_limit] if args.plain_limit else problems
+    plain = run_straightforward(pair, task, plain_problems, args)
+    whole = run_whole_command(args, str(Path(tempfile.mkdtemp(prefix="bench-mine-out-")) / "mined"), args.batch_size)
+    plain_ids = {str(p.id) for p in plain_problems}
+    same = compare_labels(plain["labels"], [row for row in whole["rows"] if str(row["prompt_id"]) in plain_ids])
+    figures = {
+        "task": args.task, "target": args.target, "draft": args.draft, "prompts": len(problems), "plain_prompts": len(plain_problems),
+        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "model_load_seconds": load_seconds,
+        "plain": {k: plain[k] for k in ("seconds", "labels_per_s", "cpu_seconds", "labels_per_cpu_s", "counters")}
+        | {"labels": len(plain["labels"])},
+        "whole_command": {k: v for k, v in whole.items() if k != "rows"},
+        "speedup_whole_command": whole["labels_per_s"] / plain["labels_per_s"],
+        "agreement": same["agreement"], "rows_plain_only": same["rows_only_first"], "rows_fast_only": same["rows_only_second"],
+        "important_fraction": sum(r["important"] for r in whole["rows"]) / max(1, len(whole["rows"])),
+        "mismatches_per_prompt": len(whole["rows"]) / max(1, len(problems)),
+    }
+    print(f"{args.task}: {args.target} / {args.draft}; {len(problems)} prompts (baseline on {len(plain_problems)}), budget "
+          f"{args.max_new_tokens}")
+    print(f"straightforward plain: {len(plain['labels'])} labels in {plain['seconds']:.1f}s = {plain['labels_per_s']:.3f} labels/s wall; "
+          f"{plain['cpu_seconds']:.1f} CPU-s = {plain['labels_per_cpu_s']:.3f} labels per CPU-s")
+    print(f"whole `autojudge mine --batch-size {args.batch_size}` command (start-up, Ray, model loading, 1 worker): {whole['labels']} "
+          f"labels in {whole['seconds']:.1f}s = {whole['labels_per_s']:.3f} labels/s = {figures['speedup_whole_command']:.1f}x the "
+          f"straightforward plain search")
+    print(f"label agreement {same['agreement']:.2%} (plain-only rows {same['rows_only_first']}, fast-only rows {same['rows_only_second']}); "
+          f"important fraction {figures['important_fraction']:.1%}, mismatches per prompt {figures['mismatches_per_prompt']:.2f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(figures, handle, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
@@ -293,6 +334,9 @@ def main() -> None:
                         help="run the (slow) baseline on only the first N prompts; labels are compared on those")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--fast-only", action="store_true", help="skip the baseline (tuning runs)")
+    parser.add_argument("--whole-command-only", action="store_true",
+                        help="the baseline and the whole `autojudge mine --batch-size B` command only (its labels are compared): "
+                        "no in-process fast run (a real pair at width takes an hour per run)")
     args = parser.parse_args()
     args.target, args.draft = args.target or DEFAULT_TARGET, args.draft or DEFAULT_DRAFT
 
@@ -312,6 +356,9 @@ def main() -> None:
     pair = resolve(DecodingConfig(args.target, args.draft, max_new_tokens=args.max_new_tokens)).load_pair()  # the checked pair
     load_seconds = time.perf_counter() - load_start
     task, problems = load_bench_problems(args)
+    if args.whole_command_only:
+        whole_command_only(pair, task, problems, args, load_seconds)
+        return
 
     fast = run_in_process(pair, task, problems, args, "fast")
     counters = fast["counters"]
@@ -367,7 +414,7 @@ def main() -> None:
 
         figures["whole_command"] = [
             run_whole_command(args, str(Path(tempfile.mkdtemp(prefix="bench-mine-out-")) / "mined"), batch)
-            for batch in (None, args.batch_size)
+            for batch in ((None,) if args.batch_size == 64 else (None, args.batch_size))
         ]
         small = argparse.Namespace(**{**vars(args), "batch_size": 16})
         figures["fast_batch_16"] = {k: v for k, v in run_in_process(pair, task, problems, small, "fast").items()

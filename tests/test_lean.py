@@ -48,6 +48,26 @@ def test_lean_forward_matches_the_models_own_forward_through_the_cache(arch, pac
     assert_same_rows(lean, reference)
 
 
+def test_padding_runs_through_attention_only(monkeypatch):
+    """Rows of ragged chunks: every projection sees the real tokens only (9 of the 3 x 4 grid), and the
+    outputs are still the model's own (`test_lean_forward_matches_the_models_own_forward_through_the_cache`)."""
+    from autojudge.decode.engine import lean as lean_module
+
+    model = tiny_model("llama", seed=3, hidden_size=64, layers=2)
+    set_lean(model, True)
+    cache = RowKVCache(model, num_rows=3, capacity=32)
+    forward_rows(model, cache, [0, 1, 2], [[5, 6, 7, 8], [11, 12], [13, 14, 15]])
+    seen: list[int] = []
+    original = lean_module.LeanLinear.__call__
+    monkeypatch.setattr(lean_module.LeanLinear, "__call__", lambda self, x: seen.append(x.reshape(-1, x.shape[-1]).shape[0]) or original(self, x))
+    out = forward_rows(model, cache, [0, 1, 2], [[20, 21, 22, 23], [24], [25, 26, 27, 28]], last=[1, 1, 1])
+    assert seen and set(seen) == {9}
+    seen.clear()
+    forward_rows(model, cache, [0, 1], [[30, 31], [32, 33]])  # no padding: the grid as it is
+    assert set(seen) == {4}
+    assert [len(o.argmax) for o in out] == [1, 1, 1]
+
+
 def test_prepacked_weights_follow_in_place_changes():
     """A weight changed in place (an optimizer step) re-makes its packed copy before the next forward."""
     model = tiny_model("llama", seed=8, hidden_size=64, layers=2)

@@ -20,7 +20,7 @@ from autojudge.pipeline import shards
 from autojudge.pipeline.mine import MineConfig, mine
 from autojudge.setup import DecodingConfig
 from autojudge.decode.mining.search import plain_search
-from autojudge.decode.mining.lookahead import BatchedSearcher, SearchJob, realign, LookaheadSettings
+from autojudge.decode.mining.lookahead import BatchedSearcher, LookaheadSettings, SearchJob, realign, settings_for
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_TOKENIZER = REPO / "autojudge" / "toy" / "weights" / "target"
@@ -49,15 +49,19 @@ def label_keys(result) -> list[tuple[int, int, int, bool]]:
     return [(label.position, label.target_token, label.draft_token, label.important) for label in result.labels]
 
 
-@pytest.mark.parametrize("noise,batch_size", [(0.1, 4), (0.2, 3)])
-def test_fast_search_equals_plain_algorithm(noise: float, batch_size: int) -> None:
+COMPUTE_BOUND = LookaheadSettings(min_guess=0, draft_proposals=0)  # what `settings_for` picks for a real model
+
+
+@pytest.mark.parametrize("noise,batch_size,settings", [(0.1, 4, None), (0.2, 3, None), (0.1, 4, COMPUTE_BOUND), (0.2, 3, COMPUTE_BOUND)],
+                         ids=["toy-guessing-1", "toy-guessing-2", "compute-bound-1", "compute-bound-2"])
+def test_fast_search_equals_plain_algorithm(noise: float, batch_size: int, settings: LookaheadSettings | None) -> None:
     torch.set_num_threads(1)
     target, draft = tiny_pair(noise=noise)
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 96) for _ in range(rng.randrange(3, 12))] for _ in range(10)]
     budget = 32
     plain = [plain_search(target, draft, p, ParityEvaluator(), budget, [EOS], 0) for p in prompts]
-    searcher = BatchedSearcher(target, draft, [EOS], 0, batch_size=batch_size)
+    searcher = BatchedSearcher(target, draft, [EOS], 0, batch_size=batch_size, settings=settings)
     fast = dict(searcher.run([SearchJob(i, p, ParityEvaluator(), budget) for i, p in enumerate(prompts)]))
     assert sum(len(r.labels) for r in plain) > 20
     assert {label.important for r in plain for label in r.labels} == {True, False}
@@ -98,6 +102,15 @@ def test_shared_prefix_gives_the_labels_of_a_full_prefill() -> None:
     assert shared.shared_prefix is not None and shared.shared_prefix.loaded_tokens >= 8 * 20 * 2 - 2 * 20
     saved = full.counters.target_tokens - shared.counters.target_tokens
     assert saved >= 7 * 20  # every row after the first skipped the header (the first computed it once)
+
+
+def test_real_sized_targets_verify_no_guess_after_a_rejection() -> None:
+    """`settings_for`: a target of real size (a forward pays per token fed) gets the compute-bound guessing,
+    a toy-sized one the defaults (a forward pays per call)."""
+    assert settings_for(tiny_model("llama", seed=0, hidden_size=32)) == LookaheadSettings()
+    big = tiny_model("llama", seed=0, vocab_size=50_000, hidden_size=256, layers=1)  # 25.6M parameters, all but 0.8M the embeddings and head
+    assert settings_for(big) == COMPUTE_BOUND
+    assert BatchedSearcher(big, big, [EOS], 0).settings == COMPUTE_BOUND
 
 
 def test_realign_prefers_longest_nearest_ngram() -> None:

@@ -111,7 +111,7 @@ class MiningWorker:
         self, pair: Any, task: Any, max_new_tokens: int, batch_size: int = 64, method: str = "fast", lookahead: Any = None,
         finished_only: bool = False,
     ) -> None:
-        """lookahead: `decode.mining.lookahead.LookaheadSettings` of the fast search (None: its defaults); finished_only:
+        """lookahead: `decode.mining.lookahead.LookaheadSettings` of the fast search (None: `settings_for` the target); finished_only:
         a problem whose target answer does not end within the budget is not mined (its response row says so)."""
         import queue
         import threading

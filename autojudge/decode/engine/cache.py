@@ -28,6 +28,7 @@ the judge's features), the greedy next token at each fed position, and optionall
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -244,9 +245,12 @@ def forward_rows(
         and all(cache.shared_rows[row] for row in requested)
         and min(cache.lengths[row] for row in requested) >= cache.shared_length
     )  # fmt: skip
+    # with padding, the lean forward runs the position-wise layers on the real tokens only (packed)
+    packed = lean is not None and sum(lengths) < len(batch_rows) * width
     try:
         if lean is not None:  # the same function with fewer operators (`lean.py`)
-            hidden = lean(cache, input_ids, position_ids, mask, max(max(p) for p in positions))
+            real = torch.tensor([index * width + j for index, size in enumerate(lengths) for j in range(size)], device=device) if packed else None
+            hidden = lean(cache, input_ids, position_ids, mask, max(max(p) for p in positions), real)
         else:
             hidden = model.base_model(
                 input_ids=input_ids,
@@ -259,13 +263,14 @@ def forward_rows(
         cache._rows = cache._write_index = None
         cache._shared_active = False
     # the positions whose outputs are returned: the last n of each requested row's chunk
+    starts = list(itertools.accumulate(lengths, initial=0)) if packed else [index * width for index in range(len(batch_rows))]
     picks = [
-        index * width + position
+        starts[index] + position
         for index, row in enumerate(batch_rows)
         if row in requested
         for position in range(lengths[index] - requested[row][1], lengths[index])
     ]
-    flat = hidden.reshape(-1, hidden.shape[-1])  # [b * C, H]
+    flat = hidden.reshape(-1, hidden.shape[-1])  # [b * C, H], or [real tokens, H] when packed
     picked = flat[picks[0] : picks[0] + 1] if len(picks) == 1 else flat.index_select(0, torch.tensor(picks, device=device))
     logits = (lean.head if lean is not None else model.get_output_embeddings())(picked)  # [n_returned, V]
     if vocab_size is not None:

@@ -276,16 +276,18 @@ class LeanDecoder:
         self.calls = 0
         """Forward passes run (benchmarks count target calls with it: the lean path calls no module)."""
 
-    def __call__(self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None, max_position: int) -> torch.Tensor:
+    def __call__(self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None, max_position: int,
+                 real: torch.Tensor | None = None) -> torch.Tensor:
         """Last hidden state `[b, C, H]` after the final norm, for `input_ids` `[b, C]` at `position_ids`
         `[b, C]` (all <= `max_position`), attending through the additive `mask` `[b, 1, C, S]` (None: one
-        row, one token) to the rows of `cache` that `forward_rows` set up (its write index, rows, length)."""
+        row, one token) to the rows of `cache` that `forward_rows` set up (its write index, rows, length).
+        With `real`, only the real positions' states `[len(real), H]` (`decode_layers`)."""
         self._start_call()
         cos, sin = self.rotation(position_ids, cache.keys[0].dtype, max_position)
         low, high = cache.row_span()
         shared = cache.shared if cache._shared_active else None
         return self.forward(input_ids, cos, sin, mask, cache.keys, cache.values, cache._write_index, cache._rows, low, high,
-                            cache._kv_len, shared)
+                            cache._kv_len, shared, real)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> None:
         """A copied model builds its own lean forward on first use (oneDNN's packed tensors cannot be
@@ -379,18 +381,32 @@ class LeanDecoder:
         return cos_table[position_ids][:, None], sin_table[position_ids][:, None]
 
     # -- the forward ----------------------------------------------------------------------
-    def decode_layers(self, input_ids: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def decode_layers(self, input_ids: torch.Tensor, attend: Attend, real: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings, the decoder layers and the final norm: hidden states `[b, C, H]` for `input_ids`
         `[b, C]`. Each layer's attention is `attend(layer index, qk, v)` (see `Attend`): the caller
-        rotates q and k to their positions, stores the keys/values and attends over its cache."""
+        rotates q and k to their positions, stores the keys/values and attends over its cache.
+
+        With `real` (the ascending flat indices into the `b x C` grid of the positions that hold real
+        tokens), the position-wise parts (embeddings, norms, projections, MLP) run on those positions
+        only, and padding costs only attention (whose inputs are scattered back into the grid with zeros
+        at the padding): the hidden states are `[len(real), H]`."""
         b, c = input_ids.shape
-        x = F.embedding(input_ids, self.embed)
         heads, kv_heads, d = self.heads, self.kv_heads, self.head_dim
+        if real is None:
+            x = F.embedding(input_ids, self.embed)
+        else:
+            x = F.embedding(input_ids.reshape(-1).index_select(0, real), self.embed)  # [n, H]
         for index, layer in enumerate(self.layers):
             h = self.rms_norm(x, layer.input_norm)
-            qkv = layer.qkv(h).view(b, c, heads + 2 * kv_heads, d).transpose(1, 2)
+            qkv = layer.qkv(h)
+            if real is not None:
+                qkv = qkv.new_zeros(b * c, qkv.shape[-1]).index_copy_(0, real, qkv)
+            qkv = qkv.view(b, c, heads + 2 * kv_heads, d).transpose(1, 2)
             attn = attend(index, qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :])  # [b, heads, C, d]
-            x = x + layer.o(attn.transpose(1, 2).reshape(b, c, heads * d))
+            attn = attn.transpose(1, 2).reshape(b, c, heads * d)
+            if real is not None:
+                attn = attn.reshape(b * c, heads * d).index_select(0, real)
+            x = x + layer.o(attn)
             gate, up = layer.gate_up(self.rms_norm(x, layer.post_norm)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         return self.rms_norm(x, self.norm)
@@ -409,6 +425,7 @@ class LeanDecoder:
         high: int,
         kv_len: int,
         shared: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+        real: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The forward over the per-row cache: a function of tensors and ints only (what `torch.compile`
         traces). Each layer rotates q and k by `cos`/`sin` `[b, 1, C, d]`, writes its new keys/values
@@ -416,7 +433,7 @@ class LeanDecoder:
         kv_heads, capacity, d]`, then attends to slots `[0, kv_len)` of rows `low:high` (a view) or, when
         `low < 0`, of the gathered `rows`. With `shared` (keys and values `[kv_heads, P, d]` per layer that
         every row's first P slots hold), the first P slots are read once for all rows (`prefix_attention`)
-        instead of once per row."""
+        instead of once per row. With `real`, padding runs through attention only (`decode_layers`)."""
         heads = self.heads
 
         def attend(index: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -432,7 +449,7 @@ class LeanDecoder:
                 qk[:, :heads], cached_k, cached_v, attn_mask=mask, scale=self.scaling, enable_gqa=self.grouped
             )  # [b, heads, C, d]
 
-        return self.decode_layers(input_ids, attend)
+        return self.decode_layers(input_ids, attend, real)
 
 
 def prefix_attention(

@@ -50,7 +50,9 @@ class LookaheadSettings:
     """Most old-continuation tokens verified in one target forward."""
     min_guess: int = 1
     """Guess length after a rejection is max(min_guess, 2 x tokens accepted in the last round):
-    a continuation that has not re-converged is verified in short pieces, not re-fed in full."""
+    a continuation that has not re-converged is verified in short pieces, not re-fed in full.
+    With 0 a row that diverged feeds one token per round (plain greedy) until its text re-aligns
+    with the old one on a whole `max_ngram`-gram, then guesses again from 1 token."""
     initial_guess: int = 8
     """Most prompt-lookup tokens verified per forward while decoding the first response."""
     draft_proposals: int = 6
@@ -65,6 +67,26 @@ class LookaheadSettings:
     """Longest n-gram key of the corpus of earlier responses (`NgramCorpus`)."""
     corpus_entries: int = 200_000
     """The corpus is cleared when it holds more keys than this."""
+
+
+COMPUTE_BOUND_PARAMETERS = 20_000_000
+"""Targets at least this large pay for the tokens a wide forward feeds (`settings_for`)."""
+
+
+def settings_for(target: Any) -> LookaheadSettings:
+    """The guessing that suits the target's cost per forward.
+
+    A guessed token costs one fed token and saves one round if accepted. A real model fed by 64
+    searches at once pays for every token (SmolLM2-135M, float32, CPU: a forward's fixed cost is
+    about 16 tokens', a quarter of a token per row), so a guess pays only when it is accepted about
+    four times in five: it verifies no guess after a rejection until the text re-aligns
+    (`min_guess` 0) and decodes first responses with prompt and corpus lookup instead of 6
+    sequential one-token draft forwards per tick (`draft_proposals` 0). A toy-sized model pays
+    per call, where guesses that save rounds win: the defaults.
+    Measured in docs/results/smollm2-gsm8k.md (section 5); labels are the same either way."""
+    if sum(parameter.numel() for parameter in target.parameters()) >= COMPUTE_BOUND_PARAMETERS:
+        return LookaheadSettings(min_guess=0, draft_proposals=0)
+    return LookaheadSettings()
 
 
 @dataclass
@@ -239,6 +261,8 @@ def regenerate(
             matched = settings.max_ngram
             if not first:
                 aligned, matched = realign(response, old, aligned, settings)
+            if guess_length == 0 and matched >= settings.max_ngram:
+                guess_length = 1  # re-aligned on a whole n-gram: try the old text again
             guess = old[aligned + 1 : aligned + 1 + guess_length]
             if matched < 2 and settings.regen_proposals > 0 and draft_row_valid is not None:
                 use_proposals, guess = True, []  # the old text does not re-align: the draft proposes
@@ -481,7 +505,7 @@ class BatchedSearcher:
         self.target, self.draft = target, draft
         self.eos_ids, self.pad_token_id = eos_ids, pad_token_id
         self.batch_size = batch_size
-        self.settings = settings or LookaheadSettings()
+        self.settings = settings or settings_for(target)
         self.counters = SearchCounters()
         self.forward_overhead_tokens = forward_overhead_tokens
         self.corpus = NgramCorpus(self.settings)
