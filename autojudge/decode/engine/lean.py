@@ -14,6 +14,9 @@ model's own `base_model` forward with fewer operators:
   scaling, the same elementwise formula), rotated on q and k together;
 - attention is one `scaled_dot_product_attention` over the rows' caches with the additive
   mask `forward_rows` builds (grouped-query heads without copies);
+- rows fed chunks of different lengths: embeddings, norms, projections and MLP run on the real
+  tokens only, and only attention sees the padded grid (`decode_layers(real=...)`), so a long
+  verification among one-token rows costs its own tokens, not rows x its length, in those layers;
 - RMSNorm is the same float32 computation as the model's (`F.rms_norm` on float32 inputs);
 - on a CPU, a single row's logits come from a transposed copy of a plain LM head (a one-row
   product with `[H, V]` is about twice as fast as with `[V, H]`);
