@@ -5,7 +5,7 @@
     PYTHONPATH=. python bench/mine.py --target smollm2:target --draft smollm2:draft --task gsm8k --limit 10
     PYTHONPATH=. python bench/mine.py --limit 400 --seed 2 --max-new-tokens 256 --whole-command
     PYTHONPATH=. python bench/mine.py --target smollm2:target --draft smollm2:draft --task gsm8k --shots 3 \
-      --finished-only --max-new-tokens 160 --limit 96 --plain-limit 3 --batch-size 64 --whole-command-only
+      --finished-only --max-new-tokens 160 --limit 128 --plain-limit 3 --batch-size 64 --whole-command-only
 
 The baseline is the *straightforward* plain search (`straightforward_search` below): the
 semi-greedy algorithm one prompt at a time, batch 1, a target `generate()` (with its own
@@ -413,7 +413,8 @@ def main() -> None:
         import tempfile
 
         figures["whole_command"] = [
-            run_whole_command(args, str(Path(tempfile.mkdtemp(prefix="bench-mine-out-")) / "mined"), batch)
+            {k: v for k, v in run_whole_command(args, str(Path(tempfile.mkdtemp(prefix="bench-mine-out-")) / "mined"), batch).items()
+             if k != "rows"}  # the figures, not the label rows
             for batch in ((None,) if args.batch_size == 64 else (None, args.batch_size))
         ]
         small = argparse.Namespace(**{**vars(args), "batch_size": 16})
