@@ -55,11 +55,13 @@ class BenchConfig:
     threads: int = 1  # torch CPU threads
     seed: int = 2  # toy world seed of the prompts (2 = held-out evaluation stream)
     task: str = ""  # "toy" or "gsm8k" (GSM8K test file, chat template + instruction); "" = gsm8k for smollm2:*, else toy
+    shots: int = 0  # gsm8k: few-shot examples from the train file as chat turns, no instruction (the smollm2-gsm8k preset: 3)
     judge: str = ""  # judge folder (from `autojudge run`/`train`): adds autojudge rows at its window and threshold
     compile: bool = False  # torch.compile the lean forwards (compilation happens in the warm-up, reported apart)
     hf_forward_row: bool = True  # also time engine exact with the models' own HF forward (the lean step off)
     unpacked_row: bool = True  # also time engine exact with the lean step's weights on F.linear (no oneDNN prepacking)
-    rules: tuple[str, ...] = ()  # extra training-free lossy rows, MODE:PARAMETER (typical:EPSILON, prob:MIN_PROB, topk:K)
+    rules: tuple[str, ...] = ()  # extra training-free lossy rows, MODE:PARAMETER (typical:EPSILON, prob:MIN_PROB, topk:K, fly:ENTROPY)
+    fly_window: int = 3  # FLy's window in fly:ENTROPY rows (the smollm2-gsm8k preset's)
     window_table: tuple[int, ...] = ()  # windows of the expected-vs-measured table (empty: no table)
     profile_prompts: int = 2  # prompts (after the benchmark's) that the window model is measured on
 
@@ -153,7 +155,8 @@ def load_models(config: BenchConfig) -> BenchInputs:
         from autojudge.tasks.gsm8k import shared_gsm8k_file
         from autojudge.tasks.gsm8k import load_problems
 
-        task = get_task("gsm8k", instruction=GSM8K_INSTRUCTION)
+        task = (get_task("gsm8k", instruction=GSM8K_INSTRUCTION) if not config.shots
+                else get_task("gsm8k", instruction=None, shots=config.shots, shots_file=shared_gsm8k_file("train")))
         problems = load_problems(shared_gsm8k_file("test"), limit=config.num_prompts)
     else:
         task = get_task("toy")
@@ -276,15 +279,18 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
     ]
     for spec in config.rules:
         mode, _, value = spec.partition(":")
-        parameter = {"typical": {"epsilon": value}, "prob": {"min_prob": value}, "topk": {"top_k": value}}.get(mode)
+        parameter = {"typical": {"epsilon": value}, "prob": {"min_prob": value}, "topk": {"top_k": value},
+                     "fly": {"fly_entropy": value}}.get(mode)
         try:
             parameter = {key: (int if mode == "topk" else float)(text) for key, text in parameter.items()} if parameter else None
         except ValueError:
             parameter = None
         if parameter is None:
-            raise SystemExit(f"--rules {spec!r}: expected typical:EPSILON, prob:MIN_PROB or topk:K")
+            raise SystemExit(f"--rules {spec!r}: expected typical:EPSILON, prob:MIN_PROB, topk:K or fly:ENTROPY")
+        if mode == "fly":
+            parameter["fly_window"] = config.fly_window
         extra = build_rule(mode, **parameter)
-        label = f"engine {mode} {value} (batch 1)"
+        label = f"engine {mode} {value}{f' w={config.fly_window}' if mode == 'fly' else ''} (batch 1)"
         methods.append((label, lambda p, extra=extra, label=label: run_engine(label, target, draft, extra, p, config, eos, 1)))
     if inputs.judge is not None:
         judge = inputs.judge
@@ -415,7 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--task", choices=["toy", "gsm8k"], default="", help="prompts (default: gsm8k for smollm2:* pairs, else toy)")
-    parser.add_argument("--rules", default="", metavar="MODE:P,...", help="extra lossy rows, e.g. typical:0.3,prob:0.3,topk:2")
+    parser.add_argument("--rules", default="", metavar="MODE:P,...", help="extra lossy rows, e.g. typical:0.3,prob:0.3,topk:2,fly:0.3")
+    parser.add_argument("--fly-window", type=int, default=defaults.fly_window, help="FLy's window in fly:ENTROPY rows")
+    parser.add_argument("--shots", type=int, default=defaults.shots,
+                        help="gsm8k: few-shot examples from the train file as chat turns, no instruction (the run preset's format: 3)")
     parser.add_argument("--judge", default="", metavar="DIR", help="judge folder: adds autojudge rows at its window and threshold")
     parser.add_argument("--compile", action="store_true", help="torch.compile the lean forwards (compile time reported apart)")
     parser.add_argument("--no-hf-forward-row", action="store_true", help="skip the engine row with the models' own forward")
@@ -429,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(
         target=args.target or defaults.target, draft=with_draft_vocab(args.draft or defaults.draft, args.draft_vocab), tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
-        task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), compile=args.compile, hf_forward_row=not args.no_hf_forward_row, unpacked_row=not args.no_unpacked_row,
+        task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), fly_window=args.fly_window, shots=args.shots, compile=args.compile, hf_forward_row=not args.no_hf_forward_row, unpacked_row=not args.no_unpacked_row,
         window_table=tuple(int(k) for k in args.window_table.split(",") if k), profile_prompts=args.profile_prompts,
     )
     results = [] if args.windows_only else benchmark(config)[0]

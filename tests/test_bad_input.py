@@ -226,6 +226,8 @@ CHEAP_CASES: list[Case] = [
     ("eval-limit-0", command("eval", "--limit", "0", "--out", "{base}/e"), r"--limit must be >= 1"),
     ("eval-topk-fraction", command("eval", "--top-k", "2.5", "--out", "{base}/e"), r"--top-k takes whole numbers"),
     ("eval-max-drop", command("eval", "--max-drop", "-3", "--out", "{base}/e"), r"--max-drop must be >= 0"),
+    ("eval-workers-negative", command("eval", "--workers", "-1", "--out", "{base}/e"), r"--workers must be >= 0, got -1"),
+    ("run-eval-workers-negative", command("run", "--eval-workers", "-2", "--out", "{base}/r"), r"--eval-workers must be >= 0, got -2"),
     ("eval-out-is-file", command("eval", "--out", "{afile}"), r"is a file, expected a folder"),
     ("eval-input-utf8", command("eval", "--input", "{utf8}", "--out", "{base}/e"), r"bad-utf8\.jsonl:2: not valid UTF-8"),
     ("eval-empty-input", command("eval", "--input", "{empty}", "--out", "{base}/e"), r"no problems to evaluate"),

@@ -93,3 +93,41 @@ def test_evaluate_modes_end_to_end_with_tiny_models(tmp_path: Path) -> None:
     strict = EvalConfig(window=3, max_new_tokens=10, batch_size=3, top_ks=(), thresholds=(1.0, 0.0), max_accuracy_drop=-0.5)
     stopped = evaluate_modes(pair, task, problems, judge, strict, show_progress=False, stop_after_drop=True)
     assert [r.label for r in stopped] == ["exact", "autojudge tau=0"]
+
+
+def test_evaluation_workers_give_the_same_curve(tiny_pair_dirs: tuple[Path, Path], tmp_path: Path, local_ray) -> None:
+    """Two Ray actors (each loading the pair from its folders) decode the settings side by side: the
+    results equal the in-process ones setting by setting, threshold selection still stops at the
+    first threshold that loses too much (a larger one decoded meanwhile is left out), and the stored
+    settings are what a later in-process call reuses."""
+    import numpy as np
+
+    from autojudge.judge import Judge, PairInfo
+    from autojudge.models import load_pair
+    from autojudge.pipeline.evaluate import EvalConfig, evaluate_modes
+    from autojudge.tasks import get_task
+
+    target_dir, draft_dir = tiny_pair_dirs
+    pair = load_pair(str(target_dir), str(draft_dir))
+    judge = Judge("logreg", "DD-DT", PairInfo(str(target_dir), str(draft_dir), "x", 32, 32),
+                  scaler_mean=np.zeros(64), scaler_scale=np.ones(64), coef=np.random.default_rng(0).normal(size=64) * 0.1,
+                  thresholds=[{"tau": 0.5, "acceptance_rate": 0.5}])
+    task = get_task("toy", seed=2)
+    problems = task.load(limit=4)
+    config = EvalConfig(window=3, max_new_tokens=12, batch_size=2, top_ks=(3,), thresholds=(0.0, 0.5, 1.0),
+                        min_probs=(0.3,))
+    local = evaluate_modes(pair, task, problems, judge, config, show_progress=False)
+    cache = tmp_path / "settings"
+    parallel = evaluate_modes(pair, task, problems, judge, EvalConfig(**{**config.__dict__, "workers": 2}),
+                              show_progress=False, cache_dir=cache)
+    assert [r.label for r in parallel] == [r.label for r in local] == [
+        "exact", "topk K=3", "prob p=0.3", "autojudge tau=0", "autojudge tau=0.5", "autojudge tau=1"]
+    for ours, theirs in zip(parallel, local):
+        assert (ours.answers, ours.new_tokens, ours.target_calls, ours.agreement_with_target) == (
+            theirs.answers, theirs.new_tokens, theirs.target_calls, theirs.agreement_with_target), ours.label
+    assert len(list(cache.glob("*.json"))) == 6
+    again = evaluate_modes(pair, task, problems, judge, config, show_progress=False, cache_dir=cache)
+    assert [(r.label, r.wall_s) for r in again] == [(r.label, r.wall_s) for r in parallel]  # read back, not decoded
+    strict = EvalConfig(**{**config.__dict__, "top_ks": (), "min_probs": (), "max_accuracy_drop": -0.5, "workers": 2})
+    stopped = evaluate_modes(pair, task, problems, judge, strict, show_progress=False, stop_after_drop=True)
+    assert [r.label for r in stopped] == ["exact", "autojudge tau=0"]

@@ -174,6 +174,10 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
      rf"mining workers ask for {MORE_CPUS} CPUs each; the largest node of the cluster has \d+"),
     ("run-mine-workers-more-than-cpus", cmd("run", "--mine-workers", MORE_CPUS, "--out", "{base}/out/r"),
      rf"mining workers need {MORE_CPUS} x 1 CPUs; the cluster has \d+"),
+    ("run-eval-workers-more-than-cpus", cmd("run", "--eval-workers", MORE_CPUS, "--out", "{base}/out/r"),
+     rf"evaluation workers need {MORE_CPUS} x 1 CPUs; the cluster has \d+ \(they would wait forever\); use fewer --eval-workers"),
+    ("eval-workers-more-than-cpus", cmd("eval", "--limit", "2", "--workers", MORE_CPUS, "--out", "{base}/out/e"),
+     rf"evaluation workers need {MORE_CPUS} x 1 CPUs; the cluster has \d+ \(they would wait forever\); use fewer --workers"),
     # item 10: hogwild checks up front like the other commands
     ("hogwild-header-without-name", hogwild("--header", "Worker: "), r"the worker header must contain \{name\}"),
     ("hogwild-output-is-dir", cmd("hogwild", "--task", "toy", "--input", "{good}", "--output", "{adir}"),

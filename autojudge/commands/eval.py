@@ -58,6 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="Ray actors that decode settings side by side, each with its own copy of the pair and "
+                        "--threads CPUs (default 0: one setting after another in this process)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for report.md, metrics.json, pareto.png")
     parser.set_defaults(func=run)
 
@@ -70,7 +73,7 @@ def check_args(args: argparse.Namespace) -> Any:
     from autojudge.setup import resolve_setup
 
     checks.check_options(args, at_least_1=["limit", "batch_size", "top_k"],
-                         thresholds=["thresholds"], threads=["threads"], seeds=["seed"])
+                         at_least_0=["workers"], thresholds=["thresholds"], threads=["threads"], seeds=["seed"])
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if any(k != int(k) for k in args.top_k):
         raise InputError(f"--top-k takes whole numbers, got {','.join(f'{k:g}' for k in args.top_k)}")
@@ -80,6 +83,12 @@ def check_args(args: argparse.Namespace) -> Any:
         checks.check_fly_parameters(args.fly_entropies, args.fly_window, args.window)
     checks.check_input_file("--input", args.input)
     checks.check_output_dir("--out", args.out)
+    if args.workers > 0:
+        from autojudge.ray_utils import check_actor_resources, check_cluster_address
+
+        check_cluster_address(None)
+        check_actor_resources("evaluation workers", args.workers, args.threads or 1,
+                              1.0 if args.device.startswith("cuda") else 0.0, None, advice="use fewer --workers or --threads")
     if args.judge and args.set_default:
         checks.check_output_dir("--judge (written by --set-default)", args.judge)
     return resolve_setup(args, judge_any_mode=True, device=args.device)
@@ -106,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         top_ks=tuple(int(k) for k in args.top_k), thresholds=args.thresholds,
         max_accuracy_drop=args.max_drop / 100.0, device=args.device, quality=args.quality,
         typical_epsilons=args.typical_epsilons, min_probs=args.min_probs,
-        fly_entropies=args.fly_entropies, fly_window=args.fly_window,
+        fly_entropies=args.fly_entropies, fly_window=args.fly_window, workers=args.workers, threads=args.threads or 1,
     )
     results = evaluate_modes(pair, task, problems, judge, config)
     chosen = recommend_threshold(results, config.max_accuracy_drop, config.quality) if judge else None

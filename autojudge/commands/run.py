@@ -75,6 +75,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f"accuracy points the chosen tau may lose (default {100 * defaults.max_accuracy_drop:g})")
     parser.add_argument("--mine-workers", type=int, default=None,
                         help=f"Ray mining actors (default {defaults.mine_workers}; 0 = mine in this process, no Ray)")
+    parser.add_argument("--eval-workers", type=int, default=None,
+                        help=f"Ray actors that evaluate settings side by side, --threads CPUs each (default "
+                        f"{defaults.eval_workers}; 0 = one after another in this process)")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"torch CPU threads (default {defaults.threads})")
     parser.add_argument("--device", default=None, help="torch device")
@@ -143,7 +146,7 @@ def check_args(args: argparse.Namespace, config: "RunConfig") -> "DecodeSetup": 
 
     checks.check_options(args, at_least_1=["mine_problems", "select_problems", "test_problems", "window",
                                            "compare_windows", "max_new_tokens"],
-                         at_least_0=["mine_workers"], threads=["threads"])
+                         at_least_0=["mine_workers", "eval_workers"], threads=["threads"])
     checks.check_number("--max-drop", args.max_drop, 0.0, 100.0)
     if args.out:
         from pathlib import Path
@@ -152,13 +155,15 @@ def check_args(args: argparse.Namespace, config: "RunConfig") -> "DecodeSetup": 
 
         checks.check_output_dir("--out", args.out)
         check_no_writer(Path(args.out) / "mined")  # its mining stage holds that lock while it mines
-    if config.mine_workers > 0:
-        from autojudge.pipeline.mine import RESOURCE_ADVICE
-        from autojudge.ray_utils import check_actor_resources
+    from autojudge.pipeline.mine import RESOURCE_ADVICE
+    from autojudge.ray_utils import check_actor_resources
 
-        check_cluster_address(None)
-        check_actor_resources("mining workers", config.mine_workers, config.threads,
-                              1.0 if config.device.startswith("cuda") else 0.0, None, advice=RESOURCE_ADVICE)
+    for what, workers, advice in (("mining workers", config.mine_workers, RESOURCE_ADVICE),
+                                  ("evaluation workers", config.eval_workers, "use fewer --eval-workers or --threads")):
+        if workers > 0:
+            check_cluster_address(None)
+            check_actor_resources(what, workers, config.threads,
+                                  1.0 if config.device.startswith("cuda") else 0.0, None, advice=advice)
     return resolve_run_setup(config)
 
 
@@ -190,6 +195,7 @@ def build_config(args: argparse.Namespace) -> "RunConfig":  # noqa: F821 - lazy 
         "select_problems": args.select_problems, "test_problems": args.test_problems, "window": args.window,
         "compare_windows": args.compare_windows, "max_new_tokens": args.max_new_tokens,
         "judge_model": args.judge_model, "feature_setup": args.features, "mine_workers": args.mine_workers,
+        "eval_workers": args.eval_workers,
         "threads": args.threads, "device": args.device, "typical_epsilons": args.typical_epsilons,
         "min_probs": args.min_probs, "extra_judges": args.extra_judges,
         "fly_entropies": args.fly_entropies, "fly_window": args.fly_window,

@@ -73,6 +73,11 @@ class EvalConfig:
     """FLy's window (a mismatch plus the draft tokens after it that must match); needs `window` > it."""
     quality: str = "accuracy"
     """What `max_accuracy_drop` is measured on: "accuracy" (ground truth) or "agreement" (with exact's answer)."""
+    workers: int = 0
+    """Settings decoded at once, each on a Ray actor that holds its own pair (`actors/evaluator.py`);
+    0 decodes them one after another in this process. Results do not depend on it."""
+    threads: int = 1
+    """Torch CPU threads (and Ray CPUs) of each worker."""
 
 
 @dataclass
@@ -270,21 +275,86 @@ def evaluate_modes(
 ) -> list[SettingResult]:
     """exact, topk for each K, typical for each epsilon, prob for each p, autojudge for each
     threshold (ascending), then each extra judge (`judge:<name>`, its own thresholds), on the
-    same problems and window.
+    same problems and window. `exact` comes first (the others' agreement is measured against its
+    answers); the rest run one after another, or `config.workers` at a time on Ray actors.
 
     stop_after_drop: skip the remaining (larger) thresholds once one loses more than
-    `config.max_accuracy_drop` of `config.quality` against exact — all that threshold selection needs.
+    `config.max_accuracy_drop` of `config.quality` against exact — all that threshold selection needs
+    (with workers, a larger threshold already in flight is decoded but left out, so the results
+    are the same as without).
     cache_dir: reuse settings finished by an earlier (interrupted) call; store new ones there.
     """
     from tqdm.auto import tqdm
 
+    settings = setting_list(judge, config, extra_judges)
+    problems_hash = problems_fingerprint(problems) if cache_dir else ""
+    bar = tqdm(total=len(settings) * len(problems), desc="eval", unit="problem", disable=not show_progress)
+    runner: Any = (RaySettingRunner(pair, task, problems, config) if config.workers > 0
+                   else LocalSettingRunner(pair, task, problems, config, bar.update))
+    results: dict[int, SettingResult] = {}
+    stopped: dict[str, float] = {}  # judged mode -> the threshold that lost too much
+    exact_quality = 0.0
+    reference: list[Any] | None = None
+
+    def finish(index: int, result: SettingResult) -> None:
+        nonlocal reference, exact_quality
+        mode, param, _ = settings[index]
+        results[index] = result
+        log.info("%s: accuracy %.3f, agreement %s, %.2f tokens/target call", result.label, result.accuracy,
+                 result.agreement_with_target, result.tokens_per_target_call)
+        if mode == "exact":
+            reference, exact_quality = result.answers, quality_of(result, config.quality)
+        judged = mode == "autojudge" or mode.startswith("judge:")
+        if stop_after_drop and judged and quality_of(result, config.quality) < exact_quality - config.max_accuracy_drop - 1e-12:
+            stopped[mode] = min(stopped.get(mode, float("inf")), float(param or 0.0))
+
+    pending = list(range(len(settings)))  # settings[0] is exact
+    in_flight: dict[Any, tuple[int, Path | None, dict[str, Any]]] = {}
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < runner.slots and (reference is not None or not in_flight):
+                index = pending.pop(0)
+                mode, param, setting_judge = settings[index]
+                if mode in stopped:
+                    bar.update(len(problems))
+                    continue
+                path = setting_cache_path(cache_dir, mode, param, config, len(problems)) if cache_dir else None
+                key = made_with(mode, param, config, pair, task, problems_hash, setting_judge) if path else {}
+                cached = load_cached_setting(path, key) if path else None
+                if cached is not None:
+                    bar.update(len(problems))
+                    finish(index, cached)
+                    continue
+                bar.set_postfix_str(mode if param is None else f"{mode} {param:g}")
+                in_flight[runner.submit(mode, param, setting_judge, reference)] = (index, path, key)
+                if reference is None:
+                    break  # exact: the others wait for its answers
+            for handle, result in runner.finished(list(in_flight)) if in_flight else ():
+                index, path, key = in_flight.pop(handle)
+                if path:
+                    store_setting(result, path, key)
+                if runner.slots > 1:
+                    bar.update(len(problems))
+                finish(index, result)
+    finally:
+        runner.close()
+        bar.close()
+    kept = [result for index, result in sorted(results.items())
+            if result.mode not in stopped or float(result.param or 0.0) <= stopped[result.mode]]
+    order = {"exact": 0, "topk": 1, "typical": 2, "prob": 3, "fly": 4, "autojudge": 5}
+    return sorted(kept, key=lambda r: order.get(r.mode, 6))  # stable: parameters keep their order
+
+
+def setting_list(judge: Any, config: EvalConfig, extra_judges: dict[str, tuple[Any, Sequence[float]]] | None,
+                 ) -> list[tuple[str, float | None, Any]]:
+    """(mode, parameter, judge) of every setting `evaluate_modes` decodes, in the order it decodes them:
+    exact, the judge first, then the training-free rules (most telling first), so an interrupted run
+    has the method's curve; the report lists them in the usual order."""
     thresholds: list[float] = []
     if judge is not None:
         thresholds = sorted(
             config.thresholds or sweep_thresholds(judge.thresholds, config.acceptance_rates, config.recall_levels)
         )
-    # the judge first, then the training-free rules (most telling first), so an interrupted
-    # run has the method's curve; the report lists them in the usual order
     settings: list[tuple[str, float | None, Any]] = [("exact", None, None)]
     settings += [("autojudge", tau, judge) for tau in thresholds]
     settings += [("typical", float(eps), None) for eps in config.typical_epsilons]
@@ -293,36 +363,84 @@ def evaluate_modes(
     settings += [("topk", float(k), None) for k in config.top_ks]
     for name, (other, taus) in (extra_judges or {}).items():
         settings += [(f"judge:{name}", float(tau), other) for tau in sorted(taus)]
-    results: list[SettingResult] = []
-    problems_hash = problems_fingerprint(problems) if cache_dir else ""
-    bar = tqdm(total=len(settings) * len(problems), desc="eval", unit="problem", disable=not show_progress)
-    reference, exact_quality = None, 0.0
-    stopped: set[str] = set()
-    for mode, param, setting_judge in settings:
-        if mode in stopped:
-            bar.update(len(problems))
-            continue
-        bar.set_postfix_str(mode if param is None else f"{mode} {param:g}")
-        path = setting_cache_path(cache_dir, mode, param, config, len(problems)) if cache_dir else None
-        key = made_with(mode, param, config, pair, task, problems_hash, setting_judge) if path else {}
-        result = load_cached_setting(path, key) if path else None
-        if result is None:
-            result = evaluate_setting(pair, task, problems, mode, param, config, setting_judge, reference, bar.update)
-            if path:
-                store_setting(result, path, key)
-        else:
-            bar.update(len(problems))
-        if mode == "exact":
-            reference, exact_quality = result.answers, quality_of(result, config.quality)
-        results.append(result)
-        log.info("%s: accuracy %.3f, agreement %s, %.2f tokens/target call", result.label, result.accuracy,
-                 result.agreement_with_target, result.tokens_per_target_call)
-        judged = mode == "autojudge" or mode.startswith("judge:")
-        if stop_after_drop and judged and quality_of(result, config.quality) < exact_quality - config.max_accuracy_drop - 1e-12:
-            stopped.add(mode)
-    bar.close()
-    order = {"exact": 0, "topk": 1, "typical": 2, "prob": 3, "fly": 4, "autojudge": 5}
-    return sorted(results, key=lambda r: order.get(r.mode, 6))  # stable: parameters keep their order
+    return settings
+
+
+class LocalSettingRunner:
+    """Settings decoded in this process, one at a time (`submit` decodes; `finished` hands it back)."""
+
+    slots = 1
+
+    def __init__(self, pair: Any, task: Task, problems: Sequence[Problem], config: EvalConfig,
+                 progress: Callable[[int], None] | None) -> None:
+        self.pair, self.task, self.problems, self.config, self.progress = pair, task, problems, config, progress
+        self.done: dict[int, SettingResult] = {}
+        self.submitted = 0
+
+    def submit(self, mode: str, param: float | None, judge: Any, reference: list[Any] | None) -> int:
+        self.submitted += 1
+        handle = self.submitted
+        self.done[handle] = evaluate_setting(self.pair, self.task, self.problems, mode, param, self.config, judge,
+                                             reference, self.progress)
+        return handle
+
+    def finished(self, handles: list[Any]) -> list[tuple[Any, SettingResult]]:
+        return [(handle, self.done.pop(handle)) for handle in handles]
+
+    def close(self) -> None:
+        self.done.clear()
+
+
+class RaySettingRunner:
+    """`config.workers` Ray actors (`actors.evaluator.EvalActor`), each decoding one setting at a time
+    with its own copy of the pair (loaded from the pair's specs). Started at the first setting to
+    decode (none when every setting is stored already)."""
+
+    def __init__(self, pair: Any, task: Task, problems: Sequence[Problem], config: EvalConfig) -> None:
+        self.pair, self.task, self.problems, self.config = pair, task, problems, config
+        self.slots = config.workers
+        self.actors: list[Any] = []
+        self.idle: list[Any] = []
+        self.busy: dict[Any, Any] = {}
+
+    def _start(self) -> None:
+        import ray
+
+        from autojudge.actors.evaluator import EvalActor
+        from autojudge.ray_utils import init_ray
+
+        init_ray(None)
+        config = self.config
+        actor_class = EvalActor.options(num_cpus=config.threads,
+                                        num_gpus=1.0 if config.device.startswith("cuda") else 0.0)
+        self.actors = [actor_class.remote(self.pair.target_id, self.pair.draft_id, config.device, config.threads)
+                       for _ in range(config.workers)]
+        self.idle = list(self.actors)
+        self.task, self.problems = ray.put(self.task), ray.put(list(self.problems))
+
+    def submit(self, mode: str, param: float | None, judge: Any, reference: list[Any] | None) -> Any:
+        if not self.actors:
+            self._start()
+        actor = self.idle.pop()
+        ref = actor.run.remote(evaluate_setting, self.task, self.problems, mode, param, self.config, judge, reference)
+        self.busy[ref] = actor
+        return ref
+
+    def finished(self, handles: list[Any]) -> list[tuple[Any, SettingResult]]:
+        import ray
+
+        ready, _ = ray.wait(handles, num_returns=1)
+        out = []
+        for ref in ready:
+            self.idle.append(self.busy.pop(ref))
+            out.append((ref, ray.get(ref)))
+        return out
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
 
 
 def recommend_threshold(

@@ -105,6 +105,10 @@ class RunConfig:
     """Mining workers (Ray actors, `threads` CPUs each); 0 mines in this process without Ray."""
     eval_batch_size: int = 50
     """Problems decoded together in evaluation."""
+    eval_workers: int = 0
+    """Settings evaluated at once, each on a Ray actor with its own pair (`threads` CPUs each); 0 evaluates
+    them one after another in this process. The curve is the same; each setting's tokens/s is then one
+    worker's while the others run beside it."""
     device: str = "cpu"
     """Torch device."""
     threads: int = 1
@@ -436,7 +440,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any 
     eval_config = EvalConfig(
         window=config.decoding.window, max_new_tokens=config.decoding.max_new_tokens, batch_size=config.eval_batch_size,
         top_ks=config.top_ks, max_accuracy_drop=config.max_accuracy_drop, device=config.device,
-        quality=config.quality,
+        quality=config.quality, workers=config.eval_workers, threads=config.threads,
     )
     if config.recall_levels is not None:
         eval_config.recall_levels = config.recall_levels
