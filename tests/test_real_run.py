@@ -126,8 +126,8 @@ def test_preset_fills_settings_and_flags_override_it() -> None:
 @pytest.mark.slow
 def test_miniature_smollm2_gsm8k_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The preset's run at miniature size: mine 6 train problems (96 tokens; those whose answer does
-    not end within it are not mined), train, select on 2, evaluate every mode on 2 test problems;
-    then a rerun resumes without decoding again."""
+    not end within it are not mined), train, select on 2, evaluate every mode on 2 test problems (on
+    a Ray evaluation worker, as the full run does); then a rerun resumes without decoding again."""
     from autojudge.real.smollm2 import RealModelUnavailable
     from autojudge.real.specs import resolve_real_spec
 
@@ -146,7 +146,7 @@ def test_miniature_smollm2_gsm8k_run_end_to_end(tmp_path: Path, capsys: pytest.C
     out = tmp_path / "run"
     args = ["--preset", "smollm2-gsm8k", *draft, "--mine-problems", "6", "--select-problems", "2", "--test-problems", "2",
             "--max-new-tokens", "96", "--compare-windows", "", "--typical-epsilons", "0.09", "--min-probs", "0.3",
-            "--fly-entropies", "0.3", "--extra-judges", "lightgbm:DT", "--out", str(out)]
+            "--fly-entropies", "0.3", "--extra-judges", "lightgbm:DT", "--eval-workers", "1", "--out", str(out)]
     code, _ = run_cli(args, capsys)
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
