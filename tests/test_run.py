@@ -88,3 +88,27 @@ def test_eval_command_refuses_a_bad_window(tmp_path: Path, capsys) -> None:
     assert main(["eval", "--window", "0", "--limit", "1", "--out", str(tmp_path / "eval")]) == 2
     assert "--window must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
+
+
+def test_selection_that_keeps_nothing_makes_the_judge_accept_nothing() -> None:
+    """The selection sweep's pick becomes the judge's default threshold; when no threshold kept the
+    quality within the allowed drop, the default is 0 (exact decoding), not the validation default."""
+    import numpy as np
+
+    from autojudge.judge import PairInfo
+    from autojudge.pipeline.evaluate import SettingResult
+    from autojudge.pipeline.run import RunConfig, apply_selection
+
+    judge = Judge("logreg", "DT", PairInfo("t", "d", "x", 4, 4), scaler_mean=np.zeros(4), scaler_scale=np.ones(4),
+                  coef=np.ones(4), thresholds=[{"tau": 0.3, "acceptance_rate": 0.5}])
+    judge.set_default_threshold(0.3, "validation recall of important >= 0.95")
+    config = RunConfig(decoding=DecodingConfig(window=8), quality="agreement")
+    chosen = SettingResult(mode="autojudge", param=0.12, label="autojudge tau=0.12", accuracy=0.1, num_correct=1,
+                           num_problems=10, agreement_with_target=1.0, tokens_per_target_call=2.0, new_tokens=20,
+                           target_calls=10, draft_calls=80, mean_accepted_length=1.0, wall_s=1.0, tokens_per_s=20.0)
+    said: list[str] = []
+    apply_selection(judge, chosen, "selection problems", config, said.append)
+    assert (judge.default_threshold, judge.default_window, said) == (0.12, 8, [])
+    apply_selection(judge, None, "selection problems", config, said.append)
+    assert judge.default_threshold == 0.0 and judge.default_window == 8
+    assert "no threshold kept agreement" in judge.threshold_source and "instead of the validation default 0.12" in said[0]

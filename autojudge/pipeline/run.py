@@ -25,7 +25,8 @@ sweep) run on the same test problems, so the curve answers whether the learned j
 beats rules that need no mining at equal quality.
 
 The judge's default threshold is the one the selection sweep recommends (most tokens
-per target call within `max_accuracy_drop` of exact); the test sweep then reports the
+per target call within `max_accuracy_drop` of exact; 0, which accepts no mismatch, when none keeps
+it); the test sweep then reports the
 whole curve and where the chosen threshold lands, so the headline number is not tuned
 on the problems it is measured on. Every mode runs at the same window; the test stage
 also runs exact and the chosen threshold at `compare_windows`, so the report shows how
@@ -470,16 +471,7 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any 
         where = stage_description(config, "select")
         write_eval_outputs(results, run_dir / "select", "Threshold selection", dict(context, problems=where),
                            config.max_accuracy_drop, chosen, config.quality)
-        if chosen is not None:
-            judge.set_default_threshold(
-                float(chosen.param),
-                f"selection sweep on {where}: most tokens/target call within "
-                f"{100 * config.max_accuracy_drop:g} point of exact's {config.quality}",
-                window=config.decoding.window,
-            )
-        else:
-            echo(f"no threshold kept {config.quality} within the allowed drop on the selection problems; "
-                 f"keeping the validation default tau={judge.default_threshold:g}")
+        apply_selection(judge, chosen, where, config, echo)
         judge.save(run_dir / "judge")
         return chosen
 
@@ -544,6 +536,23 @@ def run_main(config: RunConfig, echo: Callable[[str], None] = print, setup: Any 
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "report.md").write_text("# autojudge run\n\n```\n" + format_summary(summary).strip() + "\n```\n")
     return summary
+
+
+def apply_selection(judge: Any, chosen: Any, where: str, config: RunConfig, echo: Callable[[str], None] = print) -> None:
+    """Make the selection sweep's pick the judge's default threshold. When no threshold kept
+    `config.quality` within `config.max_accuracy_drop` of exact's, the default becomes 0: the judge
+    accepts no mismatch (exact decoding) rather than keep a validation default the selection problems
+    showed to lose more than allowed."""
+    budget = f"{100 * config.max_accuracy_drop:g} point of exact's {config.quality}"
+    if chosen is not None:
+        judge.set_default_threshold(float(chosen.param), f"selection sweep on {where}: most tokens/target call within {budget}",
+                                    window=config.decoding.window)
+        return
+    echo(f"no threshold kept {config.quality} within the allowed drop on the selection problems; "
+         f"default tau = 0 (accept no mismatch) instead of the validation default {judge.default_threshold:g}")
+    judge.set_default_threshold(0.0, f"selection sweep on {where}: no threshold kept {config.quality} within "
+                                f"{100 * config.max_accuracy_drop:g} point of exact's, so no mismatch is accepted",
+                                window=config.decoding.window)
 
 
 def window_comparison(pair: Any, task: Any, problems: list[Problem], judge: Any, eval_fields: dict[str, Any],
