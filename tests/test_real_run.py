@@ -147,7 +147,12 @@ def test_miniature_smollm2_gsm8k_run_end_to_end(tmp_path: Path, capsys: pytest.C
     args = ["--preset", "smollm2-gsm8k", *draft, "--mine-problems", "6", "--select-problems", "2", "--test-problems", "2",
             "--max-new-tokens", "96", "--compare-windows", "", "--typical-epsilons", "0.09", "--min-probs", "0.3",
             "--fly-entropies", "0.3", "--extra-judges", "lightgbm:DT", "--eval-workers", "1", "--out", str(out)]
-    code, _ = run_cli(args, capsys)
+    try:
+        code, _ = run_cli(args, capsys)
+    finally:
+        import ray
+
+        ray.shutdown()  # the evaluation worker's local cluster: later tests start their own
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     mined = summary["mined"]
