@@ -333,7 +333,7 @@ def evaluate_modes(
                 index, path, key = in_flight.pop(handle)
                 if path:
                     store_setting(result, path, key)
-                if runner.slots > 1:
+                if not runner.counts_problems:
                     bar.update(len(problems))
                 finish(index, result)
     finally:
@@ -370,6 +370,7 @@ class LocalSettingRunner:
     """Settings decoded in this process, one at a time (`submit` decodes; `finished` hands it back)."""
 
     slots = 1
+    counts_problems = True  # the progress bar moves per finished problem
 
     def __init__(self, pair: Any, task: Task, problems: Sequence[Problem], config: EvalConfig,
                  progress: Callable[[int], None] | None) -> None:
@@ -395,6 +396,8 @@ class RaySettingRunner:
     """`config.workers` Ray actors (`actors.evaluator.EvalActor`), each decoding one setting at a time
     with its own copy of the pair (loaded from the pair's specs). Started at the first setting to
     decode (none when every setting is stored already)."""
+
+    counts_problems = False  # the progress bar moves per finished setting
 
     def __init__(self, pair: Any, task: Task, problems: Sequence[Problem], config: EvalConfig) -> None:
         self.pair, self.task, self.problems, self.config = pair, task, problems, config
