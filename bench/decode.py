@@ -8,12 +8,16 @@ row runs assisted generation at its *default* settings (what a user gets: 20 ass
 tokens, constant schedule, and the dynamic lookahead - the draft stops early when its
 confidence is under an adaptive threshold starting at 0.4). HF assisted generation only supports batch size 1, so the side-by-side
 comparison is per prompt, batch 1; the engine is also timed batched. Target calls are
-counted with a forward hook on `target.base_model` (one per forward pass, any method).
+counted with a forward hook on `target.base_model` (one per forward pass, any method). With `--batch-size`
+B > 1 the batched rows have their own baselines at the same width: HF greedy `generate` on B left-padded
+prompts at a time and the engine's greedy step (window 0) with B rows; `--rules` rows run at batch 1 and B.
 
     PYTHONPATH=. python bench/decode.py          # toy pair (autojudge/toy/weights); or pip install -e .
     PYTHONPATH=. python bench/decode.py --tiny   # random tiny Llama pair, no weights needed (tests/helpers.py: from the root)
     PYTHONPATH=. python bench/decode.py --target toy:target --draft toy:draft --window 4 --num-prompts 16 --json out.json
     PYTHONPATH=. python bench/decode.py --target smollm2:target --draft smollm2:draft --window 4 --num-prompts 8
+    PYTHONPATH=. python bench/decode.py --target smollm2:target --draft smollm2:draft --shots 3 --window 8 \
+        --max-new-tokens 160 --judge RUN/judge --rules fly:0.3 --no-hf-forward-row --no-unpacked-row   # the real run's format
     PYTHONPATH=. python bench/decode.py --target smollm2:target --draft smollm2:draft --draft-vocab 8k \
         --window-table 0,1,2,3,4,6,8 --windows-only --num-prompts 4 --max-new-tokens 96 --threads 2
 
@@ -197,6 +201,25 @@ def run_hf(name: str, target: Any, prompts: list[list[int]], config: BenchConfig
     return MethodResult(name, sum(map(len, outputs)), calls[0], draft_calls, wall, outputs)
 
 
+def run_hf_batched(name: str, target: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int) -> MethodResult:
+    """HF greedy `generate` on `batch_size` prompts at a time, left-padded (what a user batches with): a
+    batch runs until its longest answer ends."""
+    outputs, wall = [], 0.0
+    with count_forwards(target) as calls:
+        for first in range(0, len(prompts), batch_size):
+            group = prompts[first:first + batch_size]
+            width = max(map(len, group))
+            ids = torch.tensor([[0] * (width - len(p)) + p for p in group])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = target.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                      max_new_tokens=config.max_new_tokens, eos_token_id=eos, pad_token_id=0)
+            wall += time.perf_counter() - start
+            outputs += [cut_at_eos(row[width:].tolist(), eos) for row in out]
+    return MethodResult(name, sum(map(len, outputs)), calls[0], 0, wall, outputs)
+
+
 def run_engine(name: str, target: Any, draft: Any, rule: Any, prompts: list[list[int]], config: BenchConfig, eos: list[int], batch_size: int, window: int | None = None, lean: bool = True, pack: bool = True) -> MethodResult:
     """The engine core with at most `batch_size` rows at once (continuous batching; 1 = one prompt at a time)
     at `window` (None: --window; 0: plain greedy decoding on the engine's step, the draft unused).
@@ -277,6 +300,10 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
         (f"engine topk K={config.top_k} (batch 1)", lambda p: run_engine(f"engine topk K={config.top_k} (batch 1)", target, draft, TopKRule(config.top_k), p, config, eos, 1)),
         (f"engine exact (batch {batch})", lambda p: run_engine(f"engine exact (batch {batch})", target, draft, ExactRule(), p, config, eos, batch)),
     ]
+    if batch > 1:  # greedy at the same width: the baseline of the batched rows
+        hfg, eng = f"target greedy (HF generate, batch {batch})", f"engine greedy, window 0 (batch {batch})"
+        methods.insert(3, (hfg, lambda p: run_hf_batched(hfg, target, p, config, eos, batch)))
+        methods.append((eng, lambda p: run_engine(eng, target, draft, ExactRule(), p, config, eos, batch, window=0)))
     for spec in config.rules:
         mode, _, value = spec.partition(":")
         parameter = {"typical": {"epsilon": value}, "prob": {"min_prob": value}, "topk": {"top_k": value},
@@ -290,8 +317,9 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
         if mode == "fly":
             parameter["fly_window"] = config.fly_window
         extra = build_rule(mode, **parameter)
-        label = f"engine {mode} {value}{f' w={config.fly_window}' if mode == 'fly' else ''} (batch 1)"
-        methods.append((label, lambda p, extra=extra, label=label: run_engine(label, target, draft, extra, p, config, eos, 1)))
+        for size in sorted({1, batch}):
+            label = f"engine {mode} {value}{f' w={config.fly_window}' if mode == 'fly' else ''} (batch {size})"
+            methods.append((label, lambda p, extra=extra, label=label, size=size: run_engine(label, target, draft, extra, p, config, eos, size)))
     if inputs.judge is not None:
         judge = inputs.judge
         rule = build_rule("autojudge", judge=judge, threshold=judge.default_threshold)
