@@ -61,6 +61,7 @@ class BenchConfig:
     task: str = ""  # "toy" or "gsm8k" (GSM8K test file, chat template + instruction); "" = gsm8k for smollm2:*, else toy
     shots: int = 0  # gsm8k: few-shot examples from the train file as chat turns, no instruction (the smollm2-gsm8k preset: 3)
     judge: str = ""  # judge folder (from `autojudge run`/`train`): adds autojudge rows at its window and threshold
+    taus: tuple[float, ...] = ()  # thresholds of the autojudge rows (default: the judge's default threshold)
     compile: bool = False  # torch.compile the lean forwards (compilation happens in the warm-up, reported apart)
     hf_forward_row: bool = True  # also time engine exact with the models' own HF forward (the lean step off)
     unpacked_row: bool = True  # also time engine exact with the lean step's weights on F.linear (no oneDNN prepacking)
@@ -322,13 +323,15 @@ def benchmark(config: BenchConfig) -> tuple[list[MethodResult], BenchInputs]:
             methods.append((label, lambda p, extra=extra, label=label, size=size: run_engine(label, target, draft, extra, p, config, eos, size)))
     if inputs.judge is not None:
         judge = inputs.judge
-        rule = build_rule("autojudge", judge=judge, threshold=judge.default_threshold)
         k = judge.default_window or config.window
-        label = f"engine autojudge k={k} tau={judge.default_threshold:.3g}"
-        methods += [
-            (f"{label} (batch 1)", lambda p: run_engine(f"{label} (batch 1)", target, draft, rule, p, config, eos, 1, window=k)),
-            (f"{label} (batch {batch})", lambda p: run_engine(f"{label} (batch {batch})", target, draft, rule, p, config, eos, batch, window=k)),
-        ]
+        for tau in config.taus or (judge.default_threshold,):
+            rule = build_rule("autojudge", judge=judge, threshold=tau)
+            label = f"engine autojudge k={k} tau={tau:.3g}"
+            methods += [
+                (f"{label} (batch {size})", lambda p, rule=rule, label=label, size=size: run_engine(
+                    f"{label} (batch {size})", target, draft, rule, p, config, eos, size, window=k))
+                for size in sorted({1, batch})
+            ]
     if config.compile:
         from autojudge.decode.engine.lean import compile_lean, compiled_graphs
 
@@ -454,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, default=defaults.shots,
                         help="gsm8k: few-shot examples from the train file as chat turns, no instruction (the run preset's format: 3)")
     parser.add_argument("--judge", default="", metavar="DIR", help="judge folder: adds autojudge rows at its window and threshold")
+    parser.add_argument("--taus", default="", metavar="TAU,...", help="thresholds of the autojudge rows (default: the judge's default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the lean forwards (compile time reported apart)")
     parser.add_argument("--no-hf-forward-row", action="store_true", help="skip the engine row with the models' own forward")
     parser.add_argument("--no-unpacked-row", action="store_true", help="skip the engine row with the lean step's weights unpacked")
@@ -466,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(
         target=args.target or defaults.target, draft=with_draft_vocab(args.draft or defaults.draft, args.draft_vocab), tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
-        task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), fly_window=args.fly_window, shots=args.shots, compile=args.compile, hf_forward_row=not args.no_hf_forward_row, unpacked_row=not args.no_unpacked_row,
+        task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), fly_window=args.fly_window, shots=args.shots,
+        taus=tuple(float(t) for t in args.taus.split(",") if t.strip()), compile=args.compile, hf_forward_row=not args.no_hf_forward_row, unpacked_row=not args.no_unpacked_row,
         window_table=tuple(int(k) for k in args.window_table.split(",") if k), profile_prompts=args.profile_prompts,
     )
     results = [] if args.windows_only else benchmark(config)[0]
