@@ -405,6 +405,7 @@ class RaySettingRunner:
         self.actors: list[Any] = []
         self.idle: list[Any] = []
         self.busy: dict[Any, Any] = {}
+        self.shared: tuple[Any, Any] = (None, None)
 
     def _start(self) -> None:
         import ray
@@ -419,13 +420,13 @@ class RaySettingRunner:
         self.actors = [actor_class.remote(self.pair.target_id, self.pair.draft_id, config.device, config.threads)
                        for _ in range(config.workers)]
         self.idle = list(self.actors)
-        self.task, self.problems = ray.put(self.task), ray.put(list(self.problems))
+        self.shared = (ray.put(self.task), ray.put(list(self.problems)))  # stored once, read by every actor
 
     def submit(self, mode: str, param: float | None, judge: Any, reference: list[Any] | None) -> Any:
         if not self.actors:
             self._start()
         actor = self.idle.pop()
-        ref = actor.run.remote(evaluate_setting, self.task, self.problems, mode, param, self.config, judge, reference)
+        ref = actor.run.remote(evaluate_setting, *self.shared, mode, param, self.config, judge, reference)
         self.busy[ref] = actor
         return ref
 

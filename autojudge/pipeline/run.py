@@ -543,16 +543,15 @@ def apply_selection(judge: Any, chosen: Any, where: str, config: RunConfig, echo
     `config.quality` within `config.max_accuracy_drop` of exact's, the default becomes 0: the judge
     accepts no mismatch (exact decoding) rather than keep a validation default the selection problems
     showed to lose more than allowed."""
-    budget = f"{100 * config.max_accuracy_drop:g} point of exact's {config.quality}"
+    points = f"{100 * config.max_accuracy_drop:g} point of exact's"
     if chosen is not None:
-        judge.set_default_threshold(float(chosen.param), f"selection sweep on {where}: most tokens/target call within {budget}",
-                                    window=config.decoding.window)
+        judge.set_default_threshold(float(chosen.param), f"selection sweep on {where}: most tokens/target call within "
+                                    f"{points} {config.quality}", window=config.decoding.window)
         return
     echo(f"no threshold kept {config.quality} within the allowed drop on the selection problems; "
          f"default tau = 0 (accept no mismatch) instead of the validation default {judge.default_threshold:g}")
-    judge.set_default_threshold(0.0, f"selection sweep on {where}: no threshold kept {config.quality} within "
-                                f"{100 * config.max_accuracy_drop:g} point of exact's, so no mismatch is accepted",
-                                window=config.decoding.window)
+    judge.set_default_threshold(0.0, f"selection sweep on {where}: no threshold kept {config.quality} within {points}, "
+                                "so no mismatch is accepted", window=config.decoding.window)
 
 
 def window_comparison(pair: Any, task: Any, problems: list[Problem], judge: Any, eval_fields: dict[str, Any],
