@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autojudge.decode.engine import EngineCore, ExactRule, JudgeRule, RequestSettings, TopKRule
+from autojudge.decode.engine import EngineCore, ExactRule, JudgeRule, RequestSettings, TopKRule, accepted_lengths
 from tests.helpers import greedy_reference, noisy_copy, tiny_model
 
 torch.set_num_threads(1)
@@ -221,3 +221,47 @@ def test_training_free_rules_per_request_in_a_mixed_batch():
     assert results[0].token_ids == reference[0] and results[2].token_ids == reference[2]
     assert all(len(r.token_ids) == 16 for r in results)
     assert len(results[1].metrics.accepted_lengths) <= 3  # its own window of 2 in a batch drafting 4
+
+
+def judged_reference(target, draft, prompt, window, rule, max_new_tokens):
+    """Judged speculative decoding the slow way (batch 1, no cache, whole-sequence forwards):
+    the draft's and the target's hidden states at every c_i straight from `base_model`. Returns
+    the tokens and the cycles whose verdict needed the draft's features at c_k (c_1..c_{k-1}
+    kept, c_k a mismatch)."""
+    ids, out, decided_last = list(prompt), [], 0
+    with torch.no_grad():
+        while len(out) < max_new_tokens:
+            k = min(window, max_new_tokens - len(out) - 1)
+            drafted = []
+            for _ in range(k):
+                drafted.append(int(draft(torch.tensor([ids + drafted])).logits[0, -1].argmax()))
+            sequence = torch.tensor([ids + drafted])
+            logits = target(sequence).logits[0, len(ids) - 1 :]  # [k + 1, V]: predicting c_1..c_k and the bonus
+            n = 0
+            if k:
+                h_target = target.base_model(sequence).last_hidden_state[:, len(ids) :]  # [1, k, Ht]
+                h_draft = draft.base_model(sequence).last_hidden_state[:, len(ids) :]  # [1, k, Hd]
+                mask = rule(torch.tensor([drafted]), logits[None, :k], h_target, h_draft)
+                n = int(accepted_lengths(mask)[0])
+                decided_last += int(accepted_lengths(mask[:, : k - 1])[0]) == k - 1 and drafted[-1] != int(logits[k - 1].argmax())
+            new = drafted[:n] + [int(logits[n].argmax())]
+            ids, out = ids + new, out + new
+    return out, decided_last
+
+
+def test_the_judge_reads_the_draft_and_target_features_at_each_mismatch():
+    """A judge whose verdict depends on the draft's features: the engine's batched output equals
+    the slow reference's, and the draft feeds its last proposal only when the judge needs it."""
+    target, draft = pair("llama")
+    weights = torch.randn(draft.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    judge = lambda h_t, h_d: torch.sigmoid(3 * h_d @ weights / h_d.norm(dim=-1))  # noqa: E731
+    rule = JudgeRule(judge, 0.5)
+    window, budget = 4, 24
+    expected, decided_last = zip(*(judged_reference(target, draft, prompt, window, rule, budget) for prompt in PROMPTS))
+    engine = EngineCore(target, draft, eos_token_ids=[], default_window=window)
+    results = engine.generate(PROMPTS, RequestSettings(max_new_tokens=budget, rule=rule))
+    assert [r.token_ids for r in results] == list(expected)
+    assert list(expected) != greedy_reference(target, PROMPTS, budget, eos=None), "the judge should accept some mismatches"
+    # one draft step per proposed token, plus one per cycle that needed the features at c_k
+    assert [r.metrics.draft_calls - r.metrics.draft_tokens for r in results] == list(decided_last)
+    assert 0 < sum(decided_last) < sum(r.metrics.cycles for r in results)

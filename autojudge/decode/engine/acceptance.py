@@ -61,7 +61,9 @@ class AcceptanceRule:
     """Base class: decides per draft token whether it may be kept."""
 
     needs_draft_hidden: bool = False
-    """Whether the rule reads `h_draft` (the engine then runs one extra draft step per cycle to get it)."""
+    """Whether the rule reads `h_draft`. Such a rule must decide each position from that position's
+    features alone: the engine gives the draft's hidden state at the last proposal c_k only where
+    the rule decides there (it runs one extra draft step for those rows)."""
 
     def __call__(
         self,
@@ -110,7 +112,7 @@ class JudgeRule(AcceptanceRule):
     def __init__(self, judge: Judge, threshold: float):
         self.judge = judge
         self.threshold = float(threshold)
-        # a judge on target features only ("DT") does not need the extra draft step
+        # a judge on target features only ("DT") does not read the draft's hidden states
         self.needs_draft_hidden = getattr(judge, "feature_setup", "DD-DT") != "DT"
 
     def __call__(self, draft_tokens, target_logits, h_target=None, h_draft=None):

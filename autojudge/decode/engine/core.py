@@ -6,14 +6,18 @@ target and the draft (`cache.RowKVCache`), and runs one cycle per `step()`:
 1. `admit`: waiting requests take free slots (up to `max_batch` rows). A new row's prompt is
    simply its pending tokens: there is no separate prefill, the cycle's forwards read it.
 2. `propose`: the draft feeds each row's pending tokens, then proposes c_1..c_k greedily, one
-   batched step each (k is the row's own window, cut to its remaining budget); with a rule
-   that reads draft features it also feeds c_k, so it has its hidden state at every c_i.
+   batched step each (k is the row's own window, cut to its remaining budget); so it has its
+   hidden state at c_1..c_{k-1}, and a rule that reads draft features gets the one at c_k
+   only when it decides there (step 4).
 3. `verify`: one batched target forward over every row's pending tokens + c_1..c_k gives the
    argmax t_1..t_{k+1}, the logits that predict c_1..c_k and the hidden states at c_1..c_k.
    Requests that arrived while the draft proposed (`step(poll)`) join here with no proposal:
    the verification reads their prompts and gives their first token.
 4. `accept`: each row's acceptance rule (per request: exact, topk, autojudge, ...) gives the
-   mask `[rows, k]`, reduced to the accepted prefix length n.
+   mask `[rows, k]`, reduced to the accepted prefix length n. A rule that reads draft features
+   needs the draft's hidden state at c_k only in a row that kept c_1..c_{k-1} and mismatches at
+   c_k; the draft feeds c_k for those rows alone (`feed_last`), one batched step, instead of
+   an extra step for every row in every cycle.
 5. Emit c_1..c_n then t_{n+1}; cut at EOS, a stop string or the budget (`apply_stops`).
 6. `roll_back`: both caches drop what is beyond the emitted text (the target keeps all but the
    last emitted token, which stays pending). Finished rows free their slots at once.
@@ -130,7 +134,8 @@ class Proposal:
     tokens: list[list[int]]
     """Per row c_1..c_k (k is the row's own window this cycle, possibly 0)."""
     hidden: list[torch.Tensor | None]
-    """Per row the draft hidden states at c_1..c_k `[k, Hd]` (None when its rule does not read them)."""
+    """Per row the draft hidden states at c_1..c_{k-1} `[k - 1, Hd]` (None when its rule does not read
+    them; the one at c_k comes from `feed_last` when the rule needs it)."""
     draft_calls: list[int]
     """Per row the draft forward passes it took part in."""
 
@@ -146,10 +151,11 @@ def propose(
     overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
 ) -> Proposal:
     """Draft each row's window greedily: the pending tokens first, then one batched step per
-    token; a row whose rule reads draft features also feeds its last proposal. Rows whose pending
+    token (k steps for a window of k: c_k itself is not fed). Rows whose pending
     tokens differ much in length (a new row's prompt) run in separate forwards (`forward_rows` with `overhead_tokens`)."""
     tokens: list[list[int]] = [[] for _ in rows]
     hidden: list[list[torch.Tensor]] = [[] for _ in rows]
+    empty: dict[int, torch.Tensor] = {}  # per row a `[0, Hd]` tensor, for a window of 1
     calls = [0] * len(rows)
     feed = {i: pending(row, cache) for i, row in enumerate(rows) if windows[i] > 0}
     first = True
@@ -162,18 +168,33 @@ def propose(
         feed = {}
         for i, out in zip(indices, outputs):
             calls[i] += 1
-            if not first:
+            if first:
+                empty[i] = out.hidden[:0]
+            else:
                 hidden[i].append(out.hidden[-1])  # [Hd]: the draft hidden at the c just fed
+            tokens[i].append(out.argmax[-1])
             if len(tokens[i]) < windows[i]:
-                tokens[i].append(out.argmax[-1])
-                if len(tokens[i]) < windows[i] or rows[i].rule.needs_draft_hidden:
-                    feed[i] = [tokens[i][-1]]
+                feed[i] = [tokens[i][-1]]
         first = False
     return Proposal(
         tokens=tokens,
-        hidden=[torch.stack(h) if rows[i].rule.needs_draft_hidden and h else None for i, h in enumerate(hidden)],
+        hidden=[(torch.stack(h) if h else empty[i]) if rows[i].rule.needs_draft_hidden and tokens[i] else None
+                for i, h in enumerate(hidden)],
         draft_calls=calls,
     )
+
+
+def feed_last(draft: Any, cache: RowKVCache, rows: Sequence[Request], proposal: Proposal, indices: Sequence[int],
+              vocab_size: int, pad_id: int, overhead_tokens: int = FORWARD_OVERHEAD_TOKENS) -> list[torch.Tensor]:
+    """The draft's hidden state at c_k `[Hd]` for the rows `indices`: one batched step feeding their
+    last proposal (the cache then holds it, as the next cycle would have fed it anyway)."""
+    outputs = forward_rows(
+        draft, cache, [rows[i].slot for i in indices], [[proposal.tokens[i][-1]] for i in indices], pad_id,  # type: ignore[misc]
+        last=[1] * len(indices), vocab_size=vocab_size, overhead_tokens=overhead_tokens,
+    )  # fmt: skip
+    for i in indices:
+        proposal.draft_calls[i] += 1
+    return [out.hidden[-1] for out in outputs]
 
 
 def verify(
@@ -199,8 +220,14 @@ def pad_rows(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
-def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[RowOutput]) -> list[int]:
-    """Per row the accepted prefix length n under its own rule (rows sharing a rule are judged together)."""
+def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[RowOutput],
+           last_hidden: Callable[[list[int]], list[torch.Tensor]] | None = None) -> list[int]:
+    """Per row the accepted prefix length n under its own rule (rows sharing a rule are judged together).
+
+    A rule that reads draft features decides each position from that position's features. A row
+    whose draft hidden at c_k is missing (`propose` does not feed c_k) is judged with zeros there
+    first; only a row that keeps c_1..c_{k-1} and mismatches at c_k needs the real one:
+    `last_hidden(row indices)` gives it (`feed_last`) and the rule decides those rows again."""
     accepted = [0] * len(rows)
     groups: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
@@ -219,9 +246,19 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
         logits = pad_rows([verification[i].logits[:k] for i, k in zip(members, lengths)], width)  # type: ignore[index]
         h_target = pad_rows([verification[i].hidden[1 : k + 1] for i, k in zip(members, lengths)], width)  # [b, k, Ht]
         h_draft = pad_rows([proposal.hidden[i] for i in members], width) if rule.needs_draft_hidden else None  # type: ignore[misc]
-        mask = rule(drafted, logits, h_target, h_draft)  # [b, k]
-        # a shorter row's padding is never kept
-        mask = mask & (torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None])
+        in_window = torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]  # [b, k]
+        mask = rule(drafted, logits, h_target, h_draft) & in_window  # a shorter row's padding is never kept
+        if h_draft is not None:
+            missing = [j for j, i in enumerate(members) if proposal.hidden[i].shape[0] < lengths[j]]  # type: ignore[union-attr]
+            decide_last = [j for j in missing if accepted_lengths(mask[j : j + 1, : lengths[j] - 1]).item() == lengths[j] - 1
+                           and proposal.tokens[members[j]][-1] != verification[members[j]].argmax[lengths[j] - 1]]
+            if decide_last:
+                if last_hidden is None:
+                    raise ValueError("a rule that reads draft features needs last_hidden for the draft's hidden state at c_k")
+                for j, h in zip(decide_last, last_hidden([members[j] for j in decide_last])):
+                    h_draft[j, lengths[j] - 1] = h
+                again = torch.tensor(decide_last, device=device)
+                mask[again] = rule(drafted[again], logits[again], h_target[again], h_draft[again]) & in_window[again]
         for i, n in zip(members, accepted_lengths(mask).tolist()):
             accepted[i] = n
     return accepted
@@ -391,7 +428,8 @@ class EngineCore:
             proposal.hidden += [None] * len(late)
             proposal.draft_calls += [0] * len(late)
         verification = verify(self.target, self.target_cache, rows, proposal, self.pad_token_id, overhead)
-        accepted = accept(rows, proposal, verification)
+        accepted = accept(rows, proposal, verification, lambda indices: feed_last(
+            self.draft, self.draft_cache, rows, proposal, indices, self.vocab_size, self.pad_token_id, overhead))
         for i, row in enumerate(rows):
             n = accepted[i]
             row.metrics.record_cycle(n, proposal.draft_calls[i], len(proposal.tokens[i]))
