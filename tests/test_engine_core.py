@@ -226,9 +226,9 @@ def test_training_free_rules_per_request_in_a_mixed_batch():
 def judged_reference(target, draft, prompt, window, rule, max_new_tokens):
     """Judged speculative decoding the slow way (batch 1, no cache, whole-sequence forwards):
     the draft's and the target's hidden states at every c_i straight from `base_model`. Returns
-    the tokens and the cycles whose verdict needed the draft's features at c_k (c_1..c_{k-1}
-    kept, c_k a mismatch)."""
-    ids, out, decided_last = list(prompt), [], 0
+    the tokens, the cycles whose verdict needed the draft's features at c_k (c_1..c_{k-1}
+    kept, c_k a mismatch) and all cycles (target calls)."""
+    ids, out, decided_last, cycles = list(prompt), [], 0, 0
     with torch.no_grad():
         while len(out) < max_new_tokens:
             k = min(window, max_new_tokens - len(out) - 1)
@@ -245,23 +245,29 @@ def judged_reference(target, draft, prompt, window, rule, max_new_tokens):
                 n = int(accepted_lengths(mask)[0])
                 decided_last += int(accepted_lengths(mask[:, : k - 1])[0]) == k - 1 and drafted[-1] != int(logits[k - 1].argmax())
             new = drafted[:n] + [int(logits[n].argmax())]
-            ids, out = ids + new, out + new
-    return out, decided_last
+            ids, out, cycles = ids + new, out + new, cycles + 1
+    return out, decided_last, cycles
 
 
 def test_the_judge_reads_the_draft_and_target_features_at_each_mismatch():
-    """A judge whose verdict depends on the draft's features: the engine's batched output equals
-    the slow reference's, and the draft feeds its last proposal only when the judge needs it."""
+    """A judge whose verdict depends on the draft's and the target's features, rows of windows
+    4, 1, 3 and 4 in one batch: the engine's output equals the slow reference's, and the draft
+    feeds its last proposal only when the judge decides there."""
     target, draft = pair("llama")
-    weights = torch.randn(draft.config.hidden_size, generator=torch.Generator().manual_seed(5))
-    judge = lambda h_t, h_d: torch.sigmoid(3 * h_d @ weights / h_d.norm(dim=-1))  # noqa: E731
+    generator = torch.Generator().manual_seed(5)
+    w_draft, w_target = torch.randn(draft.config.hidden_size, generator=generator), torch.randn(target.config.hidden_size, generator=generator)
+
+    def judge(h_t, h_d):
+        return torch.sigmoid(3 * (h_d @ w_draft / h_d.norm(dim=-1) + h_t @ w_target / h_t.norm(dim=-1)))
+
     rule = JudgeRule(judge, 0.5)
-    window, budget = 4, 24
-    expected, decided_last = zip(*(judged_reference(target, draft, prompt, window, rule, budget) for prompt in PROMPTS))
-    engine = EngineCore(target, draft, eos_token_ids=[], default_window=window)
-    results = engine.generate(PROMPTS, RequestSettings(max_new_tokens=budget, rule=rule))
+    windows, budget = [4, 1, 3, 4], 24
+    expected, decided_last, cycles = zip(*(judged_reference(target, draft, p, k, rule, budget) for p, k in zip(PROMPTS, windows)))
+    engine = EngineCore(target, draft, eos_token_ids=[], default_window=4)
+    results = engine.generate(PROMPTS, [RequestSettings(max_new_tokens=budget, rule=rule, window=k) for k in windows])
     assert [r.token_ids for r in results] == list(expected)
+    assert [r.metrics.cycles for r in results] == list(cycles)
     assert list(expected) != greedy_reference(target, PROMPTS, budget, eos=None), "the judge should accept some mismatches"
     # one draft step per proposed token, plus one per cycle that needed the features at c_k
     assert [r.metrics.draft_calls - r.metrics.draft_tokens for r in results] == list(decided_last)
-    assert 0 < sum(decided_last) < sum(r.metrics.cycles for r in results)
+    assert 0 < sum(decided_last) < sum(cycles)

@@ -247,18 +247,31 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
         h_target = pad_rows([verification[i].hidden[1 : k + 1] for i, k in zip(members, lengths)], width)  # [b, k, Ht]
         h_draft = pad_rows([proposal.hidden[i] for i in members], width) if rule.needs_draft_hidden else None  # type: ignore[misc]
         in_window = torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]  # [b, k]
-        mask = rule(drafted, logits, h_target, h_draft) & in_window  # a shorter row's padding is never kept
-        if h_draft is not None:
-            missing = [j for j, i in enumerate(members) if proposal.hidden[i].shape[0] < lengths[j]]  # type: ignore[union-attr]
-            decide_last = [j for j in missing if accepted_lengths(mask[j : j + 1, : lengths[j] - 1]).item() == lengths[j] - 1
-                           and proposal.tokens[members[j]][-1] != verification[members[j]].argmax[lengths[j] - 1]]
-            if decide_last:
+        # rows whose draft hidden at c_k is not known yet: c_k counts as padding in the first pass (never judged)
+        missing = [j for j, i in enumerate(members) if h_draft is not None and proposal.hidden[i].shape[0] < lengths[j]]  # type: ignore[union-attr]
+        first = drafted
+        if missing:
+            first = drafted.clone()
+            first[missing, [lengths[j] - 1 for j in missing]] = -1
+        mask = rule(first, logits, h_target, h_draft) & in_window  # a shorter row's padding is never kept
+        if missing:
+            kept = accepted_lengths(mask).tolist()
+            at_last = [j for j in missing if kept[j] == lengths[j] - 1]  # kept c_1..c_{k-1}: the verdict at c_k counts
+            decide = []  # rows mismatching at c_k (an exact match there is always kept)
+            for j in at_last:
+                if proposal.tokens[members[j]][-1] == verification[members[j]].argmax[lengths[j] - 1]:
+                    mask[j, lengths[j] - 1] = True
+                else:
+                    decide.append(j)
+            if decide:
                 if last_hidden is None:
                     raise ValueError("a rule that reads draft features needs last_hidden for the draft's hidden state at c_k")
-                for j, h in zip(decide_last, last_hidden([members[j] for j in decide_last])):
-                    h_draft[j, lengths[j] - 1] = h
-                again = torch.tensor(decide_last, device=device)
-                mask[again] = rule(drafted[again], logits[again], h_target[again], h_draft[again]) & in_window[again]
+                columns = [lengths[j] - 1 for j in decide]
+                for j, column, h in zip(decide, columns, last_hidden([members[j] for j in decide])):
+                    h_draft[j, column] = h  # type: ignore[index]
+                again = torch.tensor(decide, device=device)
+                verdict = rule(drafted[again], logits[again], h_target[again], h_draft[again])  # type: ignore[index]
+                mask[decide, columns] = verdict[torch.arange(len(decide), device=device), torch.tensor(columns, device=device)]
         for i, n in zip(members, accepted_lengths(mask).tolist()):
             accepted[i] = n
     return accepted
