@@ -113,6 +113,57 @@ def test_real_sized_targets_verify_no_guess_after_a_rejection() -> None:
     assert BatchedSearcher(big, big, [EOS], 0).settings == COMPUTE_BOUND
 
 
+class EveryChangeMatters(ParityEvaluator):
+    """Test-only E: every regeneration counts as a changed answer, so every mismatch is important and the
+    search never leaves the target's greedy path."""
+
+    def same(self, response_ids: list[int], reference: int | None) -> bool:
+        return False
+
+
+def test_the_engine_hands_the_judge_the_features_mining_stored() -> None:
+    """Train/serve: wherever the engine judges a mismatch on the target's greedy path, the judge gets the
+    hidden states the search stored for that mismatch (at window 1 the engine proposes at every position
+    but the bonus token's)."""
+    from autojudge.decode.engine import EngineCore, RequestSettings
+
+    torch.set_num_threads(1)
+    target, draft = tiny_pair(noise=0.4)
+    rng = random.Random(3)
+    compared = 0
+    for _ in range(6):
+        prompt = [rng.randrange(3, 96) for _ in range(rng.randrange(3, 12))]
+        result = plain_search(target, draft, prompt, EveryChangeMatters(), 32, [EOS], 0)
+        labels = {label.position: label for label in result.labels}
+        response = result.initial_response
+        with torch.no_grad():
+            drafts = draft(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1].argmax(-1).tolist()
+        judged, position = [], 0  # the engine's cycles at window 1, never accepting: +1 after a mismatch, +2 after a match
+        while position < min(len(response), 32 - 1):  # the last token of the budget is never drafted
+            if drafts[position] != response[position]:
+                judged.append(position)
+                position += 1
+            else:
+                position += 2
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def judge(h_t: torch.Tensor, h_d: torch.Tensor) -> torch.Tensor:
+            seen.extend(zip(h_t.clone(), h_d.clone()))
+            return torch.ones(h_t.shape[0])  # every mismatch important: the engine stays on the greedy path
+
+        engine = EngineCore(target, draft, judge=judge, eos_token_ids=[EOS], default_window=1)
+        output = engine.generate([prompt], RequestSettings(max_new_tokens=32, mode="autojudge", threshold=0.5))[0]
+        assert output.token_ids == result.initial_response
+        assert len(seen) == len(judged)
+        for position, (h_t, h_d) in zip(judged, seen):
+            if position not in labels:
+                continue
+            torch.testing.assert_close(h_t, labels[position].h_target, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(h_d, labels[position].h_draft, atol=1e-4, rtol=1e-4)
+            compared += 1
+    assert compared >= 10
+
+
 def test_realign_prefers_longest_nearest_ngram() -> None:
     settings = LookaheadSettings(max_ngram=3, realign_distance=8)
     old = [10, 11, 12, 13, 14, 15, 12, 13]
