@@ -440,6 +440,17 @@ def report(results: list[MethodResult], config: BenchConfig) -> str:
     return "\n".join(lines)
 
 
+def parse_taus(text: str) -> tuple[float, ...]:
+    """`--taus 0.05,0.3` -> (0.05, 0.3); a clear error for anything that is not a threshold in [0, 1]."""
+    try:
+        taus = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise SystemExit(f"--taus {text!r}: expected comma-separated thresholds in [0, 1], e.g. 0.05,0.3") from None
+    if any(not 0.0 <= tau <= 1.0 for tau in taus):
+        raise SystemExit(f"--taus {text!r}: every threshold must be in [0, 1]")
+    return taus
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = BenchConfig()
@@ -471,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         target=args.target or defaults.target, draft=with_draft_vocab(args.draft or defaults.draft, args.draft_vocab), tiny=args.tiny, num_prompts=args.num_prompts, window=args.window,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threads=args.threads,
         task=args.task, judge=args.judge, rules=tuple(r for r in args.rules.split(",") if r), fly_window=args.fly_window, shots=args.shots,
-        taus=tuple(float(t) for t in args.taus.split(",") if t.strip()), compile=args.compile, hf_forward_row=not args.no_hf_forward_row, unpacked_row=not args.no_unpacked_row,
+        taus=parse_taus(args.taus), compile=args.compile, hf_forward_row=not args.no_hf_forward_row, unpacked_row=not args.no_unpacked_row,
         window_table=tuple(int(k) for k in args.window_table.split(",") if k), profile_prompts=args.profile_prompts,
     )
     results = [] if args.windows_only else benchmark(config)[0]

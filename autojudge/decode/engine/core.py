@@ -225,9 +225,10 @@ def accept(rows: Sequence[Request], proposal: Proposal, verification: Sequence[R
     """Per row the accepted prefix length n under its own rule (rows sharing a rule are judged together).
 
     A rule that reads draft features decides each position from that position's features. A row
-    whose draft hidden at c_k is missing (`propose` does not feed c_k) is judged with zeros there
-    first; only a row that keeps c_1..c_{k-1} and mismatches at c_k needs the real one:
-    `last_hidden(row indices)` gives it (`feed_last`) and the rule decides those rows again."""
+    whose draft hidden at c_k is missing (`propose` does not feed c_k) has c_k treated as padding in
+    the first pass (never judged); only a row that keeps c_1..c_{k-1} and mismatches at c_k needs the
+    real one: `last_hidden(row indices)` gives it (`feed_last`) and the rule's verdict at c_k is taken
+    from a second pass over those rows."""
     accepted = [0] * len(rows)
     groups: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
